@@ -1,0 +1,418 @@
+//! The client API.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use atoll_proto::keyhash::key_hash;
+use atoll_proto::v1::cluster_client::ClusterClient;
+use atoll_proto::v1::{
+    self as wire, cas_request, ClusterMap, KeyValue, Limit, StatusRequest, StatusResponse,
+};
+use atoll_proto::ShardId;
+use futures::future::try_join_all;
+
+use crate::error::{Error, Result};
+use crate::router::{CallKind, Router};
+use crate::types::{BatchOp, Consistency, Expect, ScanAllPage, ScanCursor, ScanPage};
+
+/// Connection settings.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Deadline of one call, retries included.
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// The client's island: stale reads go there first.
+    pub island: Option<String>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(2),
+            island: None,
+        }
+    }
+}
+
+/// A handle on an Atoll cluster. Cheap to clone; clones share the cached
+/// map, leaders and connections.
+#[derive(Clone)]
+pub struct Client {
+    router: Arc<Router>,
+    client_id: u64,
+    seq: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+impl Client {
+    /// Connects with default options; `endpoints` are `host:port` of any
+    /// nodes (the rest are learned from the cluster map).
+    pub async fn connect<I, S>(endpoints: I) -> Result<Client>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::connect_with(endpoints, ClientOptions::default()).await
+    }
+
+    /// Connects with `options`.
+    pub async fn connect_with<I, S>(endpoints: I, options: ClientOptions) -> Result<Client>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let seeds: Vec<String> = endpoints.into_iter().map(Into::into).collect();
+        if seeds.is_empty() {
+            return Err(Error::NoEndpoint("no endpoints given".into()));
+        }
+        let router = Router::new(
+            seeds,
+            options.island,
+            options.timeout,
+            options.connect_timeout,
+        );
+        router.refresh().await?;
+        let client_id = loop {
+            let id: u64 = rand::random();
+            if id != 0 {
+                break id;
+            }
+        };
+        Ok(Client {
+            router: Arc::new(router),
+            client_id,
+            seq: Arc::new(AtomicU64::new(1)),
+        })
+    }
+
+    /// This client's id in write ids.
+    pub fn client_id(&self) -> u64 {
+        self.client_id
+    }
+
+    fn write_id(&self) -> Option<wire::WriteId> {
+        Some(wire::WriteId {
+            client_id: self.client_id,
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    async fn shard_of(&self, key: &[u8]) -> Result<ShardId> {
+        let map = self.router.current_map().await?;
+        map.shard_for_hash(key_hash(key))
+            .map(|s| ShardId(s.id))
+            .ok_or_else(|| Error::StaleMap(format!("no shard owns hash {:#x}", key_hash(key))))
+    }
+
+    fn read_kind(consistency: Consistency) -> CallKind {
+        match consistency {
+            Consistency::Linearizable => CallKind::LeaderRead,
+            Consistency::Stale => CallKind::AnyReplica,
+        }
+    }
+
+    /// The current value of `key` (linearizable).
+    pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<KeyValue>> {
+        self.get_with(key, Consistency::Linearizable).await
+    }
+
+    /// The current value of `key` read with `consistency`.
+    pub async fn get_with(
+        &self,
+        key: impl AsRef<[u8]>,
+        consistency: Consistency,
+    ) -> Result<Option<KeyValue>> {
+        let key = key.as_ref();
+        let shard = self.shard_of(key).await?;
+        self.router
+            .call(shard, Self::read_kind(consistency), |mut c, t| {
+                let msg = wire::GetRequest {
+                    shard_id: shard.get(),
+                    key: key.to_vec(),
+                    consistency: consistency.wire(),
+                };
+                async move { c.get(request(msg, t)).await.map(|r| r.into_inner().kv) }
+            })
+            .await
+    }
+
+    /// Values of many keys, in order (`None` where absent). Keys are grouped
+    /// per shard and the groups read in parallel.
+    pub async fn batch_get<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+        consistency: Consistency,
+    ) -> Result<Vec<Option<KeyValue>>> {
+        let mut groups: std::collections::BTreeMap<ShardId, Vec<usize>> = Default::default();
+        for (i, key) in keys.iter().enumerate() {
+            groups
+                .entry(self.shard_of(key.as_ref()).await?)
+                .or_default()
+                .push(i);
+        }
+        let calls = groups.into_iter().map(|(shard, idx)| {
+            let shard_keys: Vec<Vec<u8>> = idx.iter().map(|&i| keys[i].as_ref().to_vec()).collect();
+            async move {
+                let results = self
+                    .router
+                    .call(shard, Self::read_kind(consistency), |mut c, t| {
+                        let msg = wire::BatchGetRequest {
+                            shard_id: shard.get(),
+                            keys: shard_keys.clone(),
+                            consistency: consistency.wire(),
+                        };
+                        async move {
+                            c.batch_get(request(msg, t))
+                                .await
+                                .map(|r| r.into_inner().results)
+                        }
+                    })
+                    .await?;
+                Ok::<_, Error>((idx, results))
+            }
+        });
+        let mut out = vec![None; keys.len()];
+        for (idx, results) in try_join_all(calls).await? {
+            for (i, result) in idx.into_iter().zip(results) {
+                out[i] = result.kv;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores `value` under `key`; returns the new version.
+    pub async fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<u64> {
+        self.put_with_ttl(key, value, None).await
+    }
+
+    /// Stores `value` under `key`, expiring after `ttl` if given.
+    pub async fn put_with_ttl(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        ttl: Option<Duration>,
+    ) -> Result<u64> {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        let shard = self.shard_of(key).await?;
+        let msg = wire::PutRequest {
+            shard_id: shard.get(),
+            key: key.to_vec(),
+            value: value.to_vec(),
+            ttl_ms: ttl.map_or(0, |t| t.as_millis().max(1) as u64),
+            write_id: self.write_id(),
+        };
+        self.router
+            .call(shard, CallKind::Write, |mut c, t| {
+                let msg = msg.clone();
+                async move { c.put(request(msg, t)).await.map(|r| r.into_inner().version) }
+            })
+            .await
+    }
+
+    /// Deletes `key`; returns whether a live key was removed.
+    pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<bool> {
+        let key = key.as_ref();
+        let shard = self.shard_of(key).await?;
+        let msg = wire::DeleteRequest {
+            shard_id: shard.get(),
+            key: key.to_vec(),
+            write_id: self.write_id(),
+        };
+        self.router
+            .call(shard, CallKind::Write, |mut c, t| {
+                let msg = msg.clone();
+                async move {
+                    c.delete(request(msg, t))
+                        .await
+                        .map(|r| r.into_inner().deleted)
+                }
+            })
+            .await
+    }
+
+    /// Sets `key` to `new_value` (or deletes it, for `None`) if it matches
+    /// `expect`; returns the new version, or [`Error::CasFailed`] with the
+    /// current value.
+    pub async fn compare_and_swap(
+        &self,
+        key: impl AsRef<[u8]>,
+        expect: Expect,
+        new_value: Option<Vec<u8>>,
+    ) -> Result<u64> {
+        let key = key.as_ref();
+        let shard = self.shard_of(key).await?;
+        let expected = match expect {
+            Expect::Version(v) => cas_request::Expected::ExpectedVersion(v),
+            Expect::Value(v) => cas_request::Expected::ExpectedValue(v),
+        };
+        let msg = wire::CasRequest {
+            shard_id: shard.get(),
+            key: key.to_vec(),
+            expected: Some(expected),
+            new_value,
+            ttl_ms: 0,
+            write_id: self.write_id(),
+        };
+        self.router
+            .call(shard, CallKind::Write, |mut c, t| {
+                let msg = msg.clone();
+                async move {
+                    c.compare_and_swap(request(msg, t))
+                        .await
+                        .map(|r| r.into_inner().version)
+                }
+            })
+            .await
+    }
+
+    /// Applies `ops` atomically; all keys must be in one shard (share a
+    /// hash tag). Returns the batch's version.
+    pub async fn batch(&self, ops: Vec<BatchOp>) -> Result<u64> {
+        let Some(first) = ops.first() else {
+            return Err(Error::InvalidArgument {
+                limit: Limit::MissingField,
+                message: "batch has no operations".into(),
+            });
+        };
+        let shard = self.shard_of(first.key()).await?;
+        for op in &ops {
+            if self.shard_of(op.key()).await? != shard {
+                return Err(Error::InvalidArgument {
+                    limit: Limit::BatchCrossesShards,
+                    message: "batch keys are in different shards; give them a common hash tag"
+                        .into(),
+                });
+            }
+        }
+        let msg = wire::BatchRequest {
+            shard_id: shard.get(),
+            ops: ops.iter().map(BatchOp::wire).collect(),
+            write_id: self.write_id(),
+        };
+        self.router
+            .call(shard, CallKind::Write, |mut c, t| {
+                let msg = msg.clone();
+                async move {
+                    c.batch(request(msg, t))
+                        .await
+                        .map(|r| r.into_inner().version)
+                }
+            })
+            .await
+    }
+
+    /// Keys of one hash tag in key order, from `start` (inclusive) to `end`
+    /// (exclusive; empty = the tag's last key), at most `limit` per page.
+    pub async fn scan(
+        &self,
+        start: impl AsRef<[u8]>,
+        end: impl AsRef<[u8]>,
+        limit: u32,
+    ) -> Result<ScanPage> {
+        let (start, end) = (start.as_ref(), end.as_ref());
+        let shard = self.shard_of(start).await?;
+        let msg = wire::ScanRequest {
+            shard_id: shard.get(),
+            start: start.to_vec(),
+            end: end.to_vec(),
+            limit,
+            consistency: Consistency::Linearizable.wire(),
+        };
+        let resp = self
+            .router
+            .call(shard, CallKind::LeaderRead, |mut c, t| {
+                let msg = msg.clone();
+                async move { c.scan(request(msg, t)).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        let resume_key = (!resp.resume_key.is_empty()).then_some(resp.resume_key);
+        Ok(ScanPage {
+            kvs: resp.kvs,
+            resume_key,
+        })
+    }
+
+    /// One page of the whole key space (in storage order, not key order),
+    /// from `cursor` (`None` = the beginning). Each shard page is
+    /// linearizable; keys that exist for the whole scan are returned exactly
+    /// once, while shards keep serving writes.
+    pub async fn scan_all(&self, cursor: Option<&ScanCursor>, limit: u32) -> Result<ScanAllPage> {
+        let mut position = cursor.cloned().unwrap_or_else(ScanCursor::start);
+        loop {
+            let map = self.router.current_map().await?;
+            let shard = map
+                .shard_for_hash(position.hash())
+                .cloned()
+                .ok_or_else(|| {
+                    Error::StaleMap(format!("no shard owns hash {:#x}", position.hash()))
+                })?;
+            let shard_id = ShardId(shard.id);
+            let msg = wire::ScanAllRequest {
+                shard_id: shard.id,
+                cursor: position.0.clone(),
+                limit,
+                consistency: Consistency::Linearizable.wire(),
+            };
+            let resp = self
+                .router
+                .call(shard_id, CallKind::LeaderRead, |mut c, t| {
+                    let msg = msg.clone();
+                    async move { c.scan_all(request(msg, t)).await.map(|r| r.into_inner()) }
+                })
+                .await?;
+            let next_shard = shard
+                .range_last
+                .checked_add(1)
+                .map(|h| ScanCursor(h.to_be_bytes().to_vec()));
+            let next = if resp.shard_done {
+                next_shard
+            } else {
+                Some(ScanCursor(resp.cursor))
+            };
+            if !resp.kvs.is_empty() || next.is_none() {
+                return Ok(ScanAllPage {
+                    kvs: resp.kvs,
+                    next,
+                });
+            }
+            position = next.unwrap_or_default();
+        }
+    }
+
+    /// The cluster map (refreshed from the servers).
+    pub async fn cluster_map(&self) -> Result<Arc<ClusterMap>> {
+        self.router.refresh().await
+    }
+
+    /// Every node's status, as gathered by one node.
+    pub async fn cluster_status(&self) -> Result<StatusResponse> {
+        let map = self.router.current_map().await?;
+        let mut last = Error::NoEndpoint("the map lists no nodes".into());
+        for node in &map.nodes {
+            let mut client = ClusterClient::new(self.router.channel(&node.address)?);
+            match client
+                .status(request(StatusRequest {}, self.router.timeout()))
+                .await
+            {
+                Ok(resp) => return Ok(resp.into_inner()),
+                Err(status) => last = Error::from(status),
+            }
+        }
+        Err(last)
+    }
+}

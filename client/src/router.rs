@@ -1,0 +1,267 @@
+//! Routing and retries: the cached cluster map and shard leaders, one
+//! channel per server, and the retry loop every call goes through.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use atoll_proto::v1::cluster_client::ClusterClient;
+use atoll_proto::v1::kv_client::KvClient;
+use atoll_proto::v1::{ClusterMap, GetClusterMapRequest, Shard};
+use atoll_proto::{NodeId, ShardId};
+use rand::Rng;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::{Error, Result};
+
+/// Whether a call changes data (and so may be ambiguous when it fails).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CallKind {
+    /// A read that must go to the leader.
+    LeaderRead,
+    /// A read any replica may serve (nearest island first).
+    AnyReplica,
+    /// A write (carries a dedup id, so retrying it is safe).
+    Write,
+}
+
+#[derive(Default)]
+struct Cache {
+    map: Option<Arc<ClusterMap>>,
+    /// Shard -> node believed to lead it.
+    leaders: HashMap<u64, NodeId>,
+}
+
+pub(crate) struct Router {
+    seeds: Vec<String>,
+    island: Option<String>,
+    timeout: Duration,
+    connect_timeout: Duration,
+    cache: RwLock<Cache>,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+fn backoff(attempt: u32) -> Duration {
+    let base = 10u64.saturating_mul(1 << attempt.min(6)).min(500);
+    let jitter = rand::rng().random_range(base / 2..=base);
+    Duration::from_millis(jitter)
+}
+
+impl Router {
+    pub fn new(
+        seeds: Vec<String>,
+        island: Option<String>,
+        timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Self {
+        Self {
+            seeds,
+            island,
+            timeout,
+            connect_timeout,
+            cache: RwLock::new(Cache::default()),
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    pub fn channel(&self, address: &str) -> Result<Channel> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = channels.get(address) {
+            return Ok(c.clone());
+        }
+        let uri = if address.contains("://") {
+            address.to_string()
+        } else {
+            format!("http://{address}")
+        };
+        let channel = Endpoint::from_shared(uri)
+            .map_err(|e| Error::NoEndpoint(format!("{address}: {e}")))?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(address.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    pub fn map(&self) -> Option<Arc<ClusterMap>> {
+        self.cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .map
+            .clone()
+    }
+
+    /// Fetches the newest map any known server has.
+    pub async fn refresh(&self) -> Result<Arc<ClusterMap>> {
+        let mut addresses = self.seeds.clone();
+        if let Some(map) = self.map() {
+            addresses.extend(map.nodes.iter().map(|n| n.address.clone()));
+        }
+        addresses.dedup();
+        let mut last_error = String::from("no endpoints given");
+        let mut best: Option<(ClusterMap, Vec<atoll_proto::v1::ShardLeader>)> = None;
+        for address in &addresses {
+            let channel = self.channel(address)?;
+            let mut client = ClusterClient::new(channel);
+            let mut request = tonic::Request::new(GetClusterMapRequest {});
+            request.set_timeout(self.connect_timeout.max(Duration::from_secs(1)));
+            match client.get_cluster_map(request).await {
+                Ok(resp) => {
+                    let resp = resp.into_inner();
+                    let Some(map) = resp.map else { continue };
+                    if best
+                        .as_ref()
+                        .is_none_or(|(b, _)| map.map_version > b.map_version)
+                    {
+                        best = Some((map, resp.leaders));
+                    }
+                    // One answer is enough unless it may be old.
+                    if best.is_some() {
+                        break;
+                    }
+                }
+                Err(status) => last_error = format!("{address}: {}", status.message()),
+            }
+        }
+        let (map, leaders) = best.ok_or(Error::NoEndpoint(last_error))?;
+        let map = Arc::new(map);
+        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        if cache
+            .map
+            .as_ref()
+            .is_none_or(|m| m.map_version <= map.map_version)
+        {
+            cache.map = Some(map.clone());
+        }
+        for l in leaders {
+            cache.leaders.entry(l.shard_id).or_insert(NodeId(l.node_id));
+        }
+        Ok(cache.map.clone().unwrap_or(map))
+    }
+
+    pub async fn current_map(&self) -> Result<Arc<ClusterMap>> {
+        match self.map() {
+            Some(m) => Ok(m),
+            None => self.refresh().await,
+        }
+    }
+
+    fn set_leader(&self, shard: u64, node: Option<NodeId>) {
+        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        match node {
+            Some(n) => cache.leaders.insert(shard, n),
+            None => cache.leaders.remove(&shard),
+        };
+    }
+
+    /// The node to try for `shard` on attempt `attempt`.
+    fn pick(
+        &self,
+        map: &ClusterMap,
+        shard: &Shard,
+        kind: CallKind,
+        attempt: u32,
+    ) -> Option<String> {
+        let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
+        let address_of = |node: NodeId| map.node(node).map(|n| n.address.clone());
+        let mut candidates: Vec<NodeId> =
+            shard.replicas.iter().map(|r| NodeId(r.node_id)).collect();
+        if kind == CallKind::AnyReplica {
+            if let Some(island) = &self.island {
+                // Nearest island first.
+                candidates.sort_by_key(|n| map.node(*n).is_none_or(|node| &node.island != island));
+            }
+            if attempt == 0 {
+                return candidates.first().and_then(|n| address_of(*n));
+            }
+        } else if let Some(leader) = cache.leaders.get(&shard.id) {
+            if attempt == 0 || attempt % 3 != 0 {
+                return address_of(*leader);
+            }
+        }
+        if candidates.is_empty() {
+            return None;
+        }
+        let i = attempt as usize % candidates.len();
+        address_of(candidates[i])
+    }
+
+    /// Runs `call` against the right node for `shard`, retrying retryable
+    /// failures until the deadline.
+    pub async fn call<T, F, Fut>(&self, shard: ShardId, kind: CallKind, call: F) -> Result<T>
+    where
+        F: Fn(KvClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        let mut maybe_applied = false;
+        let mut attempt = 0u32;
+        loop {
+            let map = self.current_map().await?;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let error = match map
+                .shard(shard)
+                .and_then(|s| self.pick(&map, s, kind, attempt))
+            {
+                None => Error::StaleMap(format!(
+                    "{shard} has no replicas in map v{}",
+                    map.map_version
+                )),
+                Some(address) => {
+                    let client = KvClient::new(self.channel(&address)?)
+                        .max_decoding_message_size(16 << 20)
+                        .max_encoding_message_size(16 << 20);
+                    match tokio::time::timeout(remaining, call(client, remaining)).await {
+                        Ok(Ok(value)) => {
+                            if kind != CallKind::AnyReplica {
+                                if let Some(node) = map.nodes.iter().find(|n| n.address == address)
+                                {
+                                    self.set_leader(shard.get(), Some(NodeId(node.id)));
+                                }
+                            }
+                            return Ok(value);
+                        }
+                        Ok(Err(status)) => Error::from(status),
+                        Err(_) => Error::Timeout(format!("no answer from {address}")),
+                    }
+                }
+            };
+            if kind == CallKind::Write && error.may_have_applied() {
+                maybe_applied = true;
+            }
+            let mut pause = true;
+            match &error {
+                Error::NotLeader { leader } => {
+                    let hinted = leader.as_ref().map(|l| NodeId(l.node_id));
+                    self.set_leader(shard.get(), hinted);
+                    pause = hinted.is_none();
+                }
+                Error::StaleMap(_) => {
+                    let _ = self.refresh().await;
+                }
+                Error::Transport(_) | Error::Timeout(_) | Error::ShardUnavailable(_) => {
+                    self.set_leader(shard.get(), None);
+                }
+                _ => return Err(error),
+            }
+            attempt += 1;
+            if Instant::now() >= deadline {
+                return Err(if maybe_applied {
+                    Error::Ambiguous(format!("last error: {error}"))
+                } else {
+                    error
+                });
+            }
+            if pause {
+                let wait = backoff(attempt).min(deadline.saturating_duration_since(Instant::now()));
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}

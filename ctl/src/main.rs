@@ -1,0 +1,309 @@
+//! `atollctl`: data commands and cluster status for Atoll.
+//!
+//! Exit codes: 0 success, 1 the command failed (including "key not found"
+//! and a failed compare-and-swap), 2 usage error.
+
+mod status;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use atoll_client::{Client, ClientOptions, Consistency, Error, Expect, KeyValue, DEV_ENDPOINTS};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+#[derive(Parser)]
+#[command(name = "atollctl", version, about = "Command-line client for Atoll")]
+struct Cli {
+    /// Comma-separated `host:port` of any cluster nodes (default: the `atoll dev` cluster).
+    #[arg(long, global = true, env = "ATOLL_ENDPOINTS", value_delimiter = ',')]
+    endpoints: Vec<String>,
+    /// Output format.
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    /// Deadline of each request, retries included.
+    #[arg(long, global = true, default_value = "10s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Read a key.
+    Get {
+        key: String,
+        /// Serve from the nearest replica; may miss recent writes.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Write a key.
+    Put {
+        key: String,
+        value: String,
+        /// Expire the key after this long (e.g. 30s, 5m).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+    },
+    /// Delete a key.
+    Del { key: String },
+    /// Compare-and-swap: write only if the key is at a version or value.
+    Cas {
+        key: String,
+        /// Expected version (0 = the key must not exist).
+        #[arg(
+            long,
+            conflicts_with = "expect_value",
+            required_unless_present = "expect_value"
+        )]
+        expect_version: Option<u64>,
+        /// Expected current value.
+        #[arg(long)]
+        expect_value: Option<String>,
+        /// New value.
+        #[arg(long, conflicts_with = "delete", required_unless_present = "delete")]
+        new: Option<String>,
+        /// Delete the key instead of writing a new value.
+        #[arg(long)]
+        delete: bool,
+    },
+    /// Keys of one hash tag in key order, e.g. `scan '{user42}:'`.
+    Scan {
+        start: String,
+        /// Exclusive end (default: the tag's last key).
+        #[arg(default_value = "")]
+        end: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Every key of the cluster (in storage order).
+    ScanAll {
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+    /// Cluster information.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Nodes, islands, shards, replicas and leaders.
+    Status,
+    /// The cluster map.
+    Map,
+}
+
+#[derive(Serialize)]
+struct KvOut {
+    key: String,
+    value: String,
+    version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at_ms: Option<u64>,
+}
+
+impl From<&KeyValue> for KvOut {
+    fn from(kv: &KeyValue) -> Self {
+        KvOut {
+            key: String::from_utf8_lossy(&kv.key).into_owned(),
+            value: String::from_utf8_lossy(&kv.value).into_owned(),
+            version: kv.version,
+            expires_at_ms: (kv.expires_at_ms != 0).then_some(kv.expires_at_ms),
+        }
+    }
+}
+
+fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn print_kvs(output: Output, kvs: &[KeyValue]) -> anyhow::Result<()> {
+    let rows: Vec<KvOut> = kvs.iter().map(KvOut::from).collect();
+    match output {
+        Output::Json => print_json(&rows),
+        Output::Table => {
+            for r in &rows {
+                println!("{}\t{}\t(version {})", r.key, r.value, r.version);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The command's result: `Ok(false)` is a clean "no" (exit 1).
+async fn run(cli: Cli) -> anyhow::Result<bool> {
+    let endpoints = if cli.endpoints.is_empty() {
+        DEV_ENDPOINTS.iter().map(|s| s.to_string()).collect()
+    } else {
+        cli.endpoints.clone()
+    };
+    let options = ClientOptions {
+        timeout: cli.timeout,
+        ..Default::default()
+    };
+    let client = Client::connect_with(endpoints.clone(), options)
+        .await
+        .with_context(|| format!("connecting to {}", endpoints.join(",")))?;
+    let out = cli.output;
+    match cli.command {
+        Cmd::Get { key, stale } => {
+            let consistency = if stale {
+                Consistency::Stale
+            } else {
+                Consistency::Linearizable
+            };
+            match client.get_with(&key, consistency).await? {
+                Some(kv) => {
+                    match out {
+                        Output::Json => print_json(&KvOut::from(&kv))?,
+                        Output::Table => println!("{}", String::from_utf8_lossy(&kv.value)),
+                    }
+                    Ok(true)
+                }
+                None => {
+                    if out == Output::Json {
+                        println!("null");
+                    }
+                    eprintln!("key {key:?} not found");
+                    Ok(false)
+                }
+            }
+        }
+        Cmd::Put { key, value, ttl } => {
+            let version = client.put_with_ttl(&key, &value, ttl).await?;
+            match out {
+                Output::Json => print_json(&serde_json::json!({ "key": key, "version": version }))?,
+                Output::Table => println!("OK (version {version})"),
+            }
+            Ok(true)
+        }
+        Cmd::Del { key } => {
+            let deleted = client.delete(&key).await?;
+            match out {
+                Output::Json => print_json(&serde_json::json!({ "key": key, "deleted": deleted }))?,
+                Output::Table => println!("{}", if deleted { "deleted" } else { "not found" }),
+            }
+            Ok(true)
+        }
+        Cmd::Cas {
+            key,
+            expect_version,
+            expect_value,
+            new,
+            delete,
+        } => {
+            let expect = match (expect_version, expect_value) {
+                (Some(v), _) => Expect::Version(v),
+                (None, Some(v)) => Expect::Value(v.into_bytes()),
+                (None, None) => anyhow::bail!("give --expect-version or --expect-value"),
+            };
+            let new_value = if delete {
+                None
+            } else {
+                new.map(String::into_bytes)
+            };
+            match client.compare_and_swap(&key, expect, new_value).await {
+                Ok(version) => {
+                    match out {
+                        Output::Json => print_json(
+                            &serde_json::json!({ "key": key, "succeeded": true, "version": version }),
+                        )?,
+                        Output::Table => println!("OK (version {version})"),
+                    }
+                    Ok(true)
+                }
+                Err(Error::CasFailed { current, .. }) => {
+                    let current = current.as_ref().map(KvOut::from);
+                    match out {
+                        Output::Json => print_json(
+                            &serde_json::json!({ "key": key, "succeeded": false, "current": current }),
+                        )?,
+                        Output::Table => match current {
+                            Some(c) => eprintln!(
+                                "compare failed: {key:?} is at version {} with value {:?}",
+                                c.version, c.value
+                            ),
+                            None => eprintln!("compare failed: {key:?} does not exist"),
+                        },
+                    }
+                    Ok(false)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Cmd::Scan { start, end, limit } => {
+            let page = client.scan(&start, &end, limit).await?;
+            print_kvs(out, &page.kvs)?;
+            if let (Some(next), Output::Table) = (&page.resume_key, out) {
+                eprintln!("(more: continue from {:?})", String::from_utf8_lossy(next));
+            }
+            Ok(true)
+        }
+        Cmd::ScanAll { limit } => {
+            let mut all = Vec::new();
+            let mut cursor = None;
+            loop {
+                let page = client.scan_all(cursor.as_ref(), limit).await?;
+                all.extend(page.kvs);
+                match page.next {
+                    Some(next) if (all.len() as u32) < limit => cursor = Some(next),
+                    _ => break,
+                }
+            }
+            all.truncate(limit as usize);
+            print_kvs(out, &all)?;
+            Ok(true)
+        }
+        Cmd::Cluster {
+            command: ClusterCmd::Status,
+        } => {
+            let status = client.cluster_status().await?;
+            let report = status::Report::from_status(&status);
+            match out {
+                Output::Json => print_json(&report)?,
+                Output::Table => report.print_table(),
+            }
+            Ok(report.healthy())
+        }
+        Cmd::Cluster {
+            command: ClusterCmd::Map,
+        } => {
+            let map = client.cluster_map().await?;
+            print_json(&status::MapOut::from_map(&map))?;
+            Ok(true)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! `atollctl cluster status` and `cluster map`: a stable JSON shape and a
+//! table for terminals.
+
+use std::collections::HashMap;
+
+use atoll_client::{ClusterMap, StatusResponse};
+use atoll_proto::v1::{NodeState, ReplicaRole, Shard};
+use serde::Serialize;
+
+#[derive(Serialize)]
+pub struct NodeOut {
+    pub id: u64,
+    pub island: String,
+    pub address: String,
+    pub state: String,
+    /// Whether the node answered.
+    pub reachable: bool,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub error: String,
+    pub replicas: usize,
+    pub leaders: usize,
+}
+
+#[derive(Serialize)]
+pub struct ReplicaOut {
+    pub replica_id: u64,
+    pub node_id: u64,
+    pub island: String,
+    pub role: String,
+    pub term: u64,
+    pub last_applied_index: u64,
+}
+
+#[derive(Serialize)]
+pub struct ShardOut {
+    pub id: u64,
+    pub range_start: String,
+    pub range_last: String,
+    pub leader_node: Option<u64>,
+    pub islands: usize,
+    pub replicas: Vec<ReplicaOut>,
+}
+
+#[derive(Serialize)]
+pub struct Report {
+    pub cluster: String,
+    pub map_version: u64,
+    pub replication_factor: u32,
+    pub nodes: Vec<NodeOut>,
+    pub meta: Option<ShardOut>,
+    pub shards: Vec<ShardOut>,
+}
+
+fn state_name(state: i32) -> String {
+    NodeState::try_from(state).map_or("unknown".into(), |s| s.as_str_name().to_lowercase())
+}
+
+fn role_name(role: i32) -> String {
+    ReplicaRole::try_from(role).map_or("unknown".into(), |r| r.as_str_name().to_lowercase())
+}
+
+impl Report {
+    pub fn from_status(status: &StatusResponse) -> Report {
+        let map = status.map.clone().unwrap_or_default();
+        let island_of: HashMap<u64, String> =
+            map.nodes.iter().map(|n| (n.id, n.island.clone())).collect();
+        // (shard, replica) -> what its node reported.
+        let mut reported = HashMap::new();
+        for report in &status.nodes {
+            if let Some(s) = &report.status {
+                for r in &s.replicas {
+                    reported.insert((r.shard_id, r.replica_id), r.clone());
+                }
+            }
+        }
+        let shard_out = |shard: &Shard| {
+            let replicas: Vec<ReplicaOut> = shard
+                .replicas
+                .iter()
+                .map(|r| {
+                    let st = reported.get(&(shard.id, r.replica_id));
+                    ReplicaOut {
+                        replica_id: r.replica_id,
+                        node_id: r.node_id,
+                        island: island_of.get(&r.node_id).cloned().unwrap_or_default(),
+                        role: st.map_or("unreachable".into(), |s| role_name(s.role)),
+                        term: st.map_or(0, |s| s.term),
+                        last_applied_index: st.map_or(0, |s| s.last_applied_index),
+                    }
+                })
+                .collect();
+            let leader_node = replicas
+                .iter()
+                .find(|r| r.role == "leader")
+                .map(|r| r.node_id);
+            let mut islands: Vec<&str> = replicas.iter().map(|r| r.island.as_str()).collect();
+            islands.sort_unstable();
+            islands.dedup();
+            ShardOut {
+                id: shard.id,
+                range_start: format!("{:#018x}", shard.range_start),
+                range_last: format!("{:#018x}", shard.range_last),
+                leader_node,
+                islands: islands.len(),
+                replicas,
+            }
+        };
+        let shards: Vec<ShardOut> = map.shards.iter().map(shard_out).collect();
+        let meta = map.meta.as_ref().map(shard_out);
+        let nodes = map
+            .nodes
+            .iter()
+            .map(|n| {
+                let report = status.nodes.iter().find(|r| r.node_id == n.id);
+                let all = shards.iter().chain(meta.iter());
+                NodeOut {
+                    id: n.id,
+                    island: n.island.clone(),
+                    address: n.address.clone(),
+                    state: state_name(n.state),
+                    reachable: report.is_some_and(|r| r.status.is_some()),
+                    error: report.map(|r| r.error.clone()).unwrap_or_default(),
+                    replicas: all
+                        .clone()
+                        .filter(|s| s.replicas.iter().any(|r| r.node_id == n.id))
+                        .count(),
+                    leaders: all.filter(|s| s.leader_node == Some(n.id)).count(),
+                }
+            })
+            .collect();
+        Report {
+            cluster: map.cluster_name.clone(),
+            map_version: map.map_version,
+            replication_factor: map.replication_factor,
+            nodes,
+            meta,
+            shards,
+        }
+    }
+
+    /// Every node reachable and every shard led.
+    pub fn healthy(&self) -> bool {
+        self.nodes.iter().all(|n| n.reachable)
+            && self.shards.iter().all(|s| s.leader_node.is_some())
+    }
+
+    pub fn print_table(&self) {
+        println!(
+            "cluster {} (map v{}, RF {})",
+            self.cluster, self.map_version, self.replication_factor
+        );
+        println!();
+        println!(
+            "{:<6} {:<14} {:<22} {:<8} {:>8} {:>8}",
+            "NODE", "ISLAND", "ADDRESS", "STATE", "REPLICAS", "LEADERS"
+        );
+        for n in &self.nodes {
+            let state = if n.reachable {
+                n.state.clone()
+            } else {
+                "down".into()
+            };
+            println!(
+                "{:<6} {:<14} {:<22} {:<8} {:>8} {:>8}",
+                n.id, n.island, n.address, state, n.replicas, n.leaders
+            );
+        }
+        println!();
+        println!(
+            "{:<6} {:<39} {:<8} REPLICAS (node@island role)",
+            "SHARD", "HASH RANGE", "LEADER"
+        );
+        for s in self.meta.iter().chain(&self.shards) {
+            let range = if s.id == 0 {
+                "meta".to_string()
+            } else {
+                format!("{}..={}", s.range_start, s.range_last)
+            };
+            let replicas: Vec<String> = s
+                .replicas
+                .iter()
+                .map(|r| format!("n{}@{} {}", r.node_id, r.island, r.role))
+                .collect();
+            let leader = s.leader_node.map_or("-".into(), |n| format!("n{n}"));
+            println!(
+                "{:<6} {:<39} {:<8} {}",
+                s.id,
+                range,
+                leader,
+                replicas.join(", ")
+            );
+        }
+    }
+}
+
+/// The cluster map as JSON.
+#[derive(Serialize)]
+pub struct MapOut {
+    pub map_version: u64,
+    pub nodes: Vec<serde_json::Value>,
+    pub shards: Vec<serde_json::Value>,
+}
+
+impl MapOut {
+    pub fn from_map(map: &ClusterMap) -> MapOut {
+        let shard = |s: &Shard| {
+            serde_json::json!({
+                "id": s.id,
+                "range_start": format!("{:#018x}", s.range_start),
+                "range_last": format!("{:#018x}", s.range_last),
+                "epoch": s.epoch,
+                "replicas": s.replicas.iter().map(|r| serde_json::json!({"replica_id": r.replica_id, "node_id": r.node_id})).collect::<Vec<_>>(),
+            })
+        };
+        MapOut {
+            map_version: map.map_version,
+            nodes: map
+                .nodes
+                .iter()
+                .map(|n| serde_json::json!({"id": n.id, "island": n.island, "address": n.address, "capacity": n.capacity, "state": state_name(n.state)}))
+                .collect(),
+            shards: map.meta.iter().chain(&map.shards).map(shard).collect(),
+        }
+    }
+}

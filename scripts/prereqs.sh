@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what building Atoll needs beyond a Rust toolchain: a C++ compiler
+# and libclang (RocksDB's bindgen). protoc is not needed: atoll-proto uses a
+# vendored one. Sourced by scripts/run-dev.sh and scripts/test.sh.
+set -euo pipefail
+
+atoll_have_libclang() {
+    ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so* /usr/lib/aarch64-linux-gnu/libclang*.so* >/dev/null 2>&1
+}
+
+atoll_install_prereqs() {
+    local missing=()
+    command -v cargo >/dev/null || { echo "cargo is missing: install Rust (https://rustup.rs) first" >&2; exit 1; }
+    command -v c++ >/dev/null || missing+=(g++)
+    atoll_have_libclang || missing+=(libclang-dev)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing build prerequisites: ${missing[*]}" >&2
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+# One target dir outside the clone, shared by the run and test commands (and
+# by CI runs on the same machine), so RocksDB's C++ is compiled once.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/atoll-target}"

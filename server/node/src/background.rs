@@ -1,0 +1,124 @@
+//! The node's background loops: publishing and refreshing the cluster map
+//! through the meta shard, and removing expired keys.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use atoll_proto::ShardId;
+use atoll_raft::state_machine::read_cluster_map;
+use atoll_raft::{Command, Replica, ShardKind};
+use atoll_storage::keys::{data_range, split_data_key};
+use atoll_storage::{Cf, Record};
+use prost::Message;
+
+use crate::node::{now_ms, Node};
+
+/// Rows one TTL pass reads per shard.
+const TTL_PAGE: usize = 512;
+/// Keys one `Expire` command removes at most.
+const TTL_BATCH: usize = 128;
+
+pub(crate) fn spawn(node: &Arc<Node>) {
+    let weak = Arc::downgrade(node);
+    tokio::spawn(map_loop(weak.clone()));
+    tokio::spawn(ttl_loop(weak));
+}
+
+/// Publishes the initial map through the meta shard (first leader does it)
+/// and keeps the node's map in step with the meta shard's.
+async fn map_loop(node: Weak<Node>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let Some(node) = node.upgrade() else { return };
+        let Some(meta) = node.replica(ShardId::META) else {
+            continue;
+        };
+        let stored = match read_cluster_map(node.engine().as_ref(), meta.spec.replica) {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the stored cluster map");
+                continue;
+            }
+        };
+        match stored {
+            Some(map) => node.set_map(map),
+            None if meta.leader() == Some(meta.spec.replica) => {
+                let map = node.initial_map().encode_to_vec();
+                let command = Command::SetClusterMap {
+                    expected_version: 0,
+                    map,
+                };
+                if let Err(e) = node.propose(&meta, command, None).await {
+                    tracing::debug!(error = %e, "publishing the initial cluster map");
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+/// Scans each led data shard a page at a time and proposes the removal of
+/// keys whose TTL has passed (reads already treat them as absent).
+async fn ttl_loop(node: Weak<Node>) {
+    let mut cursors: HashMap<ShardId, Vec<u8>> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Some(node) = node.upgrade() else { return };
+        for replica in node.replicas() {
+            if replica.leader() != Some(replica.spec.replica) {
+                continue;
+            }
+            let ShardKind::Data { first, last } = replica.spec.kind else {
+                continue;
+            };
+            let cursor = cursors.entry(replica.spec.shard).or_default();
+            if let Err(e) = sweep_page(&node, &replica, first, last, cursor).await {
+                tracing::debug!(shard = %replica.spec.shard, error = %e, "ttl sweep");
+            }
+        }
+    }
+}
+
+async fn sweep_page(
+    node: &Node,
+    replica: &Replica,
+    first: u64,
+    last: u64,
+    cursor: &mut Vec<u8>,
+) -> Result<(), crate::errors::ApiError> {
+    let (start, end) = data_range(first, last);
+    let from = if cursor.as_slice() > start.as_slice() {
+        cursor.clone()
+    } else {
+        start
+    };
+    let rows = node.engine().scan(Cf::Data, &from, &end, TTL_PAGE)?;
+    *cursor = match rows.last() {
+        Some((k, _)) if rows.len() == TTL_PAGE => [k.as_slice(), &[0]].concat(),
+        _ => Vec::new(),
+    };
+    let now = now_ms();
+    let mut expired = Vec::new();
+    for (dkey, stored) in &rows {
+        let record = Record::decode(stored)?;
+        if record.is_expired(now) {
+            if let Some((_, key)) = split_data_key(dkey) {
+                expired.push((key.to_vec(), record.version));
+            }
+        }
+    }
+    for chunk in expired.chunks(TTL_BATCH) {
+        node.propose(
+            replica,
+            Command::Expire {
+                keys: chunk.to_vec(),
+            },
+            None,
+        )
+        .await?;
+    }
+    Ok(())
+}

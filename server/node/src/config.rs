@@ -1,0 +1,379 @@
+//! Node configuration: a typed tree with defaults in code, human units
+//! (`"150ms"`, `"1MiB"`), one `validate()`, and the precedence
+//! defaults < file < `ATOLL_*` environment < command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::size::ByteSize;
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// This node's id: assigned once, never reused.
+    pub node_id: u64,
+    /// This node's island (failure domain).
+    pub island: String,
+    /// Where the gRPC server listens.
+    pub listen: SocketAddr,
+    /// The address other nodes and clients use; defaults to `listen`.
+    pub advertise: Option<String>,
+    /// The node's data directory (RocksDB lives in `<data_dir>/db`).
+    pub data_dir: PathBuf,
+    pub cluster: ClusterConfig,
+    pub raft: RaftConfig,
+    pub limits: LimitsConfig,
+    pub storage: StorageConfig,
+}
+
+/// The cluster this node bootstraps or joins.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    pub name: String,
+    /// Data shards a new cluster starts with.
+    pub initial_shards: u32,
+    pub replication_factor: u32,
+    /// Every node of a new cluster; all nodes must be given the same list.
+    pub initial_nodes: Vec<InitialNode>,
+}
+
+/// One member of `initial_nodes`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitialNode {
+    pub id: u64,
+    pub island: String,
+    pub address: String,
+    #[serde(default = "default_capacity")]
+    pub capacity: u64,
+}
+
+fn default_capacity() -> u64 {
+    100
+}
+
+/// Raft timing and log retention.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftConfig {
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    #[serde(with = "humantime_serde")]
+    pub election_timeout_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub election_timeout_max: Duration,
+    /// Build a snapshot after this many applied entries.
+    pub snapshot_after_entries: u64,
+    /// Entries kept behind the last snapshot for slow followers.
+    pub keep_entries_after_snapshot: u64,
+    /// How long a write may wait for commit before the client is told the
+    /// outcome is unknown.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+}
+
+/// Request limits.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_value_bytes: ByteSize,
+}
+
+/// RocksDB tuning.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub block_cache: ByteSize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            node_id: 1,
+            island: "default".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 7001)),
+            advertise: None,
+            data_dir: PathBuf::from("atoll-data"),
+            cluster: ClusterConfig::default(),
+            raft: RaftConfig::default(),
+            limits: LimitsConfig::default(),
+            storage: StorageConfig::default(),
+        }
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            name: "atoll".into(),
+            initial_shards: 8,
+            replication_factor: 3,
+            initial_nodes: Vec::new(),
+        }
+    }
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_millis(150),
+            election_timeout_min: Duration::from_millis(1000),
+            election_timeout_max: Duration::from_millis(2000),
+            snapshot_after_entries: 20_000,
+            keep_entries_after_snapshot: 5_000,
+            write_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_value_bytes: ByteSize(atoll_proto::limits::DEFAULT_MAX_VALUE_BYTES as u64),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            block_cache: ByteSize(256 << 20),
+        }
+    }
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("environment variable {name}: {message}")]
+    Env { name: String, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl NodeConfig {
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Applies `ATOLL_NODE_ID`, `ATOLL_ISLAND`, `ATOLL_LISTEN`,
+    /// `ATOLL_ADVERTISE` and `ATOLL_DATA_DIR` from `vars`.
+    pub fn apply_env(
+        &mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        let bad = |name: &str, e: &dyn std::fmt::Display| ConfigError::Env {
+            name: name.into(),
+            message: e.to_string(),
+        };
+        for (name, value) in vars {
+            match name.as_str() {
+                "ATOLL_NODE_ID" => self.node_id = value.parse().map_err(|e| bad(&name, &e))?,
+                "ATOLL_ISLAND" => self.island = value,
+                "ATOLL_LISTEN" => self.listen = value.parse().map_err(|e| bad(&name, &e))?,
+                "ATOLL_ADVERTISE" => self.advertise = Some(value),
+                "ATOLL_DATA_DIR" => self.data_dir = PathBuf::from(value),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The address peers and clients use.
+    pub fn advertise_address(&self) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| self.listen.to_string())
+    }
+
+    /// Checks every section.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.node_id == 0 {
+            return invalid("node_id must be > 0".into());
+        }
+        if self.island.is_empty() {
+            return invalid("island must not be empty".into());
+        }
+        self.cluster.validate()?;
+        if !self
+            .cluster
+            .initial_nodes
+            .iter()
+            .any(|n| n.id == self.node_id)
+        {
+            return invalid(format!(
+                "node_id {} is not in cluster.initial_nodes",
+                self.node_id
+            ));
+        }
+        if let Some(me) = self
+            .cluster
+            .initial_nodes
+            .iter()
+            .find(|n| n.id == self.node_id)
+        {
+            if me.island != self.island {
+                return invalid(format!(
+                    "island {:?} differs from {:?} given for node {} in cluster.initial_nodes",
+                    self.island, me.island, self.node_id
+                ));
+            }
+        }
+        self.raft.validate()?;
+        if self.limits.max_value_bytes.0 == 0 || self.limits.max_value_bytes.0 > 64 << 20 {
+            return invalid("limits.max_value_bytes must be between 1 byte and 64MiB".into());
+        }
+        Ok(())
+    }
+}
+
+impl ClusterConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.initial_shards == 0 || self.initial_shards > 4096 {
+            return invalid("cluster.initial_shards must be between 1 and 4096".into());
+        }
+        if self.replication_factor == 0 {
+            return invalid("cluster.replication_factor must be > 0".into());
+        }
+        if self.initial_nodes.is_empty() {
+            return invalid("cluster.initial_nodes must list every node of the new cluster".into());
+        }
+        let mut ids: Vec<u64> = self.initial_nodes.iter().map(|n| n.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != self.initial_nodes.len() {
+            return invalid("cluster.initial_nodes has a duplicate id".into());
+        }
+        if self
+            .initial_nodes
+            .iter()
+            .any(|n| n.id == 0 || n.capacity == 0 || n.island.is_empty())
+        {
+            return invalid(
+                "cluster.initial_nodes: ids and capacities must be > 0, islands non-empty".into(),
+            );
+        }
+        if (self.replication_factor as usize) > self.initial_nodes.len() {
+            return invalid(format!(
+                "cluster.replication_factor {} exceeds the {} initial nodes",
+                self.replication_factor,
+                self.initial_nodes.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl RaftConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.heartbeat.is_zero() || self.election_timeout_min <= self.heartbeat * 3 {
+            return Err(ConfigError::Invalid(
+                "raft.election_timeout_min must be more than 3 heartbeats".into(),
+            ));
+        }
+        if self.election_timeout_max <= self.election_timeout_min {
+            return Err(ConfigError::Invalid(
+                "raft.election_timeout_max must exceed election_timeout_min".into(),
+            ));
+        }
+        if self.write_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "raft.write_timeout must be > 0".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn three_nodes() -> NodeConfig {
+        let mut cfg = NodeConfig::default();
+        cfg.island = "a".into();
+        cfg.cluster.initial_nodes = (1..=3)
+            .map(|i| InitialNode {
+                id: i,
+                island: ["a", "b", "c"][(i - 1) as usize].into(),
+                address: format!("127.0.0.1:{}", 7000 + i),
+                capacity: 100,
+            })
+            .collect();
+        cfg
+    }
+
+    #[test]
+    fn a_complete_config_validates() {
+        three_nodes().validate().unwrap();
+    }
+
+    #[test]
+    fn replication_factor_above_node_count_is_rejected() {
+        let mut cfg = three_nodes();
+        cfg.cluster.replication_factor = 5;
+        assert!(cfg.validate().is_err());
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let mut cfg = three_nodes();
+        cfg.apply_env([
+            ("ATOLL_NODE_ID".to_string(), "2".to_string()),
+            ("ATOLL_ISLAND".into(), "b".into()),
+        ])
+        .unwrap();
+        assert_eq!(cfg.node_id, 2);
+        cfg.validate().unwrap();
+        assert!(cfg
+            .apply_env([("ATOLL_NODE_ID".to_string(), "x".to_string())])
+            .is_err());
+    }
+
+    #[test]
+    fn human_units_parse() {
+        let cfg: NodeConfig = toml::from_str(
+            r#"
+            [raft]
+            heartbeat = "100ms"
+            election_timeout_min = "1s"
+            election_timeout_max = "2s"
+            [limits]
+            max_value_bytes = "2MiB"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.raft.heartbeat, Duration::from_millis(100));
+        assert_eq!(cfg.limits.max_value_bytes.0, 2 << 20);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(toml::from_str::<NodeConfig>("nod_id = 3").is_err());
+    }
+}

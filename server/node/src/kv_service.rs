@@ -1,0 +1,403 @@
+//! The `atoll.v1.Kv` service: validates a request, routes it to the local
+//! replica of its shard, and answers from the state machine (writes) or the
+//! engine (reads, after a ReadIndex barrier unless `stale`).
+
+use std::sync::Arc;
+
+use atoll_proto::keyhash::{hash_tag, key_hash};
+use atoll_proto::v1::kv_server::Kv;
+use atoll_proto::v1::{self as wire, batch_op, cas_request, Limit, ReadConsistency};
+use atoll_raft::{BatchStep, Command, Expected, Outcome, Replica};
+use atoll_storage::keys::{data_key_with_hash, data_range, split_data_key};
+use atoll_storage::{Cf, Record};
+use tonic::{Request, Response, Status};
+
+use crate::errors::ApiError;
+use crate::node::{now_ms, Node};
+use crate::validate;
+
+/// Implements `atoll.v1.Kv` on a node.
+pub struct KvService {
+    node: Arc<Node>,
+}
+
+impl KvService {
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+
+    async fn read_replica(
+        &self,
+        shard_id: u64,
+        keys: &[&[u8]],
+        consistency: i32,
+    ) -> Result<Replica, ApiError> {
+        let replica = self.node.route(shard_id, keys)?;
+        if consistency != ReadConsistency::Stale as i32 {
+            self.node.read_barrier(&replica).await?;
+        }
+        Ok(replica)
+    }
+
+    /// The live value of `key` in the local engine.
+    fn local_get(&self, key: &[u8]) -> Result<Option<wire::KeyValue>, ApiError> {
+        let dkey = data_key_with_hash(key_hash(key), key);
+        let Some(stored) = self.node.engine().get(Cf::Data, &dkey)? else {
+            return Ok(None);
+        };
+        let record = Record::decode(&stored)?;
+        Ok((!record.is_expired(now_ms())).then(|| kv(key.to_vec(), record)))
+    }
+
+    fn max_value(&self) -> u64 {
+        self.node.config().limits.max_value_bytes.0
+    }
+}
+
+fn kv(key: Vec<u8>, record: Record) -> wire::KeyValue {
+    wire::KeyValue {
+        key,
+        value: record.value,
+        version: record.version,
+        expires_at_ms: record.expires_at_ms,
+    }
+}
+
+/// Turns an outcome that is not a success into its error.
+fn check(outcome: Outcome) -> Result<Outcome, ApiError> {
+    match outcome {
+        Outcome::CasFailed { key, current } => Err(ApiError::CasFailed {
+            current: current.map(|c| wire::KeyValue {
+                key: key.clone(),
+                value: c.value,
+                version: c.version,
+                expires_at_ms: c.expires_at_ms,
+            }),
+            key: String::from_utf8_lossy(&key).into_owned(),
+        }),
+        Outcome::Rejected { reason } => Err(ApiError::StaleMap {
+            map_version: 0,
+            message: reason,
+        }),
+        other => Ok(other),
+    }
+}
+
+fn written_version(outcome: Outcome) -> Result<u64, ApiError> {
+    match check(outcome)? {
+        Outcome::Written { version } => Ok(version),
+        other => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn get(
+        &self,
+        request: Request<wire::GetRequest>,
+    ) -> Result<Response<wire::GetResponse>, Status> {
+        let req = request.into_inner();
+        validate::key(&req.key)?;
+        self.read_replica(req.shard_id, &[&req.key], req.consistency)
+            .await?;
+        Ok(Response::new(wire::GetResponse {
+            kv: self.local_get(&req.key)?,
+        }))
+    }
+
+    async fn batch_get(
+        &self,
+        request: Request<wire::BatchGetRequest>,
+    ) -> Result<Response<wire::BatchGetResponse>, Status> {
+        let req = request.into_inner();
+        validate::batch(req.keys.len(), req.keys.iter().map(Vec::len).sum())?;
+        for key in &req.keys {
+            validate::key(key)?;
+        }
+        let keys: Vec<&[u8]> = req.keys.iter().map(Vec::as_slice).collect();
+        self.read_replica(req.shard_id, &keys, req.consistency)
+            .await?;
+        let results = keys
+            .iter()
+            .map(|k| self.local_get(k).map(|kv| wire::GetResult { kv }))
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(wire::BatchGetResponse { results }))
+    }
+
+    async fn put(
+        &self,
+        request: Request<wire::PutRequest>,
+    ) -> Result<Response<wire::PutResponse>, Status> {
+        let req = request.into_inner();
+        validate::key(&req.key)?;
+        validate::value(&req.value, self.max_value())?;
+        validate::ttl(req.ttl_ms)?;
+        let replica = self.node.route(req.shard_id, &[&req.key])?;
+        let command = Command::Put {
+            key: req.key,
+            value: req.value,
+            ttl_ms: req.ttl_ms,
+        };
+        let outcome = self
+            .node
+            .propose(&replica, command, validate::write_id(req.write_id))
+            .await?;
+        Ok(Response::new(wire::PutResponse {
+            version: written_version(outcome)?,
+        }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<wire::DeleteRequest>,
+    ) -> Result<Response<wire::DeleteResponse>, Status> {
+        let req = request.into_inner();
+        validate::key(&req.key)?;
+        let replica = self.node.route(req.shard_id, &[&req.key])?;
+        let command = Command::Delete { key: req.key };
+        match check(
+            self.node
+                .propose(&replica, command, validate::write_id(req.write_id))
+                .await?,
+        )? {
+            Outcome::Deleted { deleted, version } => {
+                Ok(Response::new(wire::DeleteResponse { deleted, version }))
+            }
+            other => Err(ApiError::Internal(format!("unexpected outcome {other:?}")).into()),
+        }
+    }
+
+    async fn compare_and_swap(
+        &self,
+        request: Request<wire::CasRequest>,
+    ) -> Result<Response<wire::CasResponse>, Status> {
+        let req = request.into_inner();
+        validate::key(&req.key)?;
+        if let Some(v) = &req.new_value {
+            validate::value(v, self.max_value())?;
+        }
+        validate::ttl(req.ttl_ms)?;
+        let expected = match req.expected {
+            Some(cas_request::Expected::ExpectedVersion(v)) => Expected::Version(v),
+            Some(cas_request::Expected::ExpectedValue(v)) => Expected::Value(v),
+            None => {
+                return Err(ApiError::invalid(
+                    Limit::MissingField,
+                    "CAS needs expected_version or expected_value",
+                )
+                .into())
+            }
+        };
+        let replica = self.node.route(req.shard_id, &[&req.key])?;
+        let command = Command::Cas {
+            key: req.key,
+            expected,
+            new_value: req.new_value,
+            ttl_ms: req.ttl_ms,
+        };
+        let outcome = self
+            .node
+            .propose(&replica, command, validate::write_id(req.write_id))
+            .await?;
+        Ok(Response::new(wire::CasResponse {
+            version: written_version(outcome)?,
+        }))
+    }
+
+    async fn batch(
+        &self,
+        request: Request<wire::BatchRequest>,
+    ) -> Result<Response<wire::BatchResponse>, Status> {
+        let req = request.into_inner();
+        let mut steps = Vec::with_capacity(req.ops.len());
+        let mut bytes = 0usize;
+        for op in req.ops {
+            let step = match op.op {
+                Some(batch_op::Op::Put(p)) => {
+                    validate::value(&p.value, self.max_value())?;
+                    validate::ttl(p.ttl_ms)?;
+                    bytes += p.key.len() + p.value.len();
+                    BatchStep::Put {
+                        key: p.key,
+                        value: p.value,
+                        ttl_ms: p.ttl_ms,
+                    }
+                }
+                Some(batch_op::Op::Delete(d)) => {
+                    bytes += d.key.len();
+                    BatchStep::Delete { key: d.key }
+                }
+                Some(batch_op::Op::Check(c)) => {
+                    bytes += c.key.len();
+                    BatchStep::Check {
+                        key: c.key,
+                        expected_version: c.expected_version,
+                    }
+                }
+                None => {
+                    return Err(
+                        ApiError::invalid(Limit::MissingField, "batch op has no operation").into(),
+                    )
+                }
+            };
+            steps.push(step);
+        }
+        validate::batch(steps.len(), bytes)?;
+        let keys: Vec<&[u8]> = steps
+            .iter()
+            .map(|s| match s {
+                BatchStep::Put { key, .. }
+                | BatchStep::Delete { key }
+                | BatchStep::Check { key, .. } => key.as_slice(),
+            })
+            .collect();
+        for key in &keys {
+            validate::key(key)?;
+        }
+        let first = key_hash(keys[0]);
+        if keys.iter().any(|k| key_hash(k) != first) && !same_shard(&self.node, &keys) {
+            return Err(ApiError::invalid(
+                Limit::BatchCrossesShards,
+                "batch keys are in different shards; give them a common hash tag, e.g. {user42}:a and {user42}:b",
+            )
+            .into());
+        }
+        let replica = self.node.route(req.shard_id, &keys)?;
+        let outcome = self
+            .node
+            .propose(
+                &replica,
+                Command::Batch { steps },
+                validate::write_id(req.write_id),
+            )
+            .await?;
+        Ok(Response::new(wire::BatchResponse {
+            version: written_version(outcome)?,
+        }))
+    }
+
+    async fn scan(
+        &self,
+        request: Request<wire::ScanRequest>,
+    ) -> Result<Response<wire::ScanResponse>, Status> {
+        let req = request.into_inner();
+        validate::key(&req.start)?;
+        let Some(tag) = hash_tag(&req.start).map(<[u8]>::to_vec) else {
+            return Err(ApiError::invalid(
+                Limit::ScanNeedsHashTag,
+                "scan keys must carry a hash tag, e.g. {user42}:; use ScanAll for the whole key space",
+            )
+            .into());
+        };
+        if !req.end.is_empty() && hash_tag(&req.end) != Some(tag.as_slice()) {
+            return Err(ApiError::invalid(
+                Limit::ScanNeedsHashTag,
+                "scan start and end must carry the same hash tag",
+            )
+            .into());
+        }
+        let limit = validate::scan_limit(req.limit);
+        self.read_replica(req.shard_id, &[&req.start], req.consistency)
+            .await?;
+        let hash = key_hash(&req.start);
+        let start = data_key_with_hash(hash, &req.start);
+        let end = if req.end.is_empty() {
+            data_range(hash, hash).1
+        } else {
+            data_key_with_hash(hash, &req.end)
+        };
+        let now = now_ms();
+        let mut kvs = Vec::new();
+        let mut resume_key = Vec::new();
+        let mut from = start;
+        // Pages of raw rows: expired keys and other tags with the same hash
+        // are skipped, so one page may not fill the answer.
+        'pages: loop {
+            let rows = self.node.engine().scan(Cf::Data, &from, &end, limit + 1)?;
+            let exhausted = rows.len() <= limit;
+            for (dkey, stored) in &rows {
+                let Some((_, key)) = split_data_key(dkey) else {
+                    continue;
+                };
+                if kvs.len() == limit {
+                    resume_key = key.to_vec();
+                    break 'pages;
+                }
+                if hash_tag(key) != Some(tag.as_slice()) {
+                    continue;
+                }
+                let record = Record::decode(stored).map_err(ApiError::from)?;
+                if !record.is_expired(now) {
+                    kvs.push(kv(key.to_vec(), record));
+                }
+            }
+            match rows.last() {
+                Some((last, _)) if !exhausted => from = [last.as_slice(), &[0]].concat(),
+                _ => break,
+            }
+        }
+        Ok(Response::new(wire::ScanResponse { kvs, resume_key }))
+    }
+
+    async fn scan_all(
+        &self,
+        request: Request<wire::ScanAllRequest>,
+    ) -> Result<Response<wire::ScanAllResponse>, Status> {
+        let req = request.into_inner();
+        let limit = validate::scan_limit(req.limit);
+        let replica = self
+            .read_replica(req.shard_id, &[], req.consistency)
+            .await?;
+        let atoll_raft::ShardKind::Data { first, last } = replica.spec.kind else {
+            return Err(ApiError::StaleMap {
+                map_version: 0,
+                message: "not a data shard".into(),
+            }
+            .into());
+        };
+        let (start, end) = data_range(first, last);
+        let from = if req.cursor.as_slice() > start.as_slice() {
+            req.cursor
+        } else {
+            start
+        };
+        if !end.is_empty() && from >= end {
+            return Err(ApiError::StaleMap {
+                map_version: self.node.map().map_version,
+                message: "cursor is past this shard's range".into(),
+            }
+            .into());
+        }
+        let rows = self.node.engine().scan(Cf::Data, &from, &end, limit)?;
+        let shard_done = rows.len() < limit;
+        let cursor = match rows.last() {
+            Some((last, _)) => [last.as_slice(), &[0]].concat(),
+            None => from,
+        };
+        let now = now_ms();
+        let mut kvs = Vec::with_capacity(rows.len());
+        for (dkey, stored) in rows {
+            let Some((_, key)) = split_data_key(&dkey) else {
+                continue;
+            };
+            let record = Record::decode(&stored).map_err(ApiError::from)?;
+            if !record.is_expired(now) {
+                kvs.push(kv(key.to_vec(), record));
+            }
+        }
+        Ok(Response::new(wire::ScanAllResponse {
+            kvs,
+            cursor,
+            shard_done,
+        }))
+    }
+}
+
+fn same_shard(node: &Node, keys: &[&[u8]]) -> bool {
+    let map = node.map();
+    let first = map.shard_for_key(keys[0]).map(|s| s.id);
+    first.is_some()
+        && keys
+            .iter()
+            .all(|k| map.shard_for_key(k).map(|s| s.id) == first)
+}

@@ -1,0 +1,17 @@
+//! The Atoll node: configuration, the initial cluster map, the replicas a
+//! node hosts, and the gRPC services (Kv, Cluster, internal Raft).
+
+mod background;
+pub mod bootstrap;
+pub mod cluster_service;
+pub mod config;
+pub mod dev;
+pub mod errors;
+pub mod kv_service;
+pub mod node;
+pub mod server;
+pub mod size;
+mod validate;
+
+pub use config::NodeConfig;
+pub use node::Node;

@@ -1,0 +1,362 @@
+//! One Atoll node: its engine, its replicas (one per shard it hosts), its
+//! view of the cluster map, and the request plumbing the services share
+//! (routing to a local replica, proposing a write, a linearizable read
+//! barrier).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use atoll_proto::keyhash::key_hash;
+use atoll_proto::v1::{ClusterMap, LeaderHint, Shard};
+use atoll_proto::{NodeId, ReplicaId, ShardId};
+use atoll_raft::state_machine::read_cluster_map;
+use atoll_raft::types::{CheckIsLeaderError, ClientWriteError, Raft, RaftError, ReplicaNode};
+use atoll_raft::{
+    Command, NetworkFaults, Outcome, PeerDirectory, PeerPool, Replica, ReplicaConfig,
+    ReplicaDirectory, ReplicaSpec, Request, ShardKind, WriteId,
+};
+use atoll_storage::{Engine, GroupCommitter};
+
+use crate::bootstrap::initial_map;
+use crate::config::NodeConfig;
+use crate::errors::ApiError;
+
+/// Switches that tests use to inject faults into a running node.
+#[derive(Debug, Default)]
+pub struct TestHooks {
+    /// Drop the responses of this many upcoming writes *after* they were
+    /// applied, as if the network lost them.
+    pub drop_write_responses: AtomicU32,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("initial cluster map: {0}")]
+    Bootstrap(String),
+    #[error("storage: {0}")]
+    Storage(#[from] atoll_storage::EngineError),
+    #[error("replica of shard {shard}: {source}")]
+    Replica {
+        shard: ShardId,
+        source: atoll_raft::replica::ReplicaError,
+    },
+}
+
+type SharedMap = Arc<RwLock<Arc<ClusterMap>>>;
+
+struct MapDirectory(SharedMap);
+
+impl PeerDirectory for MapDirectory {
+    fn address(&self, node: NodeId) -> Option<String> {
+        let map = self.0.read().ok()?;
+        map.node(node).map(|n| n.address.clone())
+    }
+}
+
+/// A running node.
+pub struct Node {
+    pub id: NodeId,
+    pub island: String,
+    config: NodeConfig,
+    engine: Arc<dyn Engine>,
+    committer: Arc<GroupCommitter>,
+    pub faults: Arc<NetworkFaults>,
+    pub hooks: TestHooks,
+    replicas: RwLock<HashMap<ShardId, Replica>>,
+    map: SharedMap,
+    initial_map: Arc<ClusterMap>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.id)
+            .field("island", &self.island)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn shard_kind(shard: &Shard) -> ShardKind {
+    if ShardId(shard.id).is_meta() {
+        ShardKind::Meta
+    } else {
+        ShardKind::Data {
+            first: shard.range_start,
+            last: shard.range_last,
+        }
+    }
+}
+
+impl Node {
+    /// Starts the node's replicas on `engine`. Serving gRPC is separate
+    /// ([`crate::server::serve`]).
+    pub async fn start(
+        config: NodeConfig,
+        engine: Arc<dyn Engine>,
+    ) -> Result<Arc<Node>, NodeError> {
+        config.validate()?;
+        let id = NodeId(config.node_id);
+        let initial = Arc::new(initial_map(&config.cluster).map_err(NodeError::Bootstrap)?);
+        // A restarted node prefers the map its meta replica has stored.
+        let stored = match initial.meta.as_ref().and_then(|m| m.replica_on(id)) {
+            Some(replica) => read_cluster_map(engine.as_ref(), ReplicaId(replica))?,
+            None => None,
+        };
+        let map = match stored {
+            Some(m) if m.map_version >= initial.map_version => Arc::new(m),
+            _ => initial.clone(),
+        };
+        let shared: SharedMap = Arc::new(RwLock::new(map.clone()));
+        let faults = Arc::new(NetworkFaults::default());
+        let pool = Arc::new(PeerPool::new(
+            Arc::new(MapDirectory(shared.clone())),
+            faults.clone(),
+        ));
+        let committer = Arc::new(GroupCommitter::start(engine.clone())?);
+        let replica_config = ReplicaConfig {
+            heartbeat: config.raft.heartbeat,
+            election_timeout_min: config.raft.election_timeout_min,
+            election_timeout_max: config.raft.election_timeout_max,
+            snapshot_after_entries: config.raft.snapshot_after_entries,
+            keep_entries_after_snapshot: config.raft.keep_entries_after_snapshot,
+        };
+        let mut replicas = HashMap::new();
+        for shard in map.meta.iter().chain(map.shards.iter()) {
+            let Some(replica_id) = shard.replica_on(id) else {
+                continue;
+            };
+            let spec = ReplicaSpec {
+                shard: ShardId(shard.id),
+                replica: ReplicaId(replica_id),
+                kind: shard_kind(shard),
+                initial_members: shard
+                    .replicas
+                    .iter()
+                    .map(|r| {
+                        (
+                            ReplicaId(r.replica_id),
+                            ReplicaNode {
+                                node: NodeId(r.node_id),
+                            },
+                        )
+                    })
+                    .collect::<BTreeMap<_, _>>(),
+            };
+            let replica = Replica::start(
+                spec,
+                &replica_config,
+                engine.clone(),
+                committer.clone(),
+                pool.clone(),
+            )
+            .await
+            .map_err(|source| NodeError::Replica {
+                shard: ShardId(shard.id),
+                source,
+            })?;
+            replicas.insert(ShardId(shard.id), replica);
+        }
+        tracing::info!(node = %id, replicas = replicas.len(), map_version = map.map_version, "node started");
+        let node = Arc::new(Node {
+            id,
+            island: config.island.clone(),
+            config,
+            engine,
+            committer,
+            faults,
+            hooks: TestHooks::default(),
+            replicas: RwLock::new(replicas),
+            map: shared,
+            initial_map: initial,
+        });
+        crate::background::spawn(&node);
+        Ok(node)
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    pub fn committer(&self) -> &GroupCommitter {
+        &self.committer
+    }
+
+    /// The cluster map as this node knows it.
+    pub fn map(&self) -> Arc<ClusterMap> {
+        self.map
+            .read()
+            .map(|m| m.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    pub(crate) fn initial_map(&self) -> &Arc<ClusterMap> {
+        &self.initial_map
+    }
+
+    pub(crate) fn set_map(&self, map: ClusterMap) {
+        if let Ok(mut current) = self.map.write() {
+            if map.map_version > current.map_version {
+                *current = Arc::new(map);
+            }
+        }
+    }
+
+    /// The local replica of `shard`.
+    pub fn replica(&self, shard: ShardId) -> Option<Replica> {
+        self.replicas.read().ok()?.get(&shard).cloned()
+    }
+
+    /// Every local replica, in shard order.
+    pub fn replicas(&self) -> Vec<Replica> {
+        let mut all: Vec<Replica> = self
+            .replicas
+            .read()
+            .map(|r| r.values().cloned().collect())
+            .unwrap_or_default();
+        all.sort_by_key(|r| r.spec.shard);
+        all
+    }
+
+    /// Stops every replica.
+    pub async fn shutdown(&self) {
+        for replica in self.replicas() {
+            if let Err(e) = replica.raft.shutdown().await {
+                tracing::warn!(shard = %replica.spec.shard, error = %e, "replica shutdown");
+            }
+        }
+    }
+
+    /// Where clients should go for `shard`'s leader `leader`.
+    pub fn leader_hint(&self, shard: ShardId, leader: Option<ReplicaId>) -> Option<LeaderHint> {
+        let leader = leader?;
+        let map = self.map();
+        let node = map.shard(shard)?.node_of(leader.get())?;
+        let address = map.node(node)?.address.clone();
+        Some(LeaderHint {
+            node_id: node.get(),
+            address,
+            replica_id: leader.get(),
+        })
+    }
+
+    /// The local replica that must serve a request for `keys` routed to
+    /// `shard_id`; checks the client's routing against the map.
+    pub fn route(&self, shard_id: u64, keys: &[&[u8]]) -> Result<Replica, ApiError> {
+        let map = self.map();
+        let stale = |message: String| ApiError::StaleMap {
+            map_version: map.map_version,
+            message,
+        };
+        let shard_id = ShardId(shard_id);
+        let shard = match map.shard(shard_id) {
+            Some(s) if !shard_id.is_meta() => s,
+            _ => return Err(stale(format!("{shard_id} is not a data shard"))),
+        };
+        if let Some(stray) = keys.iter().find(|k| !shard.contains(key_hash(k))) {
+            return Err(stale(format!(
+                "key {:?} is not in {shard_id}",
+                String::from_utf8_lossy(stray)
+            )));
+        }
+        self.replica(shard_id)
+            .ok_or(ApiError::NotLeader { leader: None })
+    }
+
+    /// Proposes a command and waits for its outcome.
+    pub async fn propose(
+        &self,
+        replica: &Replica,
+        command: Command,
+        write_id: Option<WriteId>,
+    ) -> Result<Outcome, ApiError> {
+        let request = Request {
+            write_id,
+            now_ms: now_ms(),
+            command,
+        };
+        let client_write = write_id.is_some();
+        let timeout = self.config.raft.write_timeout;
+        let result = tokio::time::timeout(timeout, replica.raft.client_write(request)).await;
+        let outcome = match result {
+            Err(_) => {
+                return Err(ApiError::Timeout(format!(
+                    "the write was not committed within {}; it may or may not apply",
+                    humantime::format_duration(timeout)
+                )))
+            }
+            Ok(Ok(response)) => response.data,
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                return Err(ApiError::NotLeader {
+                    leader: self.leader_hint(replica.spec.shard, f.leader_id),
+                })
+            }
+            Ok(Err(e)) => return Err(ApiError::ShardUnavailable(e.to_string())),
+        };
+        let hooks = &self.hooks.drop_write_responses;
+        if client_write
+            && hooks
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return Err(ApiError::ShardUnavailable(
+                "response dropped by a test hook".into(),
+            ));
+        }
+        Ok(outcome)
+    }
+
+    /// Waits until `replica` may serve a linearizable read.
+    pub async fn read_barrier(&self, replica: &Replica) -> Result<(), ApiError> {
+        let timeout = self.config.raft.write_timeout;
+        match tokio::time::timeout(timeout, replica.read_index.wait()).await {
+            Err(_) => Err(ApiError::ShardUnavailable(
+                "no quorum confirmed leadership in time".into(),
+            )),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(ApiError::NotLeader {
+                    leader: self.leader_hint(replica.spec.shard, f.leader_id),
+                })
+            }
+            Ok(Err(e)) => Err(ApiError::ShardUnavailable(e.to_string())),
+        }
+    }
+
+    /// Waits (up to `timeout`) until every local replica has a leader.
+    pub async fn wait_for_leaders(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.replicas().iter().all(|r| r.leader().is_some()) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl ReplicaDirectory for Node {
+    fn raft(&self, shard: ShardId, replica: ReplicaId) -> Option<Raft> {
+        self.replica(shard)
+            .filter(|r| r.spec.replica == replica)
+            .map(|r| r.raft)
+    }
+}

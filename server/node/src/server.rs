@@ -1,0 +1,42 @@
+//! Serving a node's gRPC services on one listener.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use atoll_proto::v1::cluster_server::ClusterServer;
+use atoll_proto::v1::kv_server::KvServer;
+use atoll_proto::v1::raft_server::RaftServer;
+use atoll_raft::RaftService;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::cluster_service::ClusterService;
+use crate::kv_service::KvService;
+use crate::node::Node;
+
+/// Largest gRPC message accepted from clients (a 4 MiB batch plus framing).
+const MAX_CLIENT_MESSAGE: usize = 16 << 20;
+/// Largest Raft message (entries are batched by openraft).
+const MAX_RAFT_MESSAGE: usize = 64 << 20;
+
+/// Serves Kv, Cluster and Raft on `listener` until `shutdown` completes.
+pub async fn serve(
+    node: Arc<Node>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let kv = KvServer::new(KvService::new(node.clone()))
+        .max_decoding_message_size(MAX_CLIENT_MESSAGE)
+        .max_encoding_message_size(MAX_CLIENT_MESSAGE);
+    let cluster = ClusterServer::new(ClusterService::new(node.clone()));
+    let raft = RaftServer::new(RaftService::new(node.clone()))
+        .max_decoding_message_size(MAX_RAFT_MESSAGE)
+        .max_encoding_message_size(MAX_RAFT_MESSAGE);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(kv)
+        .add_service(cluster)
+        .add_service(raft)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}

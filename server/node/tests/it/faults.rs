@@ -1,0 +1,174 @@
+//! Corruption, lost responses and a replica that falls behind a purged log.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use atoll_client::{Error, Expect};
+use atoll_proto::ShardId;
+use atoll_raft::ShardKind;
+use atoll_storage::keys::{data_key, data_range};
+use atoll_storage::{Cf, WriteBatch};
+
+use crate::harness::{eventually, Spec, TestCluster};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_reads_as_data_corruption_never_as_a_value() {
+    let cluster = TestCluster::start(Spec {
+        rocks: true,
+        ..Spec::default()
+    })
+    .await;
+    let client = cluster.client().await;
+    client.put("precious", "the real value").await.unwrap();
+    let map = client.cluster_map().await.unwrap();
+    let shard = ShardId(map.shard_for_key(b"precious").unwrap().id);
+    let leader = cluster.leader_of(shard).expect("shard has a leader");
+    // Flip one byte of the stored record on the leader, through its engine.
+    let engine = cluster.node(leader).engine().clone();
+    let dkey = data_key(b"precious");
+    let mut stored = engine.get(Cf::Data, &dkey).unwrap().expect("record stored");
+    let last = stored.len() - 1;
+    stored[last] ^= 0x20;
+    let mut batch = WriteBatch::new();
+    batch.put(Cf::Data, dkey, stored);
+    engine.write(batch, true).unwrap();
+
+    match client.get("precious").await {
+        Err(Error::DataCorruption(message)) => assert!(message.contains("crc32"), "{message}"),
+        other => panic!("expected DATA_CORRUPTION, got {other:?}"),
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_write_whose_response_was_lost_applies_once() {
+    let cluster = TestCluster::start(Spec::default()).await;
+    let client = cluster.client().await;
+    // Every node drops the response of its next write after applying it.
+    for i in 0..3 {
+        cluster
+            .node(i)
+            .hooks
+            .drop_write_responses
+            .store(1, Ordering::SeqCst);
+    }
+    // A create-if-absent: applied twice, the second application would fail.
+    let version = client
+        .compare_and_swap("once", Expect::Version(0), Some(b"first".to_vec()))
+        .await
+        .expect("the retry returns the first result");
+    let dropped: u32 = (0..3)
+        .map(|i| {
+            1 - cluster
+                .node(i)
+                .hooks
+                .drop_write_responses
+                .load(Ordering::SeqCst)
+        })
+        .sum();
+    assert_eq!(
+        dropped, 1,
+        "exactly one response was lost and the client retried"
+    );
+    let kv = client.get("once").await.unwrap().unwrap();
+    assert_eq!((kv.value.as_slice(), kv.version), (&b"first"[..], version));
+    // A fresh CAS with the same expectation now fails: the key exists once.
+    let err = client
+        .compare_and_swap("once", Expect::Version(0), Some(b"second".to_vec()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::CasFailed { .. }));
+    cluster.shutdown().await;
+}
+
+/// crc32 over every (data key, stored record) of `[first, last]`.
+fn range_checksum(engine: &dyn atoll_storage::Engine, first: u64, last: u64) -> (u32, usize) {
+    let (start, end) = data_range(first, last);
+    let rows = engine.scan(Cf::Data, &start, &end, usize::MAX).unwrap();
+    let mut hasher = crc32fast::Hasher::new();
+    for (k, v) in &rows {
+        hasher.update(k);
+        hasher.update(v);
+    }
+    (hasher.finalize(), rows.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_behind_a_purged_log_catches_up_by_snapshot() {
+    let spec = Spec {
+        rocks: true,
+        shards: 1,
+        snapshot_after_entries: 50,
+        keep_entries_after_snapshot: 10,
+        ..Spec::default()
+    };
+    let cluster = TestCluster::start(spec).await;
+    let client = cluster.client().await;
+    let shard = ShardId(1);
+    for i in 0..20 {
+        client.put(format!("early-{i}"), "v").await.unwrap();
+    }
+    // Keep a follower down (cut off) while the log moves far past it.
+    let leader = cluster.leader_of(shard).unwrap();
+    let lagging = (0..3).find(|&i| i != leader).unwrap();
+    cluster.isolate(lagging);
+    let behind_at = cluster
+        .node(lagging)
+        .replica(shard)
+        .unwrap()
+        .metrics()
+        .last_log_index
+        .unwrap_or(0);
+    for i in 0..400 {
+        client
+            .put(format!("late-{i}"), format!("value-{i}"))
+            .await
+            .unwrap();
+    }
+    let leader_replica = cluster.node(leader).replica(shard).unwrap();
+    let purged = eventually(Duration::from_secs(20), || {
+        leader_replica
+            .metrics()
+            .purged
+            .is_some_and(|p| p.index > behind_at + 10)
+    })
+    .await;
+    assert!(
+        purged,
+        "the leader purged its log past the lagging replica's position"
+    );
+
+    cluster.heal();
+    let follower = cluster.node(lagging).replica(shard).unwrap();
+    let target = leader_replica.metrics().last_applied.unwrap().index;
+    let caught_up = eventually(Duration::from_secs(30), || {
+        follower
+            .metrics()
+            .last_applied
+            .is_some_and(|a| a.index >= target)
+    })
+    .await;
+    assert!(caught_up, "the lagging replica caught up");
+    assert!(
+        follower
+            .metrics()
+            .snapshot
+            .is_some_and(|s| s.index > behind_at),
+        "it caught up by installing a snapshot"
+    );
+    let ShardKind::Data { first, last } = follower.spec.kind else {
+        panic!("data shard")
+    };
+    let want = range_checksum(cluster.node(leader).engine().as_ref(), first, last);
+    let same = eventually(Duration::from_secs(10), || {
+        range_checksum(cluster.node(lagging).engine().as_ref(), first, last) == want
+    })
+    .await;
+    assert!(
+        same,
+        "the shard range on the lagging replica equals the leader's ({} records)",
+        want.1
+    );
+    assert_eq!(want.1, 420);
+    cluster.shutdown().await;
+}

@@ -1,0 +1,225 @@
+//! An in-process cluster: real nodes with real gRPC on 127.0.0.1, on
+//! RocksDB in temp dirs (or the in-memory engine), which tests can stop,
+//! restart and cut off from each other.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use atoll_client::{Client, ClientOptions};
+use atoll_proto::{NodeId, ShardId};
+use atoll_server::config::InitialNode;
+use atoll_server::dev::start_rocks_node;
+use atoll_server::{server, Node, NodeConfig};
+use atoll_storage::MemEngine;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub struct Running {
+    pub node: Arc<Node>,
+    stop: oneshot::Sender<()>,
+    serving: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+pub struct TestCluster {
+    pub configs: Vec<NodeConfig>,
+    pub nodes: Vec<Option<Running>>,
+    pub rocks: bool,
+    _dir: tempfile::TempDir,
+}
+
+/// Shape of a test cluster.
+pub struct Spec {
+    /// Island of each node (node ids are 1, 2, ...).
+    pub islands: Vec<&'static str>,
+    pub shards: u32,
+    /// RocksDB in a temp dir (true) or the in-memory engine.
+    pub rocks: bool,
+    pub snapshot_after_entries: u64,
+    pub keep_entries_after_snapshot: u64,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Spec {
+            islands: vec!["a", "b", "c"],
+            shards: 4,
+            rocks: false,
+            snapshot_after_entries: 20_000,
+            keep_entries_after_snapshot: 5_000,
+        }
+    }
+}
+
+impl TestCluster {
+    pub async fn start(spec: Spec) -> TestCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut listeners = Vec::new();
+        for _ in &spec.islands {
+            listeners.push(TcpListener::bind("127.0.0.1:0").await.expect("bind"));
+        }
+        let initial: Vec<InitialNode> = spec
+            .islands
+            .iter()
+            .zip(&listeners)
+            .enumerate()
+            .map(|(i, (island, l))| InitialNode {
+                id: i as u64 + 1,
+                island: (*island).into(),
+                address: l.local_addr().expect("addr").to_string(),
+                capacity: 100,
+            })
+            .collect();
+        let configs: Vec<NodeConfig> = initial
+            .iter()
+            .map(|n| {
+                let mut cfg = NodeConfig::default();
+                cfg.node_id = n.id;
+                cfg.island = n.island.clone();
+                cfg.listen = n.address.parse().expect("address");
+                cfg.data_dir = dir.path().join(format!("node-{}", n.id));
+                cfg.cluster.initial_shards = spec.shards;
+                cfg.cluster.initial_nodes = initial.clone();
+                cfg.raft.heartbeat = Duration::from_millis(100);
+                cfg.raft.election_timeout_min = Duration::from_millis(800);
+                cfg.raft.election_timeout_max = Duration::from_millis(1600);
+                cfg.raft.snapshot_after_entries = spec.snapshot_after_entries;
+                cfg.raft.keep_entries_after_snapshot = spec.keep_entries_after_snapshot;
+                cfg
+            })
+            .collect();
+        let mut cluster = TestCluster {
+            configs,
+            nodes: Vec::new(),
+            rocks: spec.rocks,
+            _dir: dir,
+        };
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let running = cluster.launch(i, listener).await;
+            cluster.nodes.push(Some(running));
+        }
+        cluster.wait_for_leaders().await;
+        cluster
+    }
+
+    async fn launch(&self, i: usize, listener: TcpListener) -> Running {
+        let config = self.configs[i].clone();
+        let node = if self.rocks {
+            start_rocks_node(config).await.expect("start node")
+        } else {
+            Node::start(config, Arc::new(MemEngine::new()))
+                .await
+                .expect("start node")
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let serving = tokio::spawn(server::serve(node.clone(), listener, async {
+            let _ = stopped.await;
+        }));
+        Running {
+            node,
+            stop,
+            serving,
+        }
+    }
+
+    pub fn node(&self, i: usize) -> &Arc<Node> {
+        &self.nodes[i].as_ref().expect("node is running").node
+    }
+
+    pub fn addresses(&self) -> Vec<String> {
+        self.configs.iter().map(|c| c.listen.to_string()).collect()
+    }
+
+    pub async fn client(&self) -> Client {
+        let options = ClientOptions {
+            timeout: Duration::from_secs(20),
+            ..Default::default()
+        };
+        Client::connect_with(self.addresses(), options)
+            .await
+            .expect("client connects")
+    }
+
+    /// Stops node `i` (its replicas shut down, its port closes).
+    pub async fn stop(&mut self, i: usize) {
+        if let Some(running) = self.nodes[i].take() {
+            let _ = running.stop.send(());
+            running.node.shutdown().await;
+            let _ = running.serving.await;
+        }
+    }
+
+    /// Starts node `i` again on the same port and data dir (RocksDB only).
+    pub async fn restart(&mut self, i: usize) {
+        assert!(self.rocks, "a restart keeps data only on RocksDB");
+        self.stop(i).await;
+        let listener = TcpListener::bind(self.configs[i].listen)
+            .await
+            .expect("rebind");
+        let running = self.launch(i, listener).await;
+        self.nodes[i] = Some(running);
+    }
+
+    /// Cuts Raft traffic between node `i` and every other node, both ways.
+    pub fn isolate(&self, i: usize) {
+        let id = NodeId(self.configs[i].node_id);
+        for (j, running) in self.nodes.iter().enumerate() {
+            let Some(running) = running else { continue };
+            if j == i {
+                for c in &self.configs {
+                    if c.node_id != id.get() {
+                        running.node.faults.cut(NodeId(c.node_id));
+                    }
+                }
+            } else {
+                running.node.faults.cut(id);
+            }
+        }
+    }
+
+    pub fn heal(&self) {
+        for running in self.nodes.iter().flatten() {
+            for c in &self.configs {
+                running.node.faults.heal(NodeId(c.node_id));
+            }
+        }
+    }
+
+    pub async fn wait_for_leaders(&self) {
+        for running in self.nodes.iter().flatten() {
+            assert!(
+                running.node.wait_for_leaders(Duration::from_secs(30)).await,
+                "every shard elects a leader"
+            );
+        }
+    }
+
+    /// The running node that leads `shard`, by index.
+    pub fn leader_of(&self, shard: ShardId) -> Option<usize> {
+        self.nodes.iter().position(|r| {
+            r.as_ref()
+                .and_then(|r| r.node.replica(shard))
+                .is_some_and(|rep| rep.leader() == Some(rep.spec.replica))
+        })
+    }
+
+    pub async fn shutdown(mut self) {
+        for i in 0..self.nodes.len() {
+            self.stop(i).await;
+        }
+    }
+}
+
+/// Polls `check` until it holds or `timeout` passes.
+pub async fn eventually<F: FnMut() -> bool>(timeout: Duration, mut check: F) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,9 @@
+//! Integration tests of the Atoll node: an in-process cluster harness
+//! (nodes on 127.0.0.1 ports, with network faults between chosen nodes) and
+//! end-to-end tests on the real `atoll` and `atollctl` binaries.
+
+mod faults;
+mod harness;
+mod kv;
+mod placement;
+mod processes;

@@ -1,0 +1,330 @@
+//! End-to-end tests on the real binaries: `atoll server` processes, killed
+//! with SIGKILL, and `atollctl`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use atoll_client::{Client, ClientOptions, Consistency, Error};
+
+struct Proc {
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// A cluster of `atoll server` processes.
+struct ProcCluster {
+    dir: tempfile::TempDir,
+    addresses: Vec<String>,
+    islands: Vec<String>,
+    procs: Vec<Proc>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn atoll_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_atoll"))
+}
+
+fn atollctl_bin() -> PathBuf {
+    let path = atoll_bin().with_file_name("atollctl");
+    assert!(
+        path.exists(),
+        "{} is missing: run the whole workspace's tests (`cargo test --workspace`)",
+        path.display()
+    );
+    path
+}
+
+impl ProcCluster {
+    fn start(islands: &[&str], shards: u32) -> ProcCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let addresses: Vec<String> = islands
+            .iter()
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let initial: String = islands
+            .iter()
+            .zip(&addresses)
+            .enumerate()
+            .map(|(i, (island, address))| {
+                format!("[[cluster.initial_nodes]]\nid = {}\nisland = \"{island}\"\naddress = \"{address}\"\n\n", i + 1)
+            })
+            .collect();
+        let mut procs = Vec::new();
+        for (i, (island, address)) in islands.iter().zip(&addresses).enumerate() {
+            let data = dir.path().join(format!("node-{}", i + 1));
+            let config = dir.path().join(format!("node-{}.toml", i + 1));
+            let text = format!(
+                "node_id = {}\nisland = \"{island}\"\nlisten = \"{address}\"\ndata_dir = \"{}\"\n\n\
+                 [raft]\nheartbeat = \"100ms\"\nelection_timeout_min = \"800ms\"\nelection_timeout_max = \"1600ms\"\n\n\
+                 [cluster]\ninitial_shards = {shards}\nreplication_factor = 3\n\n{initial}",
+                i + 1,
+                data.display()
+            );
+            std::fs::write(&config, text).unwrap();
+            let log = dir.path().join(format!("node-{}.log", i + 1));
+            procs.push(Proc {
+                config,
+                log,
+                child: None,
+            });
+        }
+        let mut cluster = ProcCluster {
+            dir,
+            addresses,
+            islands: islands.iter().map(|s| s.to_string()).collect(),
+            procs,
+        };
+        for i in 0..islands.len() {
+            cluster.spawn(i);
+        }
+        cluster
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let proc = &mut self.procs[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&proc.log)
+            .unwrap();
+        let child = Command::new(atoll_bin())
+            .args(["server", "--config"])
+            .arg(&proc.config)
+            .env("ATOLL_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn atoll server");
+        proc.child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    fn kill9(&mut self, i: usize) {
+        if let Some(mut child) = self.procs[i].child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    async fn client(&self, island: Option<String>) -> Client {
+        let options = ClientOptions {
+            timeout: Duration::from_secs(20),
+            island,
+            ..Default::default()
+        };
+        for _ in 0..100 {
+            if let Ok(c) = Client::connect_with(self.addresses.clone(), options.clone()).await {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("no node answered; logs in {}", self.dir.path().display());
+    }
+
+    /// Waits until every node answers and every shard has a leader.
+    async fn wait_healthy(&self, client: &Client) {
+        for _ in 0..300 {
+            if let Ok(status) = client.cluster_status().await {
+                let all_up = status.nodes.iter().all(|n| n.status.is_some());
+                let led = leader_counts(&status);
+                let shards = status.map.as_ref().map_or(0, |m| m.shards.len() + 1);
+                if all_up && led.values().sum::<usize>() == shards {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!(
+            "cluster did not become healthy; logs in {}",
+            self.dir.path().display()
+        );
+    }
+
+    fn logs(&self) -> String {
+        self.procs
+            .iter()
+            .map(|p| std::fs::read_to_string(&p.log).unwrap_or_default())
+            .collect()
+    }
+}
+
+impl Drop for ProcCluster {
+    fn drop(&mut self) {
+        for i in 0..self.procs.len() {
+            self.kill9(i);
+        }
+    }
+}
+
+/// Node id -> number of shards (meta included) it leads.
+fn leader_counts(status: &atoll_client::StatusResponse) -> HashMap<u64, usize> {
+    let mut counts = HashMap::new();
+    for report in &status.nodes {
+        if let Some(s) = &report.status {
+            let led = s
+                .replicas
+                .iter()
+                .filter(|r| r.role == atoll_proto::v1::ReplicaRole::Leader as i32)
+                .count();
+            counts.insert(report.node_id, led);
+        }
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_nine_of_the_busiest_leader_loses_no_acknowledged_write() {
+    let mut cluster = ProcCluster::start(&["island-a", "island-b", "island-c"], 8);
+    let client = cluster.client(None).await;
+    cluster.wait_healthy(&client).await;
+
+    const WRITERS: usize = 16;
+    const PER_WRITER: usize = 625;
+    let acked: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    let ambiguous = Arc::new(Mutex::new(0usize));
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let (client, acked, ambiguous) = (client.clone(), acked.clone(), ambiguous.clone());
+        writers.push(tokio::spawn(async move {
+            for i in 0..PER_WRITER {
+                let (key, value) = (format!("w{w:02}-{i:04}"), format!("value-{w}-{i}"));
+                match client.put(&key, &value).await {
+                    Ok(_) => {
+                        acked.lock().unwrap().insert(key, value);
+                    }
+                    Err(Error::Ambiguous(_)) => *ambiguous.lock().unwrap() += 1,
+                    Err(e) => panic!("write {key} failed: {e}"),
+                }
+            }
+        }));
+    }
+    // Mid-run: kill -9 the node that leads the most shards.
+    while acked.lock().unwrap().len() < 3_000 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = client.cluster_status().await.unwrap();
+    let counts = leader_counts(&status);
+    let (&victim_id, &led) = counts.iter().max_by_key(|(id, n)| (**n, **id)).unwrap();
+    let victim = victim_id as usize - 1;
+    cluster.kill9(victim);
+    let acked_at_kill = acked.lock().unwrap().len();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let total = acked.len() + *ambiguous.lock().unwrap();
+    assert_eq!(total, WRITERS * PER_WRITER);
+    assert!(
+        acked.len() > acked_at_kill,
+        "writes resumed after the election (node {victim_id} led {led} shards)"
+    );
+
+    // Every acknowledged write is readable.
+    for (key, value) in &acked {
+        let kv = client
+            .get(key)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("acknowledged {key} is lost"));
+        assert_eq!(kv.value, value.as_bytes(), "{key}");
+    }
+
+    // The killed node restarts, catches up, and its stale reads match.
+    cluster.spawn(victim);
+    cluster.wait_healthy(&client).await;
+    let local = cluster.client(Some(cluster.islands[victim].clone())).await;
+    let mut pending: Vec<(&String, &String)> = acked.iter().collect();
+    for _ in 0..600 {
+        let mut still = Vec::new();
+        for (key, value) in pending {
+            match local.get_with(key, Consistency::Stale).await {
+                Ok(Some(kv)) if kv.value == value.as_bytes() => {}
+                _ => still.push((key, value)),
+            }
+        }
+        pending = still;
+        if pending.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        pending.is_empty(),
+        "{} keys differ on the restarted node",
+        pending.len()
+    );
+    let logs = cluster.logs();
+    assert!(!logs.contains("panicked"), "a node panicked:\n{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_status_json_shows_three_islands_per_shard() {
+    let cluster = ProcCluster::start(&["east", "east", "west", "west", "north"], 16);
+    let client = cluster.client(None).await;
+    cluster.wait_healthy(&client).await;
+    let output = Command::new(atollctl_bin())
+        .args([
+            "cluster",
+            "status",
+            "-o",
+            "json",
+            "--endpoints",
+            &cluster.addresses.join(","),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "atollctl failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let shards = report["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 16);
+    for shard in shards {
+        let replicas = shard["replicas"].as_array().unwrap();
+        assert_eq!(replicas.len(), 3, "{shard}");
+        assert_eq!(shard["islands"], 3, "{shard}");
+        let islands: std::collections::HashSet<&str> = replicas
+            .iter()
+            .map(|r| r["island"].as_str().unwrap())
+            .collect();
+        assert_eq!(islands.len(), 3);
+        assert!(shard["leader_node"].is_u64(), "{shard}");
+    }
+    assert_eq!(report["nodes"].as_array().unwrap().len(), 5);
+}
+
+#[test]
+fn the_example_config_passes_config_check() {
+    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/atoll.example.toml");
+    let output = Command::new(atoll_bin())
+        .args(["server", "--config-check", "--config"])
+        .arg(&example)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let broken = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(broken.path(), "node_id = 0\n").unwrap();
+    let output = Command::new(atoll_bin())
+        .args(["server", "--config-check", "--config"])
+        .arg(broken.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "node_id 0 must be rejected");
+}

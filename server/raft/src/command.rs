@@ -1,0 +1,122 @@
+//! What a log entry asks the state machine to do, and what it answered.
+
+use serde::{Deserialize, Serialize};
+
+/// Identifies a client write for deduplication (Raft thesis section 6.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct WriteId {
+    pub client_id: u64,
+    pub seq: u64,
+}
+
+/// The application payload of a log entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Set for client writes: a retry with the same id is applied once.
+    pub write_id: Option<WriteId>,
+    /// The proposer's wall clock (Unix ms). Every replica judges TTL expiry
+    /// by this time, so applying stays deterministic.
+    pub now_ms: u64,
+    pub command: Command,
+}
+
+/// What a CAS compares against.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expected {
+    /// The current version; 0 = the key must not exist.
+    Version(u64),
+    /// The current value; the key must exist.
+    Value(Vec<u8>),
+}
+
+/// One step of an atomic batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BatchStep {
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        ttl_ms: u64,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+    /// Precondition: the key's version is this (0 = absent).
+    Check {
+        key: Vec<u8>,
+        expected_version: u64,
+    },
+}
+
+/// A state-machine command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        ttl_ms: u64,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+    Cas {
+        key: Vec<u8>,
+        expected: Expected,
+        new_value: Option<Vec<u8>>,
+        ttl_ms: u64,
+    },
+    /// All steps apply, or none (if any check fails).
+    Batch {
+        steps: Vec<BatchStep>,
+    },
+    /// Removes expired keys, each only if still at the given version.
+    Expire {
+        keys: Vec<(Vec<u8>, u64)>,
+    },
+    /// Meta shard only: replace the cluster map (an encoded
+    /// `atoll.v1.ClusterMap`) if its current version is `expected_version`.
+    SetClusterMap {
+        expected_version: u64,
+        map: Vec<u8>,
+    },
+}
+
+/// A key's value as a command saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Current {
+    pub value: Vec<u8>,
+    pub version: u64,
+    pub expires_at_ms: u64,
+}
+
+/// What applying a command produced. Stored in the dedup table, so a retried
+/// write gets the first answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Blank and membership entries.
+    #[default]
+    Done,
+    Written {
+        version: u64,
+    },
+    Deleted {
+        deleted: bool,
+        version: u64,
+    },
+    /// A CAS or batch check failed; nothing was written. `key` is the key
+    /// whose check failed and `current` its value.
+    CasFailed {
+        key: Vec<u8>,
+        current: Option<Current>,
+    },
+    Expired {
+        removed: u64,
+    },
+    /// `SetClusterMap` found another version: nothing changed.
+    MapVersionMismatch {
+        current_version: u64,
+    },
+    /// The command could not apply (e.g. a data command on the meta shard).
+    Rejected {
+        reason: String,
+    },
+}

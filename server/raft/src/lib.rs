@@ -1,0 +1,23 @@
+//! Multi-raft for Atoll (DESIGN section 4): one openraft `Raft` per replica,
+//! all replicas of a node sharing one engine, one group-commit thread and
+//! one channel per peer node.
+//!
+//! Every openraft type is named in [`types`], so an openraft upgrade stays in
+//! this crate.
+
+pub mod codec;
+pub mod command;
+pub mod log_store;
+pub mod network;
+pub mod read_index;
+pub mod replica;
+pub mod service;
+pub mod state_machine;
+pub mod types;
+
+pub use command::{BatchStep, Command, Current, Expected, Outcome, Request, WriteId};
+pub use network::{NetworkFaults, PeerDirectory, PeerPool};
+pub use read_index::ReadIndex;
+pub use replica::{Replica, ReplicaConfig, ReplicaSpec};
+pub use service::{RaftService, ReplicaDirectory};
+pub use state_machine::ShardKind;

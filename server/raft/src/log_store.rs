@@ -1,0 +1,227 @@
+//! The Raft log of one replica, in the node's shared engine: entries in
+//! `raft_log`, vote / committed / purged in `raft_state`.
+//!
+//! Appends are written unsynced (so readers see them at once) and reported
+//! flushed only after the node's [`GroupCommitter`] has synced the WAL: one
+//! fsync for the appends of every shard on the node.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use atoll_proto::ReplicaId;
+use atoll_storage::keys::{self, state_tag};
+use atoll_storage::{Cf, Engine, EngineError, GroupCommitter, WriteBatch};
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{LogState, OptionalSend, RaftLogReader};
+
+use crate::codec::{decode, encode, read_err, write_err};
+use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+/// One replica's log. Cloning gives a reader over the same log.
+#[derive(Clone)]
+pub struct LogStore {
+    replica: ReplicaId,
+    engine: Arc<dyn Engine>,
+    committer: Arc<GroupCommitter>,
+}
+
+impl Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore")
+            .field("replica", &self.replica)
+            .finish()
+    }
+}
+
+impl LogStore {
+    pub fn new(
+        replica: ReplicaId,
+        engine: Arc<dyn Engine>,
+        committer: Arc<GroupCommitter>,
+    ) -> Self {
+        Self {
+            replica,
+            engine,
+            committer,
+        }
+    }
+
+    fn state_key(&self, tag: u8) -> Vec<u8> {
+        keys::tagged_key(self.replica, tag, &[])
+    }
+
+    fn read_state<T: serde::de::DeserializeOwned>(
+        &self,
+        tag: u8,
+    ) -> Result<Option<T>, EngineError> {
+        match self.engine.get(Cf::RaftState, &self.state_key(tag))? {
+            Some(bytes) => decode(&bytes, "raft state").map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn last_purged(&self) -> Result<Option<LogId>, EngineError> {
+        Ok(self
+            .read_state::<Option<LogId>>(state_tag::PURGED)?
+            .flatten())
+    }
+
+    fn log_end(&self) -> Vec<u8> {
+        keys::replica_range(self.replica).1
+    }
+
+    /// Deletes every row of this replica from `raft_log` and `raft_state`
+    /// (when the replica is removed from the node).
+    pub fn destroy(&self, batch: &mut WriteBatch) {
+        let (start, end) = keys::replica_range(self.replica);
+        batch.delete_range(Cf::RaftLog, start.clone(), end.clone());
+        batch.delete_range(Cf::RaftState, start, end);
+    }
+}
+
+fn index_bounds<RB: RangeBounds<u64>>(range: &RB) -> Option<(u64, Option<u64>)> {
+    let start = match range.start_bound() {
+        Bound::Included(&i) => i,
+        Bound::Excluded(&i) => i.checked_add(1)?,
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&i) => i.checked_add(1),
+        Bound::Excluded(&i) => Some(i),
+        Bound::Unbounded => None,
+    };
+    Some((start, end))
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let Some((start, end)) = index_bounds(&range) else {
+            return Ok(Vec::new());
+        };
+        let start_key = keys::log_key(self.replica, start);
+        let end_key = match end {
+            Some(end) if end <= start => return Ok(Vec::new()),
+            Some(end) => keys::log_key(self.replica, end),
+            None => self.log_end(),
+        };
+        let rows = self
+            .engine
+            .scan(Cf::RaftLog, &start_key, &end_key, usize::MAX)
+            .map_err(|e| read_err(&e))?;
+        rows.iter()
+            .map(|(_, v)| decode::<Entry>(v, "log entry").map_err(|e| read_err(&e)))
+            .collect()
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id = self.last_purged().map_err(|e| read_err(&e))?;
+        let (start, end) = keys::replica_range(self.replica);
+        let last = self
+            .engine
+            .last_in_range(Cf::RaftLog, &start, &end)
+            .map_err(|e| read_err(&e))?;
+        let last_log_id = match last {
+            Some((_, v)) => Some(
+                decode::<Entry>(&v, "log entry")
+                    .map_err(|e| read_err(&e))?
+                    .log_id,
+            ),
+            None => last_purged_log_id,
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::new();
+        batch.put(
+            Cf::RaftState,
+            self.state_key(state_tag::VOTE),
+            encode(vote).map_err(|e| write_err(&e))?,
+        );
+        self.engine.write(batch, true).map_err(|e| write_err(&e))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.read_state(state_tag::VOTE).map_err(|e| read_err(&e))
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::new();
+        batch.put(
+            Cf::RaftState,
+            self.state_key(state_tag::COMMITTED),
+            encode(&committed).map_err(|e| write_err(&e))?,
+        );
+        self.engine.write(batch, false).map_err(|e| write_err(&e))
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self
+            .read_state::<Option<LogId>>(state_tag::COMMITTED)
+            .map_err(|e| read_err(&e))?
+            .flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = WriteBatch::new();
+        for entry in entries {
+            let key = keys::log_key(self.replica, entry.log_id.index);
+            batch.put(Cf::RaftLog, key, encode(&entry).map_err(|e| write_err(&e))?);
+        }
+        self.engine.write(batch, false).map_err(|e| write_err(&e))?;
+        self.committer.after_sync(move |res| {
+            callback.log_io_completed(res.map_err(|e| std::io::Error::other(e.to_string())));
+        });
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::new();
+        batch.delete_range(
+            Cf::RaftLog,
+            keys::log_key(self.replica, log_id.index),
+            self.log_end(),
+        );
+        self.engine.write(batch, true).map_err(|e| write_err(&e))
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::new();
+        let (start, _) = keys::replica_range(self.replica);
+        // Record the purge point first in the batch: the deletion and the new
+        // purge point land together.
+        batch.put(
+            Cf::RaftState,
+            self.state_key(state_tag::PURGED),
+            encode(&Some(log_id)).map_err(|e| write_err(&e))?,
+        );
+        match log_id.index.checked_add(1) {
+            Some(next) => batch.delete_range(Cf::RaftLog, start, keys::log_key(self.replica, next)),
+            None => batch.delete_range(Cf::RaftLog, start, self.log_end()),
+        }
+        self.engine.write(batch, false).map_err(|e| write_err(&e))
+    }
+}

@@ -1,0 +1,309 @@
+//! The sending side of Raft traffic: one cached gRPC channel per peer node,
+//! shared by every shard; each message names its shard and target replica.
+//! Snapshots stream in crc32-checked chunks.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use atoll_proto::v1::raft_client::RaftClient;
+use atoll_proto::v1::{RaftMessage, SnapshotChunk};
+use atoll_proto::{NodeId, ReplicaId, ShardId};
+use openraft::error::{
+    Fatal, NetworkError, RPCError, RemoteError, ReplicationClosed, StreamingError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::types::{
+    AppendEntriesRequest, AppendEntriesResponse, RaftError, ReplicaNode, Snapshot,
+    SnapshotResponse, TypeConfig, Vote, VoteRequest, VoteResponse,
+};
+
+/// Size of one snapshot chunk on the wire.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+/// Where peer nodes listen.
+pub trait PeerDirectory: Send + Sync + 'static {
+    /// The gRPC address (`host:port`) of `node`, if known.
+    fn address(&self, node: NodeId) -> Option<String>;
+}
+
+/// Test hook: peers whose traffic is dropped, as if the network were cut.
+#[derive(Debug, Default)]
+pub struct NetworkFaults {
+    cut: RwLock<HashSet<NodeId>>,
+}
+
+impl NetworkFaults {
+    /// Drops all Raft traffic from this node to `node` until [`Self::heal`].
+    pub fn cut(&self, node: NodeId) {
+        if let Ok(mut cut) = self.cut.write() {
+            cut.insert(node);
+        }
+    }
+
+    pub fn heal(&self, node: NodeId) {
+        if let Ok(mut cut) = self.cut.write() {
+            cut.remove(&node);
+        }
+    }
+
+    pub fn is_cut(&self, node: NodeId) -> bool {
+        self.cut.read().is_ok_and(|cut| cut.contains(&node))
+    }
+}
+
+/// The node's channels to its peers.
+pub struct PeerPool {
+    directory: Arc<dyn PeerDirectory>,
+    channels: Mutex<HashMap<NodeId, (String, Channel)>>,
+    faults: Arc<NetworkFaults>,
+}
+
+impl std::fmt::Debug for PeerPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerPool").finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct PeerError(String);
+
+impl PeerPool {
+    pub fn new(directory: Arc<dyn PeerDirectory>, faults: Arc<NetworkFaults>) -> Self {
+        Self {
+            directory,
+            channels: Mutex::new(HashMap::new()),
+            faults,
+        }
+    }
+
+    /// The cached channel to `node` (created lazily; reconnects on its own).
+    fn channel(&self, node: NodeId) -> Result<Channel, Unreachable> {
+        if self.faults.is_cut(node) {
+            return Err(Unreachable::new(&PeerError(format!(
+                "network to {node} is cut (test fault)"
+            ))));
+        }
+        let address = self
+            .directory
+            .address(node)
+            .ok_or_else(|| Unreachable::new(&PeerError(format!("no address known for {node}"))))?;
+        let mut channels = self
+            .channels
+            .lock()
+            .map_err(|_| Unreachable::new(&PeerError("pool poisoned".into())))?;
+        if let Some((known, channel)) = channels.get(&node) {
+            if *known == address {
+                return Ok(channel.clone());
+            }
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| Unreachable::new(&e))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        let channel = endpoint.connect_lazy();
+        channels.insert(node, (address, channel.clone()));
+        Ok(channel)
+    }
+}
+
+/// Creates the per-target clients of one shard.
+#[derive(Clone)]
+pub struct NetworkFactory {
+    shard: ShardId,
+    pool: Arc<PeerPool>,
+}
+
+impl NetworkFactory {
+    pub fn new(shard: ShardId, pool: Arc<PeerPool>) -> Self {
+        Self { shard, pool }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = Network;
+
+    async fn new_client(&mut self, target: ReplicaId, node: &ReplicaNode) -> Network {
+        Network {
+            shard: self.shard,
+            target,
+            node: *node,
+            pool: self.pool.clone(),
+        }
+    }
+}
+
+/// Sends one shard's messages to one target replica.
+pub struct Network {
+    shard: ShardId,
+    target: ReplicaId,
+    node: ReplicaNode,
+    pool: Arc<PeerPool>,
+}
+
+/// Encodes `value` into a checksummed [`RaftMessage`].
+pub fn message<T: Serialize>(
+    shard: ShardId,
+    target: ReplicaId,
+    value: &T,
+) -> Result<RaftMessage, String> {
+    let payload = postcard::to_allocvec(value).map_err(|e| format!("encode raft message: {e}"))?;
+    Ok(RaftMessage {
+        shard_id: shard.get(),
+        target_replica: target.get(),
+        crc32: crc32fast::hash(&payload),
+        payload,
+    })
+}
+
+/// Checks and decodes a [`RaftMessage`].
+pub fn unpack<T: DeserializeOwned>(msg: &RaftMessage) -> Result<T, String> {
+    if crc32fast::hash(&msg.payload) != msg.crc32 {
+        return Err("raft message failed its crc32 check".into());
+    }
+    postcard::from_bytes(&msg.payload).map_err(|e| format!("decode raft message: {e}"))
+}
+
+type RpcResult<T> = Result<T, RPCError<ReplicaId, ReplicaNode, RaftError>>;
+
+impl Network {
+    async fn call<Req, Resp, F, Fut>(
+        &self,
+        req: &Req,
+        option: &RPCOption,
+        send: F,
+    ) -> RpcResult<Resp>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        F: FnOnce(RaftClient<Channel>, RaftMessage) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<RaftMessage>, tonic::Status>>,
+    {
+        let channel = self
+            .pool
+            .channel(self.node.node)
+            .map_err(RPCError::Unreachable)?;
+        let msg = message(self.shard, self.target, req)
+            .map_err(|e| RPCError::Network(NetworkError::new(&PeerError(e))))?;
+        let client = RaftClient::new(channel).max_decoding_message_size(64 << 20);
+        let reply = tokio::time::timeout(option.hard_ttl(), send(client, msg))
+            .await
+            .map_err(|_| {
+                RPCError::Unreachable(Unreachable::new(&PeerError("raft rpc timed out".into())))
+            })?
+            .map_err(|status| {
+                RPCError::Unreachable(Unreachable::new(&PeerError(status.to_string())))
+            })?;
+        let result: Result<Resp, RaftError> = unpack(reply.get_ref())
+            .map_err(|e| RPCError::Network(NetworkError::new(&PeerError(e))))?;
+        result.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node, e))
+        })
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Network {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse> {
+        self.call(&rpc, &option, |mut c, m| async move {
+            c.append_entries(m).await
+        })
+        .await
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest, option: RPCOption) -> RpcResult<VoteResponse> {
+        self.call(&rpc, &option, |mut c, m| async move { c.vote(m).await })
+            .await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        _rpc: openraft::raft::InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<
+        openraft::raft::InstallSnapshotResponse<ReplicaId>,
+        RPCError<ReplicaId, ReplicaNode, RaftError<openraft::error::InstallSnapshotError>>,
+    > {
+        // Snapshots go through `full_snapshot`, which streams them.
+        Err(RPCError::Network(NetworkError::new(&PeerError(
+            "chunked install_snapshot is not used".into(),
+        ))))
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse, StreamingError<TypeConfig, Fatal<ReplicaId>>> {
+        let channel = self.pool.channel(self.node.node)?;
+        let header = postcard::to_allocvec(&(vote, snapshot.meta.clone()))
+            .map_err(|e| NetworkError::new(&PeerError(format!("encode snapshot header: {e}"))))?;
+        let data = snapshot.snapshot.into_inner();
+        let chunks = snapshot_chunks(self.shard, self.target, header, data);
+        let mut client = RaftClient::new(channel).max_decoding_message_size(64 << 20);
+        let send = client.install_snapshot(tokio_stream::iter(chunks));
+        let timeout = option.hard_ttl().max(Duration::from_secs(60));
+        let reply = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            reply = tokio::time::timeout(timeout, send) => reply,
+        };
+        let reply = reply
+            .map_err(|_| Unreachable::new(&PeerError("snapshot stream timed out".into())))?
+            .map_err(|status| Unreachable::new(&PeerError(status.to_string())))?;
+        let result: Result<SnapshotResponse, Fatal<ReplicaId>> =
+            unpack(reply.get_ref()).map_err(|e| NetworkError::new(&PeerError(e)))?;
+        result.map_err(|e| {
+            StreamingError::RemoteError(RemoteError::new_with_node(self.target, self.node, e))
+        })
+    }
+}
+
+/// Cuts a snapshot into checksummed chunks; the first carries `header`.
+pub fn snapshot_chunks(
+    shard: ShardId,
+    target: ReplicaId,
+    header: Vec<u8>,
+    data: Vec<u8>,
+) -> Vec<SnapshotChunk> {
+    let pieces: Vec<&[u8]> = if data.is_empty() {
+        vec![&[][..]]
+    } else {
+        data.chunks(SNAPSHOT_CHUNK_BYTES).collect()
+    };
+    let last = pieces.len() - 1;
+    let mut offset = 0u64;
+    pieces
+        .into_iter()
+        .enumerate()
+        .map(|(i, piece)| {
+            let header = if i == 0 { header.clone() } else { Vec::new() };
+            let mut hasher = crc32fast::Hasher::new();
+            hasher.update(&header);
+            hasher.update(piece);
+            let chunk = SnapshotChunk {
+                shard_id: shard.get(),
+                target_replica: target.get(),
+                header,
+                offset,
+                data: piece.to_vec(),
+                crc32: hasher.finalize(),
+                done: i == last,
+            };
+            offset += piece.len() as u64;
+            chunk
+        })
+        .collect()
+}

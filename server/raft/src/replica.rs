@@ -1,0 +1,135 @@
+//! One replica: an openraft `Raft` over the node's engine, plus what the
+//! request path needs next to it (the ReadIndex batcher).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use atoll_proto::{ReplicaId, ShardId};
+use atoll_storage::{Engine, EngineError, GroupCommitter};
+use openraft::SnapshotPolicy;
+
+use crate::log_store::LogStore;
+use crate::network::{NetworkFactory, PeerPool};
+use crate::read_index::ReadIndex;
+use crate::state_machine::{ShardKind, StateMachine};
+use crate::types::{Raft, RaftMetrics, ReplicaNode};
+
+/// Raft timing and log retention, shared by every replica of a node.
+#[derive(Clone, Debug)]
+pub struct ReplicaConfig {
+    pub heartbeat: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    /// Build a snapshot after this many applied entries.
+    pub snapshot_after_entries: u64,
+    /// Entries kept in the log behind the last snapshot (for slow followers).
+    pub keep_entries_after_snapshot: u64,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_millis(150),
+            election_timeout_min: Duration::from_millis(1000),
+            election_timeout_max: Duration::from_millis(2000),
+            snapshot_after_entries: 20_000,
+            keep_entries_after_snapshot: 5_000,
+        }
+    }
+}
+
+/// What a replica is: its shard, id, kind and the shard's initial members.
+#[derive(Clone, Debug)]
+pub struct ReplicaSpec {
+    pub shard: ShardId,
+    pub replica: ReplicaId,
+    pub kind: ShardKind,
+    /// Members used to initialize a brand-new group.
+    pub initial_members: BTreeMap<ReplicaId, ReplicaNode>,
+}
+
+/// Why a replica could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("replica storage: {0}")]
+    Storage(#[from] EngineError),
+    #[error("raft config: {0}")]
+    Config(String),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// A running replica.
+#[derive(Clone)]
+pub struct Replica {
+    pub spec: ReplicaSpec,
+    pub raft: Raft,
+    pub read_index: ReadIndex,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Replica {
+    /// Opens the replica's storage and starts its Raft. A group whose log is
+    /// empty is initialized with `spec.initial_members` (every initial member
+    /// does this with the same membership, which is safe).
+    pub async fn start(
+        spec: ReplicaSpec,
+        config: &ReplicaConfig,
+        engine: Arc<dyn Engine>,
+        committer: Arc<GroupCommitter>,
+        pool: Arc<PeerPool>,
+    ) -> Result<Self, ReplicaError> {
+        let log = LogStore::new(spec.replica, engine.clone(), committer);
+        let sm = StateMachine::open(spec.replica, spec.shard, spec.kind, engine)?;
+        let raft_config = openraft::Config {
+            cluster_name: format!("atoll-{}", spec.shard),
+            heartbeat_interval: config.heartbeat.as_millis() as u64,
+            election_timeout_min: config.election_timeout_min.as_millis() as u64,
+            election_timeout_max: config.election_timeout_max.as_millis() as u64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_after_entries),
+            max_in_snapshot_log_to_keep: config.keep_entries_after_snapshot,
+            install_snapshot_timeout: 60_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ReplicaError::Config(e.to_string()))?;
+        let network = NetworkFactory::new(spec.shard, pool);
+        let raft = Raft::new(spec.replica, Arc::new(raft_config), network, log, sm)
+            .await
+            .map_err(|e| ReplicaError::Raft(e.to_string()))?;
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| ReplicaError::Raft(e.to_string()))?;
+        if !initialized && spec.initial_members.contains_key(&spec.replica) {
+            if let Err(e) = raft.initialize(spec.initial_members.clone()).await {
+                // Another member's initialization may have reached us first.
+                tracing::debug!(shard = %spec.shard, error = %e, "initialize skipped");
+            }
+        }
+        let read_index = ReadIndex::new(raft.clone());
+        Ok(Self {
+            spec,
+            raft,
+            read_index,
+        })
+    }
+
+    /// The latest metrics (role, term, leader, log positions).
+    pub fn metrics(&self) -> RaftMetrics {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// The leader this replica knows of.
+    pub fn leader(&self) -> Option<ReplicaId> {
+        self.raft.metrics().borrow().current_leader
+    }
+}

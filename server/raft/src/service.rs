@@ -1,0 +1,122 @@
+//! The receiving side of Raft traffic: the internal `atoll.v1.Raft` gRPC
+//! service, which hands each message to the named local replica.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use atoll_proto::v1::raft_server::Raft as RaftRpc;
+use atoll_proto::v1::{RaftMessage, SnapshotChunk};
+use atoll_proto::{ReplicaId, ShardId};
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::network::{message, unpack};
+use crate::types::{AppendEntriesRequest, Raft, Snapshot, SnapshotMeta, Vote, VoteRequest};
+
+/// Finds the local replica a message is for.
+pub trait ReplicaDirectory: Send + Sync + 'static {
+    fn raft(&self, shard: ShardId, replica: ReplicaId) -> Option<Raft>;
+}
+
+/// Implements `atoll.v1.Raft` over a [`ReplicaDirectory`].
+pub struct RaftService {
+    replicas: Arc<dyn ReplicaDirectory>,
+}
+
+impl RaftService {
+    pub fn new(replicas: Arc<dyn ReplicaDirectory>) -> Self {
+        Self { replicas }
+    }
+
+    fn target(&self, shard: u64, replica: u64) -> Result<Raft, Status> {
+        self.replicas
+            .raft(ShardId(shard), ReplicaId(replica))
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no replica r{replica} of shard s{shard} on this node"
+                ))
+            })
+    }
+}
+
+fn reply<T: serde::Serialize>(
+    shard: u64,
+    replica: u64,
+    value: &T,
+) -> Result<Response<RaftMessage>, Status> {
+    message(ShardId(shard), ReplicaId(replica), value)
+        .map(Response::new)
+        .map_err(Status::internal)
+}
+
+#[tonic::async_trait]
+impl RaftRpc for RaftService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let msg = request.into_inner();
+        let raft = self.target(msg.shard_id, msg.target_replica)?;
+        let rpc: AppendEntriesRequest = unpack(&msg).map_err(Status::invalid_argument)?;
+        let result = raft.append_entries(rpc).await;
+        reply(msg.shard_id, msg.target_replica, &result)
+    }
+
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let msg = request.into_inner();
+        let raft = self.target(msg.shard_id, msg.target_replica)?;
+        let rpc: VoteRequest = unpack(&msg).map_err(Status::invalid_argument)?;
+        let result = raft.vote(rpc).await;
+        reply(msg.shard_id, msg.target_replica, &result)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let mut stream = request.into_inner();
+        let mut header: Option<(Vote, SnapshotMeta)> = None;
+        let mut data = Vec::new();
+        let mut target = None;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            let mut hasher = crc32fast::Hasher::new();
+            hasher.update(&chunk.header);
+            hasher.update(&chunk.data);
+            if hasher.finalize() != chunk.crc32 {
+                return Err(Status::data_loss(format!(
+                    "snapshot chunk at offset {} failed its crc32 check",
+                    chunk.offset
+                )));
+            }
+            if chunk.offset != data.len() as u64 {
+                return Err(Status::invalid_argument(format!(
+                    "snapshot chunk at offset {} does not follow offset {}",
+                    chunk.offset,
+                    data.len()
+                )));
+            }
+            if header.is_none() {
+                header = Some(
+                    postcard::from_bytes(&chunk.header)
+                        .map_err(|e| Status::invalid_argument(format!("snapshot header: {e}")))?,
+                );
+                target = Some((chunk.shard_id, chunk.target_replica));
+            }
+            data.extend_from_slice(&chunk.data);
+            if chunk.done {
+                break;
+            }
+        }
+        let (Some((vote, meta)), Some((shard, replica))) = (header, target) else {
+            return Err(Status::invalid_argument("empty snapshot stream"));
+        };
+        let raft = self.target(shard, replica)?;
+        let snapshot = Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        };
+        let result = raft.install_full_snapshot(vote, snapshot).await;
+        reply(shard, replica, &result)
+    }
+}

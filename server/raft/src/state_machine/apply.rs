@@ -1,0 +1,227 @@
+//! The key-value commands, applied to the `data` column family.
+//!
+//! One [`Applier`] collects the writes of all entries handed to one `apply`
+//! call into one batch; an overlay lets a later entry see an earlier one's
+//! writes before the batch lands.
+
+use std::collections::HashMap;
+
+use atoll_proto::keyhash::key_hash;
+use atoll_storage::keys::data_key_with_hash;
+use atoll_storage::{Cf, Engine, EngineError, Record, WriteBatch};
+
+use crate::command::{BatchStep, Command, Current, Expected, Outcome, Request};
+
+/// The writes of one `apply` call.
+pub struct Applier<'a> {
+    engine: &'a dyn Engine,
+    /// Hash range `[first, last]` the shard owns; `None` for the meta shard.
+    range: Option<(u64, u64)>,
+    overlay: HashMap<Vec<u8>, Option<Record>>,
+    pub batch: WriteBatch,
+}
+
+fn expiry(now_ms: u64, ttl_ms: u64) -> u64 {
+    if ttl_ms == 0 {
+        0
+    } else {
+        now_ms.saturating_add(ttl_ms)
+    }
+}
+
+fn current_of(record: &Record) -> Current {
+    Current {
+        value: record.value.clone(),
+        version: record.version,
+        expires_at_ms: record.expires_at_ms,
+    }
+}
+
+impl<'a> Applier<'a> {
+    pub fn new(engine: &'a dyn Engine, range: Option<(u64, u64)>) -> Self {
+        Self {
+            engine,
+            range,
+            overlay: HashMap::new(),
+            batch: WriteBatch::new(),
+        }
+    }
+
+    /// The stored record of `key`, expired or not.
+    fn stored(&mut self, dkey: &[u8]) -> Result<Option<Record>, EngineError> {
+        if let Some(pending) = self.overlay.get(dkey) {
+            return Ok(pending.clone());
+        }
+        match self.engine.get(Cf::Data, dkey)? {
+            Some(bytes) => Record::decode(&bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The live (unexpired at `now_ms`) record of a data key.
+    fn live(&mut self, dkey: &[u8], now_ms: u64) -> Result<Option<Record>, EngineError> {
+        Ok(self.stored(dkey)?.filter(|r| !r.is_expired(now_ms)))
+    }
+
+    fn put(&mut self, dkey: Vec<u8>, record: Record) {
+        self.batch.put(Cf::Data, dkey.clone(), record.encode());
+        self.overlay.insert(dkey, Some(record));
+    }
+
+    fn delete(&mut self, dkey: Vec<u8>) {
+        self.batch.delete(Cf::Data, dkey.clone());
+        self.overlay.insert(dkey, None);
+    }
+
+    /// The data key of `key`, or `None` if the key is not in this shard.
+    fn data_key(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let (first, last) = self.range?;
+        let hash = key_hash(key);
+        (first..=last)
+            .contains(&hash)
+            .then(|| data_key_with_hash(hash, key))
+    }
+
+    /// Applies one data command at log index `index`.
+    pub fn apply(&mut self, index: u64, req: &Request) -> Result<Outcome, EngineError> {
+        let now = req.now_ms;
+        let keys: Vec<&[u8]> = match &req.command {
+            Command::Put { key, .. } | Command::Delete { key } | Command::Cas { key, .. } => {
+                vec![key]
+            }
+            Command::Batch { steps } => steps
+                .iter()
+                .map(|s| match s {
+                    BatchStep::Put { key, .. }
+                    | BatchStep::Delete { key }
+                    | BatchStep::Check { key, .. } => key.as_slice(),
+                })
+                .collect(),
+            Command::Expire { keys } => keys.iter().map(|(k, _)| k.as_slice()).collect(),
+            Command::SetClusterMap { .. } => {
+                return Ok(Outcome::Rejected {
+                    reason: "cluster map commands go to the meta shard".into(),
+                })
+            }
+        };
+        if let Some(stray) = keys.iter().find(|k| self.data_key(k).is_none()) {
+            return Ok(Outcome::Rejected {
+                reason: format!(
+                    "key {:?} is not in this shard",
+                    String::from_utf8_lossy(stray)
+                ),
+            });
+        }
+        let dkey = |this: &Self, key: &[u8]| this.data_key(key).unwrap_or_default();
+
+        match &req.command {
+            Command::Put { key, value, ttl_ms } => {
+                let record = Record {
+                    version: index,
+                    expires_at_ms: expiry(now, *ttl_ms),
+                    value: value.clone(),
+                };
+                self.put(dkey(self, key), record);
+                Ok(Outcome::Written { version: index })
+            }
+            Command::Delete { key } => {
+                let dk = dkey(self, key);
+                let stored = self.stored(&dk)?;
+                let deleted = stored.as_ref().is_some_and(|r| !r.is_expired(now));
+                if stored.is_some() {
+                    self.delete(dk);
+                }
+                Ok(Outcome::Deleted {
+                    deleted,
+                    version: index,
+                })
+            }
+            Command::Cas {
+                key,
+                expected,
+                new_value,
+                ttl_ms,
+            } => {
+                let dk = dkey(self, key);
+                let live = self.live(&dk, now)?;
+                let matches = match (expected, &live) {
+                    (Expected::Version(0), None) => true,
+                    (Expected::Version(v), Some(r)) => r.version == *v,
+                    (Expected::Value(v), Some(r)) => r.value == *v,
+                    _ => false,
+                };
+                if !matches {
+                    return Ok(Outcome::CasFailed {
+                        key: key.clone(),
+                        current: live.as_ref().map(current_of),
+                    });
+                }
+                match new_value {
+                    Some(value) => {
+                        let record = Record {
+                            version: index,
+                            expires_at_ms: expiry(now, *ttl_ms),
+                            value: value.clone(),
+                        };
+                        self.put(dk, record);
+                    }
+                    None => self.delete(dk),
+                }
+                Ok(Outcome::Written { version: index })
+            }
+            Command::Batch { steps } => {
+                for step in steps {
+                    if let BatchStep::Check {
+                        key,
+                        expected_version,
+                    } = step
+                    {
+                        let live = self.live(&dkey(self, key), now)?;
+                        let version = live.as_ref().map_or(0, |r| r.version);
+                        if version != *expected_version {
+                            return Ok(Outcome::CasFailed {
+                                key: key.clone(),
+                                current: live.as_ref().map(current_of),
+                            });
+                        }
+                    }
+                }
+                for step in steps {
+                    match step {
+                        BatchStep::Put { key, value, ttl_ms } => {
+                            let record = Record {
+                                version: index,
+                                expires_at_ms: expiry(now, *ttl_ms),
+                                value: value.clone(),
+                            };
+                            self.put(dkey(self, key), record);
+                        }
+                        BatchStep::Delete { key } => self.delete(dkey(self, key)),
+                        BatchStep::Check { .. } => {}
+                    }
+                }
+                Ok(Outcome::Written { version: index })
+            }
+            Command::Expire { keys } => {
+                let mut removed = 0;
+                for (key, version) in keys {
+                    let dk = dkey(self, key);
+                    if let Some(r) = self.stored(&dk)? {
+                        if r.version == *version && r.is_expired(now) {
+                            self.delete(dk);
+                            removed += 1;
+                        }
+                    }
+                }
+                Ok(Outcome::Expired { removed })
+            }
+            Command::SetClusterMap { .. } => unreachable_rejected(),
+        }
+    }
+}
+
+fn unreachable_rejected() -> Result<Outcome, EngineError> {
+    Ok(Outcome::Rejected {
+        reason: "cluster map commands go to the meta shard".into(),
+    })
+}

@@ -1,0 +1,294 @@
+//! The replicated state machine of one replica: key-value data for data
+//! shards, the cluster map for the meta shard. State lives in the node's
+//! engine; applying a group of entries is one write batch that also records
+//! the last applied log id, so the state is always consistent with it.
+
+mod apply;
+mod dedup;
+mod meta;
+mod snapshot;
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use atoll_proto::{ReplicaId, ShardId};
+use atoll_storage::keys::{self, apply_tag};
+use atoll_storage::{Cf, Engine, EngineError, Record, WriteBatch};
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, SnapshotMeta};
+use serde::{Deserialize, Serialize};
+
+pub use self::dedup::{DedupRow, DedupTable};
+pub use self::meta::read_cluster_map;
+use self::snapshot::Item;
+use crate::codec::{encode, read_err, write_err};
+use crate::command::{Command, Outcome};
+use crate::types::{Entry, LogId, Snapshot, StorageError, StoredMembership, TypeConfig};
+
+/// The last applied log id and membership, stored with every applied batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedState {
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+/// What a replica serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShardKind {
+    /// A data shard owning the hash range `[first, last]`.
+    Data { first: u64, last: u64 },
+    /// The meta shard (cluster map).
+    Meta,
+}
+
+impl ShardKind {
+    fn range(self) -> Option<(u64, u64)> {
+        match self {
+            ShardKind::Data { first, last } => Some((first, last)),
+            ShardKind::Meta => None,
+        }
+    }
+}
+
+/// One replica's state machine.
+pub struct StateMachine {
+    replica: ReplicaId,
+    shard: ShardId,
+    kind: ShardKind,
+    engine: Arc<dyn Engine>,
+    applied: AppliedState,
+    dedup: DedupTable,
+    /// Meta shard: version of the stored map (0 = none yet).
+    map_version: u64,
+}
+
+impl StateMachine {
+    /// Opens the state machine of `replica`, loading its applied state.
+    pub fn open(
+        replica: ReplicaId,
+        shard: ShardId,
+        kind: ShardKind,
+        engine: Arc<dyn Engine>,
+    ) -> Result<Self, EngineError> {
+        let applied = snapshot::read_applied(engine.snapshot().as_ref(), replica)?;
+        let dedup = DedupTable::load(engine.as_ref(), replica)?;
+        let map_version = meta::stored_version(engine.as_ref(), replica)?;
+        Ok(Self {
+            replica,
+            shard,
+            kind,
+            engine,
+            applied,
+            dedup,
+            map_version,
+        })
+    }
+
+    /// Deletes every row of a replica's state machine (its data range too).
+    pub fn destroy(replica: ReplicaId, kind: ShardKind, batch: &mut WriteBatch) {
+        let (start, end) = keys::replica_range(replica);
+        batch.delete_range(Cf::ApplyState, start, end);
+        if let Some((first, last)) = kind.range() {
+            let (start, end) = keys::data_range(first, last);
+            batch.delete_range(Cf::Data, start, end);
+        }
+    }
+
+    fn applied_key(&self) -> Vec<u8> {
+        keys::tagged_key(self.replica, apply_tag::APPLIED, &[])
+    }
+
+    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<Vec<Outcome>, EngineError> {
+        let engine = self.engine.clone();
+        let mut applier = apply::Applier::new(engine.as_ref(), self.kind.range());
+        let mut outcomes = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let log_id = entry.log_id;
+            self.applied.last_applied = Some(log_id);
+            match entry.payload {
+                EntryPayload::Blank => outcomes.push(Outcome::Done),
+                EntryPayload::Membership(m) => {
+                    self.applied.membership = StoredMembership::new(Some(log_id), m);
+                    outcomes.push(Outcome::Done);
+                }
+                EntryPayload::Normal(req) => {
+                    if let Some(first) = req.write_id.and_then(|id| self.dedup.get(&id)) {
+                        outcomes.push(first.clone());
+                        continue;
+                    }
+                    let outcome = match (&req.command, self.kind) {
+                        (
+                            Command::SetClusterMap {
+                                expected_version,
+                                map,
+                            },
+                            ShardKind::Meta,
+                        ) => meta::apply_set_map(
+                            self.replica,
+                            &mut self.map_version,
+                            *expected_version,
+                            map,
+                            &mut applier.batch,
+                        ),
+                        (_, ShardKind::Meta) => Outcome::Rejected {
+                            reason: "data commands go to data shards".into(),
+                        },
+                        (_, ShardKind::Data { .. }) => applier.apply(log_id.index, &req)?,
+                    };
+                    if let Some(id) = req.write_id {
+                        let row = DedupRow {
+                            id,
+                            index: log_id.index,
+                            now_ms: req.now_ms,
+                            outcome: outcome.clone(),
+                        };
+                        self.dedup.insert(self.replica, row, &mut applier.batch)?;
+                    }
+                    outcomes.push(outcome);
+                }
+            }
+        }
+        let mut batch = applier.batch;
+        batch.put(Cf::ApplyState, self.applied_key(), encode(&self.applied)?);
+        self.engine.write(batch, false)?;
+        Ok(outcomes)
+    }
+
+    fn install(
+        &mut self,
+        meta: &crate::types::SnapshotMeta,
+        data: &[u8],
+    ) -> Result<(), EngineError> {
+        let items = snapshot::read_items(data)?;
+        let mut batch = WriteBatch::new();
+        if let Some((first, last)) = self.kind.range() {
+            let (start, end) = keys::data_range(first, last);
+            batch.delete_range(Cf::Data, start, end);
+        }
+        DedupTable::clear(self.replica, &mut batch);
+        for item in &items {
+            match item {
+                Item::Header { shard, .. } if *shard != self.shard => {
+                    return Err(EngineError::Corruption(format!(
+                        "snapshot of shard {shard} offered to a replica of shard {}",
+                        self.shard
+                    )));
+                }
+                Item::Record { data_key, stored } => {
+                    Record::decode(stored)?;
+                    batch.put(Cf::Data, data_key.clone(), stored.clone());
+                }
+                Item::Dedup(row) => DedupTable::restore_row(self.replica, row, &mut batch)?,
+                Item::Meta { map } => {
+                    self.map_version = meta::restore(self.replica, map, &mut batch)?;
+                }
+                Item::Header { .. } | Item::Trailer { .. } => {}
+            }
+        }
+        let applied = AppliedState {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+        };
+        batch.put(Cf::ApplyState, self.applied_key(), encode(&applied)?);
+        self.engine.write(batch, true)?;
+        self.applied = applied;
+        self.dedup = DedupTable::load(self.engine.as_ref(), self.replica)?;
+        Ok(())
+    }
+
+    fn builder(&self) -> SnapshotBuilder {
+        SnapshotBuilder {
+            replica: self.replica,
+            shard: self.shard,
+            kind: self.kind,
+            engine: self.engine.clone(),
+        }
+    }
+}
+
+/// Builds snapshots from a consistent engine view, off the apply path.
+pub struct SnapshotBuilder {
+    replica: ReplicaId,
+    shard: ShardId,
+    kind: ShardKind,
+    engine: Arc<dyn Engine>,
+}
+
+impl SnapshotBuilder {
+    async fn build(&self) -> Result<Snapshot, EngineError> {
+        let (engine, replica, shard, range) = (
+            self.engine.clone(),
+            self.replica,
+            self.shard,
+            self.kind.range(),
+        );
+        let (applied, data) =
+            tokio::task::spawn_blocking(move || snapshot::build(&engine, replica, shard, range))
+                .await
+                .map_err(|e| EngineError::Io(format!("snapshot task: {e}")))??;
+        let snapshot_id = match applied.last_applied {
+            Some(id) => format!("{}-{}-{}", shard.get(), id.leader_id.term, id.index),
+            None => format!("{}-0-0", shard.get()),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: applied.last_applied,
+            last_membership: applied.membership,
+            snapshot_id,
+        };
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        self.build().await.map_err(|e| read_err(&e))
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.applied.last_applied, self.applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        self.apply_entries(entries.into_iter().collect())
+            .map_err(|e| write_err(&e))
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.builder()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &crate::types::SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        self.install(meta, snapshot.get_ref())
+            .map_err(|e| write_err(&e))
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        if self.applied.last_applied.is_none() {
+            return Ok(None);
+        }
+        self.builder()
+            .build()
+            .await
+            .map(Some)
+            .map_err(|e| read_err(&e))
+    }
+}

@@ -1,0 +1,266 @@
+//! [`RocksEngine`]: the node's one RocksDB instance, with one column family
+//! per [`Cf`]. This is the only crate that builds RocksDB's C++ code.
+
+use std::path::Path;
+
+use atoll_storage::{BatchOp, Cf, Engine, EngineError, EngineSnapshot, KvPair, Result, WriteBatch};
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, Direction, ErrorKind, IteratorMode, Options, ReadOptions,
+    SnapshotWithThreadMode, WriteOptions, DB,
+};
+
+/// Tuning knobs for the RocksDB instance.
+#[derive(Clone, Debug)]
+pub struct RocksOptions {
+    /// Shared block cache, in bytes.
+    pub block_cache_bytes: usize,
+    /// Background flush and compaction threads.
+    pub background_jobs: i32,
+}
+
+impl Default for RocksOptions {
+    fn default() -> Self {
+        Self {
+            block_cache_bytes: 256 << 20,
+            background_jobs: 2,
+        }
+    }
+}
+
+/// A RocksDB-backed [`Engine`].
+pub struct RocksEngine {
+    db: DB,
+}
+
+impl std::fmt::Debug for RocksEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksEngine")
+            .field("path", &self.db.path())
+            .finish()
+    }
+}
+
+fn io_error(e: rocksdb::Error) -> EngineError {
+    match e.kind() {
+        ErrorKind::Corruption => EngineError::Corruption(e.to_string()),
+        _ => EngineError::Io(e.to_string()),
+    }
+}
+
+/// An exclusive upper bound above every key we store (keys are < 8 KiB), for
+/// ranges whose `end` is empty (unbounded).
+fn upper_bound(end: &[u8]) -> Vec<u8> {
+    if end.is_empty() {
+        vec![0xff; 8 * 1024 + 16]
+    } else {
+        end.to_vec()
+    }
+}
+
+fn range_read_options(start: &[u8], end: &[u8]) -> ReadOptions {
+    let mut opts = ReadOptions::default();
+    opts.set_iterate_lower_bound(start.to_vec());
+    if !end.is_empty() {
+        opts.set_iterate_upper_bound(end.to_vec());
+    }
+    opts
+}
+
+impl RocksEngine {
+    /// Opens (or creates) the database at `path`.
+    pub fn open(path: &Path, options: &RocksOptions) -> Result<Self> {
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_max_background_jobs(options.background_jobs);
+        db_opts.set_paranoid_checks(true);
+        let cache = rocksdb::Cache::new_lru_cache(options.block_cache_bytes);
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        table.set_bloom_filter(10.0, false);
+        let cfs = Cf::ALL.iter().map(|cf| {
+            let mut cf_opts = Options::default();
+            cf_opts.set_block_based_table_factory(&table);
+            cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            ColumnFamilyDescriptor::new(cf.name(), cf_opts)
+        });
+        let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(io_error)?;
+        Ok(Self { db })
+    }
+
+    fn cf(&self, cf: Cf) -> Result<&ColumnFamily> {
+        self.db
+            .cf_handle(cf.name())
+            .ok_or_else(|| EngineError::Io(format!("column family {} is missing", cf.name())))
+    }
+}
+
+impl Engine for RocksEngine {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db.get_cf(self.cf(cf)?, key).map_err(io_error)
+    }
+
+    fn write(&self, batch: WriteBatch, sync: bool) -> Result<()> {
+        let mut wb = rocksdb::WriteBatch::default();
+        for op in batch.into_ops() {
+            match op {
+                BatchOp::Put { cf, key, value } => wb.put_cf(self.cf(cf)?, key, value),
+                BatchOp::Delete { cf, key } => wb.delete_cf(self.cf(cf)?, key),
+                BatchOp::DeleteRange { cf, start, end } => {
+                    wb.delete_range_cf(self.cf(cf)?, start, upper_bound(&end))
+                }
+            }
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        self.db.write_opt(wb, &opts).map_err(io_error)
+    }
+
+    fn sync_wal(&self) -> Result<()> {
+        self.db.flush_wal(true).map_err(io_error)
+    }
+
+    fn scan(&self, cf: Cf, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KvPair>> {
+        let iter = self.db.iterator_cf_opt(
+            self.cf(cf)?,
+            range_read_options(start, end),
+            IteratorMode::From(start, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter.take(limit) {
+            let (k, v) = item.map_err(io_error)?;
+            out.push((k.into_vec(), v.into_vec()));
+        }
+        Ok(out)
+    }
+
+    fn last_in_range(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Option<KvPair>> {
+        let mut iter = self
+            .db
+            .raw_iterator_cf_opt(self.cf(cf)?, range_read_options(start, end));
+        iter.seek_to_last();
+        if iter.valid() {
+            if let (Some(k), Some(v)) = (iter.key(), iter.value()) {
+                return Ok(Some((k.to_vec(), v.to_vec())));
+            }
+        }
+        iter.status().map_err(io_error)?;
+        Ok(None)
+    }
+
+    fn snapshot(&self) -> Box<dyn EngineSnapshot + '_> {
+        Box::new(RocksSnapshot {
+            engine: self,
+            snap: self.db.snapshot(),
+        })
+    }
+}
+
+struct RocksSnapshot<'a> {
+    engine: &'a RocksEngine,
+    snap: SnapshotWithThreadMode<'a, DB>,
+}
+
+impl EngineSnapshot for RocksSnapshot<'_> {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.snap.get_cf(self.engine.cf(cf)?, key).map_err(io_error)
+    }
+
+    fn for_each(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        let iter = self.snap.iterator_cf_opt(
+            self.engine.cf(cf)?,
+            range_read_options(start, end),
+            IteratorMode::From(start, Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item.map_err(io_error)?;
+            if !f(&k, &v)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, RocksEngine) {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = RocksEngine::open(dir.path(), &RocksOptions::default()).unwrap();
+        (dir, engine)
+    }
+
+    #[test]
+    fn writes_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let engine = RocksEngine::open(dir.path(), &RocksOptions::default()).unwrap();
+            let mut batch = WriteBatch::new();
+            batch.put(Cf::RaftLog, b"k".to_vec(), b"v".to_vec());
+            engine.write(batch, false).unwrap();
+            engine.sync_wal().unwrap();
+        }
+        let engine = RocksEngine::open(dir.path(), &RocksOptions::default()).unwrap();
+        assert_eq!(engine.get(Cf::RaftLog, b"k").unwrap(), Some(b"v".to_vec()));
+    }
+
+    #[test]
+    fn scans_are_bounded_and_ordered() {
+        let (_dir, engine) = open();
+        let mut batch = WriteBatch::new();
+        for k in [&b"a"[..], b"b", b"c", b"d"] {
+            batch.put(Cf::Data, k.to_vec(), k.to_vec());
+        }
+        engine.write(batch, false).unwrap();
+        let keys = |v: Vec<KvPair>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        assert_eq!(
+            keys(engine.scan(Cf::Data, b"b", b"d", 10).unwrap()),
+            vec![b"b".to_vec(), b"c".to_vec()]
+        );
+        assert_eq!(keys(engine.scan(Cf::Data, b"b", b"", 10).unwrap()).len(), 3);
+        assert_eq!(
+            engine
+                .last_in_range(Cf::Data, b"a", b"c")
+                .unwrap()
+                .unwrap()
+                .0,
+            b"b".to_vec()
+        );
+        assert_eq!(engine.last_in_range(Cf::Data, b"x", b"").unwrap(), None);
+    }
+
+    #[test]
+    fn unbounded_delete_range_clears_the_tail() {
+        let (_dir, engine) = open();
+        let mut batch = WriteBatch::new();
+        batch.put(Cf::Data, vec![0xff; 100], b"v".to_vec());
+        batch.put(Cf::Data, b"a".to_vec(), b"v".to_vec());
+        batch.delete_range(Cf::Data, b"b".to_vec(), Vec::new());
+        engine.write(batch, false).unwrap();
+        assert_eq!(engine.scan(Cf::Data, b"", b"", 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn snapshot_is_point_in_time() {
+        let (_dir, engine) = open();
+        let snap = engine.snapshot();
+        let mut batch = WriteBatch::new();
+        batch.put(Cf::Data, b"k".to_vec(), b"v".to_vec());
+        engine.write(batch, false).unwrap();
+        let mut seen = 0;
+        snap.for_each(Cf::Data, b"", b"", &mut |_, _| {
+            seen += 1;
+            Ok(true)
+        })
+        .unwrap();
+        assert_eq!(seen, 0);
+    }
+}

@@ -1,0 +1,39 @@
+//! openraft's storage conformance suite against the log store and state
+//! machine of `atoll-raft`, running on the RocksDB engine.
+
+use std::sync::Arc;
+
+use atoll_proto::{ReplicaId, ShardId};
+use atoll_raft::log_store::LogStore;
+use atoll_raft::state_machine::StateMachine;
+use atoll_raft::types::{StorageError, TypeConfig};
+use atoll_raft::ShardKind;
+use atoll_rocks::{RocksEngine, RocksOptions};
+use atoll_storage::{Engine, GroupCommitter};
+use openraft::testing::{StoreBuilder, Suite};
+
+struct RocksBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for RocksBuilder {
+    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let engine: Arc<dyn Engine> = Arc::new(
+            RocksEngine::open(dir.path(), &RocksOptions::default()).expect("open rocksdb"),
+        );
+        let committer = Arc::new(GroupCommitter::start(engine.clone()).expect("committer"));
+        let replica = ReplicaId(7);
+        let log = LogStore::new(replica, engine.clone(), committer);
+        let kind = ShardKind::Data {
+            first: 0,
+            last: u64::MAX,
+        };
+        let sm = StateMachine::open(replica, ShardId(1), kind, engine).expect("state machine");
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn openraft_storage_suite_passes_on_rocksdb() -> Result<(), StorageError> {
+    // The suite runs each case on a runtime of its own.
+    Suite::test_all(RocksBuilder)
+}
