@@ -313,7 +313,11 @@ impl Kv for KvService {
         // Pages of raw rows: expired keys and other tags with the same hash
         // are skipped, so one page may not fill the answer.
         'pages: loop {
-            let rows = self.node.engine().scan(Cf::Data, &from, &end, limit + 1)?;
+            let rows = self
+                .node
+                .engine()
+                .scan(Cf::Data, &from, &end, limit + 1)
+                .map_err(ApiError::from)?;
             let exhausted = rows.len() <= limit;
             for (dkey, stored) in &rows {
                 let Some((_, key)) = split_data_key(dkey) else {
@@ -368,7 +372,11 @@ impl Kv for KvService {
             }
             .into());
         }
-        let rows = self.node.engine().scan(Cf::Data, &from, &end, limit)?;
+        let rows = self
+            .node
+            .engine()
+            .scan(Cf::Data, &from, &end, limit)
+            .map_err(ApiError::from)?;
         let shard_done = rows.len() < limit;
         let cursor = match rows.last() {
             Some((last, _)) => [last.as_slice(), &[0]].concat(),
