@@ -181,7 +181,7 @@ impl Router {
                 return candidates.first().and_then(|n| address_of(*n));
             }
         } else if let Some(leader) = cache.leaders.get(&shard.id) {
-            if attempt == 0 || attempt % 3 != 0 {
+            if attempt == 0 || !attempt.is_multiple_of(3) {
                 return address_of(*leader);
             }
         }

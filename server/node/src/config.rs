@@ -315,8 +315,10 @@ mod tests {
     use super::*;
 
     fn three_nodes() -> NodeConfig {
-        let mut cfg = NodeConfig::default();
-        cfg.island = "a".into();
+        let mut cfg = NodeConfig {
+            island: "a".into(),
+            ..NodeConfig::default()
+        };
         cfg.cluster.initial_nodes = (1..=3)
             .map(|i| InitialNode {
                 id: i,

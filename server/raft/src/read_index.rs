@@ -48,7 +48,7 @@ impl ReadIndex {
             tokio::spawn(async move { this.run_rounds().await });
         }
         rx.await
-            .unwrap_or_else(|_| Err(RaftError::Fatal(openraft::error::Fatal::Stopped)))
+            .unwrap_or(Err(RaftError::Fatal(openraft::error::Fatal::Stopped)))
     }
 
     async fn run_rounds(&self) {

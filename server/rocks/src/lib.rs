@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use atoll_storage::{BatchOp, Cf, Engine, EngineError, EngineSnapshot, KvPair, Result, WriteBatch};
+use atoll_storage::{
+    BatchOp, Cf, Engine, EngineError, EngineSnapshot, KvPair, Result, Visitor, WriteBatch,
+};
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, Direction, ErrorKind, IteratorMode, Options, ReadOptions,
     SnapshotWithThreadMode, WriteOptions, DB,
@@ -166,13 +168,7 @@ impl EngineSnapshot for RocksSnapshot<'_> {
         self.snap.get_cf(self.engine.cf(cf)?, key).map_err(io_error)
     }
 
-    fn for_each(
-        &self,
-        cf: Cf,
-        start: &[u8],
-        end: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool>,
-    ) -> Result<()> {
+    fn for_each(&self, cf: Cf, start: &[u8], end: &[u8], f: &mut Visitor<'_>) -> Result<()> {
         let iter = self.snap.iterator_cf_opt(
             self.engine.cf(cf)?,
             range_read_options(start, end),

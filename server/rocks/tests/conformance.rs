@@ -1,6 +1,9 @@
 //! openraft's storage conformance suite against the log store and state
 //! machine of `atoll-raft`, running on the RocksDB engine.
 
+// Test code: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 
 use atoll_proto::{ReplicaId, ShardId};
@@ -33,7 +36,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Roc
 }
 
 #[test]
-fn openraft_storage_suite_passes_on_rocksdb() -> Result<(), StorageError> {
+fn openraft_storage_suite_passes_on_rocksdb() {
     // The suite runs each case on a runtime of its own.
-    Suite::test_all(RocksBuilder)
+    if let Err(e) = Suite::test_all(RocksBuilder) {
+        panic!("storage suite failed: {e}");
+    }
 }

@@ -118,17 +118,14 @@ pub trait Engine: Send + Sync + 'static {
     fn snapshot(&self) -> Box<dyn EngineSnapshot + '_>;
 }
 
+/// Called for each pair of a range; returns whether to go on.
+pub type Visitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool> + 'a;
+
 /// A point-in-time view of an [`Engine`].
 pub trait EngineSnapshot {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>>;
 
     /// Calls `f` for every pair of `[start, end)` in ascending order, until it
     /// returns `Ok(false)` or an error.
-    fn for_each(
-        &self,
-        cf: Cf,
-        start: &[u8],
-        end: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool>,
-    ) -> Result<()>;
+    fn for_each(&self, cf: Cf, start: &[u8], end: &[u8], f: &mut Visitor<'_>) -> Result<()>;
 }

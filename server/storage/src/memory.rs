@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use crate::engine::{BatchOp, Cf, Engine, EngineSnapshot, KvPair, WriteBatch};
+use crate::engine::{BatchOp, Cf, Engine, EngineSnapshot, KvPair, Visitor, WriteBatch};
 use crate::error::{EngineError, Result};
 
 type Tables = BTreeMap<Cf, BTreeMap<Vec<u8>, Vec<u8>>>;
@@ -108,13 +108,7 @@ impl EngineSnapshot for MemSnapshot {
         Ok(self.tables.get(&cf).and_then(|t| t.get(key)).cloned())
     }
 
-    fn for_each(
-        &self,
-        cf: Cf,
-        start: &[u8],
-        end: &[u8],
-        f: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool>,
-    ) -> Result<()> {
+    fn for_each(&self, cf: Cf, start: &[u8], end: &[u8], f: &mut Visitor<'_>) -> Result<()> {
         for (k, v) in range_pairs(self.tables.get(&cf), start, end) {
             if !f(k, v)? {
                 break;

@@ -172,3 +172,48 @@ async fn a_replica_behind_a_purged_log_catches_up_by_snapshot() {
     assert_eq!(want.1, 420);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_keeps_its_data_and_serves_again() {
+    let mut cluster = TestCluster::start(Spec {
+        rocks: true,
+        ..Spec::default()
+    })
+    .await;
+    let client = cluster.client().await;
+    for i in 0..50 {
+        client.put(format!("r-{i}"), format!("{i}")).await.unwrap();
+    }
+    // Restart every node in turn; the cluster keeps a majority throughout.
+    for i in 0..3 {
+        cluster.restart(i).await;
+        cluster.wait_for_leaders().await;
+        client.put(format!("after-{i}"), "x").await.unwrap();
+    }
+    for i in 0..50 {
+        assert_eq!(
+            client.get(format!("r-{i}")).await.unwrap().unwrap().value,
+            format!("{i}").as_bytes()
+        );
+    }
+    // Each node's own engine holds every key of the shards it replicates.
+    let map = client.cluster_map().await.unwrap();
+    for n in 0..3 {
+        let node = cluster.node(n);
+        for i in 0..50 {
+            let key = format!("r-{i}");
+            let shard = map.shard_for_key(key.as_bytes()).unwrap();
+            if shard.replica_on(node.id).is_some() {
+                let have = eventually(Duration::from_secs(10), || {
+                    node.engine()
+                        .get(Cf::Data, &data_key(key.as_bytes()))
+                        .unwrap()
+                        .is_some()
+                })
+                .await;
+                assert!(have, "node {} lost {key}", node.id);
+            }
+        }
+    }
+    cluster.shutdown().await;
+}

@@ -73,11 +73,13 @@ impl TestCluster {
         let configs: Vec<NodeConfig> = initial
             .iter()
             .map(|n| {
-                let mut cfg = NodeConfig::default();
-                cfg.node_id = n.id;
-                cfg.island = n.island.clone();
-                cfg.listen = n.address.parse().expect("address");
-                cfg.data_dir = dir.path().join(format!("node-{}", n.id));
+                let mut cfg = NodeConfig {
+                    node_id: n.id,
+                    island: n.island.clone(),
+                    listen: n.address.parse().expect("address"),
+                    data_dir: dir.path().join(format!("node-{}", n.id)),
+                    ..NodeConfig::default()
+                };
                 cfg.cluster.initial_shards = spec.shards;
                 cfg.cluster.initial_nodes = initial.clone();
                 cfg.raft.heartbeat = Duration::from_millis(100);

@@ -2,6 +2,9 @@
 //! (nodes on 127.0.0.1 ports, with network faults between chosen nodes) and
 //! end-to-end tests on the real `atoll` and `atollctl` binaries.
 
+// Test code: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod faults;
 mod harness;
 mod kv;

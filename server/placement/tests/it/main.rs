@@ -1,6 +1,7 @@
 //! Integration tests of `atoll-placement`, in one test binary.
 
-// Tests may unwrap: a panic is the failure report.
+// Test code: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
 
 mod examples;
 mod movement;
