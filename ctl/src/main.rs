@@ -1,7 +1,8 @@
 //! `atollctl`: data commands and cluster status for Atoll.
 //!
-//! Exit codes: 0 success, 1 the command failed (including "key not found"
-//! and a failed compare-and-swap), 2 usage error.
+//! Exit codes: 0 success, 1 the command failed (including "key not found",
+//! a failed compare-and-swap, and `cluster status` of a degraded cluster:
+//! a node unreachable or a shard without a leader), 2 usage error.
 
 mod status;
 
@@ -274,7 +275,11 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 Output::Json => print_json(&report)?,
                 Output::Table => report.print_table(),
             }
-            Ok(report.healthy())
+            let problems = report.problems();
+            for problem in &problems {
+                eprintln!("degraded: {problem}");
+            }
+            Ok(problems.is_empty())
         }
         Cmd::Cluster {
             command: ClusterCmd::Map,

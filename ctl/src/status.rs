@@ -138,10 +138,21 @@ impl Report {
         }
     }
 
-    /// Every node reachable and every shard led.
-    pub fn healthy(&self) -> bool {
-        self.nodes.iter().all(|n| n.reachable)
-            && self.shards.iter().all(|s| s.leader_node.is_some())
+    /// What keeps the cluster from being healthy: unreachable nodes and
+    /// shards without a leader.
+    pub fn problems(&self) -> Vec<String> {
+        let nodes = self
+            .nodes
+            .iter()
+            .filter(|n| !n.reachable)
+            .map(|n| format!("node {} is unreachable: {}", n.id, n.error));
+        let shards = self
+            .meta
+            .iter()
+            .chain(&self.shards)
+            .filter(|s| s.leader_node.is_none())
+            .map(|s| format!("shard {} has no leader", s.id));
+        nodes.chain(shards).collect()
     }
 
     pub fn print_table(&self) {

@@ -107,7 +107,19 @@ impl TestCluster {
     async fn launch(&self, i: usize, listener: TcpListener) -> Running {
         let config = self.configs[i].clone();
         let node = if self.rocks {
-            start_rocks_node(config).await.expect("start node")
+            // A stopped node's engine closes once openraft's tasks have let
+            // go of it, which can take a moment after shutdown.
+            let mut attempts = 0;
+            loop {
+                match start_rocks_node(config.clone()).await {
+                    Ok(node) => break node,
+                    Err(e) if attempts < 100 && e.to_string().contains("lock") => {
+                        attempts += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => panic!("start node: {e}"),
+                }
+            }
         } else {
             Node::start(config, Arc::new(MemEngine::new()))
                 .await
