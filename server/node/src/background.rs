@@ -19,10 +19,63 @@ const TTL_PAGE: usize = 512;
 /// Keys one `Expire` command removes at most.
 const TTL_BATCH: usize = 128;
 
+/// How long a shard must have had a stable leader before its preferred
+/// leader takes over, and how often it may try.
+const LEADER_SETTLE: Duration = Duration::from_secs(3);
+const LEADER_RETRY: Duration = Duration::from_secs(30);
+
 pub(crate) fn spawn(node: &Arc<Node>) {
     let weak = Arc::downgrade(node);
     tokio::spawn(map_loop(weak.clone()));
-    tokio::spawn(ttl_loop(weak));
+    tokio::spawn(ttl_loop(weak.clone()));
+    tokio::spawn(leader_loop(weak));
+}
+
+/// Moves leadership to the replica placement prefers (the first of the
+/// shard's replicas), so leaders spread over nodes and islands. openraft 0.9
+/// has no leader transfer, so the preferred replica, once the group has been
+/// stable for a while and it is a follower, starts an election; its log is
+/// as current as the leader's, so it wins.
+async fn leader_loop(node: Weak<Node>) {
+    let mut stable_since: HashMap<ShardId, (Option<atoll_proto::ReplicaId>, tokio::time::Instant)> =
+        HashMap::new();
+    let mut tried: HashMap<ShardId, tokio::time::Instant> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Some(node) = node.upgrade() else { return };
+        let now = tokio::time::Instant::now();
+        for replica in node.replicas() {
+            if !replica.spec.preferred_leader {
+                continue;
+            }
+            let shard = replica.spec.shard;
+            let metrics = replica.metrics();
+            let leader = metrics.current_leader;
+            let since = stable_since.entry(shard).or_insert((leader, now));
+            if since.0 != leader {
+                *since = (leader, now);
+                continue;
+            }
+            let settled = now.duration_since(since.1) >= LEADER_SETTLE;
+            let recently = tried
+                .get(&shard)
+                .is_some_and(|t| now.duration_since(*t) < LEADER_RETRY);
+            let follower = metrics.state == atoll_raft::types::ServerState::Follower;
+            if leader.is_some()
+                && leader != Some(replica.spec.replica)
+                && follower
+                && settled
+                && !recently
+            {
+                tried.insert(shard, now);
+                tracing::info!(shard = %shard, "taking over leadership as the preferred replica");
+                if let Err(e) = replica.raft.trigger().elect().await {
+                    tracing::debug!(shard = %shard, error = %e, "election not started");
+                }
+            }
+        }
+    }
 }
 
 /// Publishes the initial map through the meta shard (first leader does it)

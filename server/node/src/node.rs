@@ -153,6 +153,10 @@ impl Node {
                         )
                     })
                     .collect::<BTreeMap<_, _>>(),
+                preferred_leader: shard
+                    .replicas
+                    .first()
+                    .is_some_and(|r| r.replica_id == replica_id),
             };
             let replica = Replica::start(
                 spec,

@@ -8,7 +8,7 @@ use atoll_proto::v1::kv_server::KvServer;
 use atoll_proto::v1::raft_server::RaftServer;
 use atoll_raft::RaftService;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::cluster_service::ClusterService;
 use crate::kv_service::KvService;
@@ -32,11 +32,12 @@ pub async fn serve(
     let raft = RaftServer::new(RaftService::new(node.clone()))
         .max_decoding_message_size(MAX_RAFT_MESSAGE)
         .max_encoding_message_size(MAX_RAFT_MESSAGE);
+    // Small Raft and client messages must not wait for Nagle's algorithm.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(kv)
         .add_service(cluster)
         .add_service(raft)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

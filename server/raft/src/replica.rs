@@ -47,6 +47,9 @@ pub struct ReplicaSpec {
     pub kind: ShardKind,
     /// Members used to initialize a brand-new group.
     pub initial_members: BTreeMap<ReplicaId, ReplicaNode>,
+    /// Whether placement chose this replica to lead a new group: it starts
+    /// the first election, so leaders spread as placement intended.
+    pub preferred_leader: bool,
 }
 
 /// Why a replica could not start.
@@ -110,9 +113,15 @@ impl Replica {
             .await
             .map_err(|e| ReplicaError::Raft(e.to_string()))?;
         if !initialized && spec.initial_members.contains_key(&spec.replica) {
-            if let Err(e) = raft.initialize(spec.initial_members.clone()).await {
+            match raft.initialize(spec.initial_members.clone()).await {
+                Ok(()) if spec.preferred_leader => {
+                    if let Err(e) = raft.trigger().elect().await {
+                        tracing::debug!(shard = %spec.shard, error = %e, "first election not started");
+                    }
+                }
+                Ok(()) => {}
                 // Another member's initialization may have reached us first.
-                tracing::debug!(shard = %spec.shard, error = %e, "initialize skipped");
+                Err(e) => tracing::debug!(shard = %spec.shard, error = %e, "initialize skipped"),
             }
         }
         let read_index = ReadIndex::new(raft.clone());
