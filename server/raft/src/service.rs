@@ -10,7 +10,7 @@ use atoll_proto::{ReplicaId, ShardId};
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::network::{message, unpack};
+use crate::network::{message, unpack, verify_chunk};
 use crate::types::{AppendEntriesRequest, Raft, Snapshot, SnapshotMeta, Vote, VoteRequest};
 
 /// Finds the local replica a message is for.
@@ -80,15 +80,7 @@ impl RaftRpc for RaftService {
         let mut target = None;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
-            let mut hasher = crc32fast::Hasher::new();
-            hasher.update(&chunk.header);
-            hasher.update(&chunk.data);
-            if hasher.finalize() != chunk.crc32 {
-                return Err(Status::data_loss(format!(
-                    "snapshot chunk at offset {} failed its crc32 check",
-                    chunk.offset
-                )));
-            }
+            verify_chunk(&chunk).map_err(Status::data_loss)?;
             if chunk.offset != data.len() as u64 {
                 return Err(Status::invalid_argument(format!(
                     "snapshot chunk at offset {} does not follow offset {}",

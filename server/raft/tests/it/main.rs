@@ -1,0 +1,8 @@
+//! Tests of the raft crate on the in-memory engine: openraft's storage
+//! suite, and the state machine's key-value and dedup semantics.
+
+// Test code: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+mod conformance;
+mod state_machine;

@@ -1,0 +1,229 @@
+//! The state machine applied directly, entry by entry.
+
+use std::sync::Arc;
+
+use atoll_proto::{ReplicaId, ShardId};
+use atoll_raft::state_machine::StateMachine;
+use atoll_raft::types::{Entry, LogId};
+use atoll_raft::{BatchStep, Command, Expected, Outcome, Request, ShardKind, WriteId};
+use atoll_storage::{Engine, MemEngine};
+use openraft::storage::RaftStateMachine;
+use openraft::{CommittedLeaderId, EntryPayload};
+
+fn entry(index: u64, write_id: Option<(u64, u64)>, now_ms: u64, command: Command) -> Entry {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, ReplicaId(1)), index),
+        payload: EntryPayload::Normal(Request {
+            write_id: write_id.map(|(client_id, seq)| WriteId { client_id, seq }),
+            now_ms,
+            command,
+        }),
+    }
+}
+
+fn put(key: &str, value: &str) -> Command {
+    Command::Put {
+        key: key.into(),
+        value: value.into(),
+        ttl_ms: 0,
+    }
+}
+
+fn open(engine: &Arc<dyn Engine>) -> StateMachine {
+    StateMachine::open(
+        ReplicaId(1),
+        ShardId(1),
+        ShardKind::Data {
+            first: 0,
+            last: u64::MAX,
+        },
+        engine.clone(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_repeated_write_id_returns_the_first_outcome_without_applying_again() {
+    let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+    let mut sm = open(&engine);
+    let create = Command::Cas {
+        key: b"k".to_vec(),
+        expected: Expected::Version(0),
+        new_value: Some(b"a".to_vec()),
+        ttl_ms: 0,
+    };
+    let out = sm
+        .apply(vec![entry(1, Some((9, 1)), 0, create.clone())])
+        .await
+        .unwrap();
+    assert_eq!(out, vec![Outcome::Written { version: 1 }]);
+    // The same write, proposed again (a client retry), in a later entry.
+    let out = sm
+        .apply(vec![entry(2, Some((9, 1)), 0, create.clone())])
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![Outcome::Written { version: 1 }],
+        "the first outcome, not a CAS failure"
+    );
+    // A new write id with the same command really runs, and fails.
+    let out = sm
+        .apply(vec![entry(3, Some((9, 2)), 0, create)])
+        .await
+        .unwrap();
+    assert!(matches!(out[0], Outcome::CasFailed { .. }));
+    // The dedup table survives a reopen.
+    let mut reopened = open(&engine);
+    let out = reopened
+        .apply(vec![entry(4, Some((9, 1)), 0, put("k", "zzz"))])
+        .await
+        .unwrap();
+    assert_eq!(out, vec![Outcome::Written { version: 1 }]);
+}
+
+#[tokio::test]
+async fn later_entries_of_one_apply_see_earlier_ones() {
+    let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+    let mut sm = open(&engine);
+    let out = sm
+        .apply(vec![
+            entry(1, None, 0, put("k", "a")),
+            entry(
+                2,
+                None,
+                0,
+                Command::Cas {
+                    key: b"k".to_vec(),
+                    expected: Expected::Version(1),
+                    new_value: Some(b"b".to_vec()),
+                    ttl_ms: 0,
+                },
+            ),
+            entry(3, None, 0, Command::Delete { key: b"k".to_vec() }),
+            entry(4, None, 0, Command::Delete { key: b"k".to_vec() }),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![
+            Outcome::Written { version: 1 },
+            Outcome::Written { version: 2 },
+            Outcome::Deleted {
+                deleted: true,
+                version: 3
+            },
+            Outcome::Deleted {
+                deleted: false,
+                version: 4
+            },
+        ]
+    );
+}
+
+#[tokio::test]
+async fn expiry_is_judged_by_the_entry_time() {
+    let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+    let mut sm = open(&engine);
+    let ttl = Command::Put {
+        key: b"s".to_vec(),
+        value: b"v".to_vec(),
+        ttl_ms: 100,
+    };
+    sm.apply(vec![entry(1, None, 1_000, ttl)]).await.unwrap();
+    let create = |i| {
+        entry(
+            i,
+            None,
+            1_050,
+            Command::Cas {
+                key: b"s".to_vec(),
+                expected: Expected::Version(0),
+                new_value: Some(b"w".to_vec()),
+                ttl_ms: 0,
+            },
+        )
+    };
+    let out = sm.apply(vec![create(2)]).await.unwrap();
+    assert!(
+        matches!(out[0], Outcome::CasFailed { .. }),
+        "not expired at 1050"
+    );
+    let mut late = create(3);
+    if let EntryPayload::Normal(req) = &mut late.payload {
+        req.now_ms = 1_100;
+    }
+    let out = sm.apply(vec![late]).await.unwrap();
+    assert_eq!(
+        out,
+        vec![Outcome::Written { version: 3 }],
+        "expired at 1100: treated as absent"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_with_a_failing_check_writes_nothing() {
+    let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+    let mut sm = open(&engine);
+    sm.apply(vec![entry(1, None, 0, put("{a}:x", "1"))])
+        .await
+        .unwrap();
+    let batch = Command::Batch {
+        steps: vec![
+            BatchStep::Put {
+                key: b"{a}:y".to_vec(),
+                value: b"2".to_vec(),
+                ttl_ms: 0,
+            },
+            BatchStep::Check {
+                key: b"{a}:x".to_vec(),
+                expected_version: 7,
+            },
+        ],
+    };
+    let out = sm.apply(vec![entry(2, None, 0, batch)]).await.unwrap();
+    assert!(matches!(&out[0], Outcome::CasFailed { key, .. } if key == b"{a}:x"));
+    let stored = engine
+        .get(
+            atoll_storage::Cf::Data,
+            &atoll_storage::keys::data_key(b"{a}:y"),
+        )
+        .unwrap();
+    assert_eq!(stored, None);
+}
+
+#[tokio::test]
+async fn keys_outside_the_shard_are_rejected() {
+    let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+    let hash = atoll_proto::keyhash::key_hash(b"k");
+    let range = if hash > 0 {
+        (0, hash - 1)
+    } else {
+        (1, u64::MAX)
+    };
+    let mut sm = StateMachine::open(
+        ReplicaId(1),
+        ShardId(1),
+        ShardKind::Data {
+            first: range.0,
+            last: range.1,
+        },
+        engine.clone(),
+    )
+    .unwrap();
+    let out = sm
+        .apply(vec![entry(1, None, 0, put("k", "v"))])
+        .await
+        .unwrap();
+    assert!(matches!(out[0], Outcome::Rejected { .. }));
+    assert_eq!(
+        engine
+            .get(
+                atoll_storage::Cf::Data,
+                &atoll_storage::keys::data_key(b"k")
+            )
+            .unwrap(),
+        None
+    );
+}
