@@ -243,14 +243,7 @@ impl Kv for KvService {
             steps.push(step);
         }
         validate::batch(steps.len(), bytes)?;
-        let keys: Vec<&[u8]> = steps
-            .iter()
-            .map(|s| match s {
-                BatchStep::Put { key, .. }
-                | BatchStep::Delete { key }
-                | BatchStep::Check { key, .. } => key.as_slice(),
-            })
-            .collect();
+        let keys: Vec<&[u8]> = steps.iter().map(BatchStep::key).collect();
         for key in &keys {
             validate::key(key)?;
         }

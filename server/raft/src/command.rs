@@ -47,6 +47,17 @@ pub enum BatchStep {
     },
 }
 
+impl BatchStep {
+    /// The key the step reads or writes.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            BatchStep::Put { key, .. }
+            | BatchStep::Delete { key }
+            | BatchStep::Check { key, .. } => key,
+        }
+    }
+}
+
 /// A state-machine command.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {

@@ -15,7 +15,8 @@ use crate::read_index::ReadIndex;
 use crate::state_machine::{ShardKind, StateMachine};
 use crate::types::{Raft, RaftMetrics, ReplicaNode};
 
-/// Raft timing and log retention, shared by every replica of a node.
+/// Raft timing and log retention, shared by every replica of a node (the
+/// node's `[raft]` config section).
 #[derive(Clone, Debug)]
 pub struct ReplicaConfig {
     pub heartbeat: Duration,
@@ -25,18 +26,6 @@ pub struct ReplicaConfig {
     pub snapshot_after_entries: u64,
     /// Entries kept in the log behind the last snapshot (for slow followers).
     pub keep_entries_after_snapshot: u64,
-}
-
-impl Default for ReplicaConfig {
-    fn default() -> Self {
-        Self {
-            heartbeat: Duration::from_millis(150),
-            election_timeout_min: Duration::from_millis(1000),
-            election_timeout_max: Duration::from_millis(2000),
-            snapshot_after_entries: 20_000,
-            keep_entries_after_snapshot: 5_000,
-        }
-    }
 }
 
 /// What a replica is: its shard, id, kind and the shard's initial members.

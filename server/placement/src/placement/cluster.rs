@@ -160,14 +160,7 @@ fn scale_weights(capacities: &[u64]) -> Vec<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn node(id: u64, island: &str, capacity: u64) -> NodeSpec {
-        NodeSpec {
-            id: NodeId(id),
-            island: island.to_string(),
-            capacity,
-        }
-    }
+    use crate::placement::test_support::node;
 
     #[test]
     fn nodes_are_sorted_by_id_and_islands_by_name() {

@@ -108,24 +108,12 @@ fn best_candidate(
 
 #[cfg(test)]
 mod tests {
-    use atoll_proto::{NodeId, ShardId};
+    use atoll_proto::ShardId;
 
     use super::*;
     use crate::placement::target::replica_targets;
-    use crate::{Assignment, NodeSpec};
-
-    fn cluster(islands: &[&str], rf: usize) -> Cluster {
-        let nodes: Vec<NodeSpec> = islands
-            .iter()
-            .enumerate()
-            .map(|(i, island)| NodeSpec {
-                id: NodeId(i as u64),
-                island: island.to_string(),
-                capacity: 1,
-            })
-            .collect();
-        Cluster::new(&nodes, rf).unwrap()
-    }
+    use crate::placement::test_support::cluster;
+    use crate::Assignment;
 
     #[test]
     fn a_partly_kept_shard_is_completed_within_island_bounds() {

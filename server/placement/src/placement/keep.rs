@@ -72,20 +72,8 @@ mod tests {
     use super::*;
     use crate::placement::fill::fill_missing;
     use crate::placement::target::replica_targets;
-    use crate::{Assignment, NodeSpec};
-
-    fn cluster(islands: &[&str], rf: usize) -> Cluster {
-        let nodes: Vec<NodeSpec> = islands
-            .iter()
-            .enumerate()
-            .map(|(i, island)| NodeSpec {
-                id: NodeId(i as u64),
-                island: island.to_string(),
-                capacity: 1,
-            })
-            .collect();
-        Cluster::new(&nodes, rf).unwrap()
-    }
+    use crate::placement::test_support::cluster;
+    use crate::Assignment;
 
     fn ids(v: &[u64]) -> Vec<NodeId> {
         v.iter().copied().map(NodeId).collect()

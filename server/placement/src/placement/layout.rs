@@ -153,16 +153,12 @@ mod tests {
     use atoll_proto::NodeId;
 
     use super::*;
+    use crate::placement::test_support::node;
     use crate::NodeSpec;
 
+    /// Nodes 1 to 4, all on island a; RF 2.
     fn cluster() -> Cluster {
-        let nodes: Vec<NodeSpec> = (1..=4)
-            .map(|i| NodeSpec {
-                id: NodeId(i),
-                island: "a".into(),
-                capacity: 1,
-            })
-            .collect();
+        let nodes: Vec<NodeSpec> = (1..=4).map(|i| node(i, "a", 1)).collect();
         Cluster::new(&nodes, 2).unwrap()
     }
 

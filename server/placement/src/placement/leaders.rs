@@ -154,31 +154,8 @@ mod tests {
 
     use super::*;
     use crate::placement::target::leader_targets;
-    use crate::{Assignment, NodeSpec};
-
-    fn cluster(islands: &[&str], rf: usize) -> Cluster {
-        let nodes: Vec<NodeSpec> = islands
-            .iter()
-            .enumerate()
-            .map(|(i, island)| NodeSpec {
-                id: NodeId(i as u64),
-                island: island.to_string(),
-                capacity: 1,
-            })
-            .collect();
-        Cluster::new(&nodes, rf).unwrap()
-    }
-
-    fn layout(c: &Cluster, shards: &[&[usize]], current: &Assignment) -> Layout {
-        let ids = (0..shards.len() as u64).map(ShardId).collect();
-        let mut layout = Layout::new(c, ids, current);
-        for (s, replicas) in shards.iter().enumerate() {
-            for &n in replicas.iter() {
-                layout.add(s, n);
-            }
-        }
-        layout
-    }
+    use crate::placement::test_support::{cluster, layout};
+    use crate::Assignment;
 
     fn led_counts(layout: &Layout, nodes: usize) -> Vec<usize> {
         let mut counts = vec![0; nodes];

@@ -16,7 +16,8 @@
 //! 5. `leaders` keeps current leaders, chooses the rest, and balances them.
 //!
 //! `layout` is the working assignment all steps edit; `spec` holds the
-//! public input and output types.
+//! public input and output types; `test_support` builds the unit tests'
+//! clusters and layouts.
 
 mod cluster;
 mod fill;
@@ -34,6 +35,8 @@ mod spec;
 mod spread;
 mod sweep;
 mod target;
+#[cfg(test)]
+mod test_support;
 
 pub use place::place;
 pub use spec::{Assignment, NodeSpec};

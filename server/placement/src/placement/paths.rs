@@ -119,30 +119,30 @@ pub(crate) fn find_path(
 
 #[cfg(test)]
 mod tests {
-    use atoll_proto::{NodeId, ShardId};
-
     use super::*;
-    use crate::{Assignment, NodeSpec};
+    use crate::placement::test_support::{cluster, layout};
+    use crate::Assignment;
 
     fn setup(islands: &[&str], rf: usize, shards: &[&[usize]]) -> (Cluster, Layout) {
-        let nodes: Vec<NodeSpec> = islands
-            .iter()
-            .enumerate()
-            .map(|(i, island)| NodeSpec {
-                id: NodeId(i as u64),
-                island: island.to_string(),
-                capacity: 1,
-            })
-            .collect();
-        let cluster = Cluster::new(&nodes, rf).unwrap();
-        let ids = (0..shards.len() as u64).map(ShardId).collect();
-        let mut layout = Layout::new(&cluster, ids, &Assignment::new());
-        for (s, replicas) in shards.iter().enumerate() {
-            for &n in replicas.iter() {
-                layout.add(s, n);
-            }
-        }
-        (cluster, layout)
+        let c = cluster(islands, rf);
+        let l = layout(&c, shards, &Assignment::new());
+        (c, l)
+    }
+
+    /// The path from over to under, any moves allowed, nothing banned.
+    fn over_to_under(c: &Cluster, layout: &Layout, targets: &[Target]) -> Option<Vec<Move>> {
+        find_path(
+            c,
+            layout,
+            targets,
+            Phase::OverToUnder,
+            Cost::Any,
+            &BTreeSet::new(),
+        )
+    }
+
+    fn mv(shard: usize, from: usize, to: usize) -> Move {
+        Move { shard, from, to }
     }
 
     fn target(x: u64) -> Target {
@@ -157,22 +157,8 @@ mod tests {
     fn a_direct_move_is_found_first() {
         let (c, layout) = setup(&["a"; 3], 1, &[&[0], &[0], &[1]]);
         let targets = [target(1), target(1), target(1)];
-        let path = find_path(
-            &c,
-            &layout,
-            &targets,
-            Phase::OverToUnder,
-            Cost::Any,
-            &BTreeSet::new(),
-        );
-        assert_eq!(
-            path,
-            Some(vec![Move {
-                shard: 0,
-                from: 0,
-                to: 2
-            }])
-        );
+        let path = over_to_under(&c, &layout, &targets);
+        assert_eq!(path, Some(vec![mv(0, 0, 2)]));
     }
 
     #[test]
@@ -182,29 +168,8 @@ mod tests {
         // shard 2 to node 2.
         let (c, layout) = setup(&["a"; 4], 2, &[&[0, 2], &[0, 2], &[1, 3], &[1, 3]]);
         let targets = [target(1), target(2), target(3), target(2)];
-        let path = find_path(
-            &c,
-            &layout,
-            &targets,
-            Phase::OverToUnder,
-            Cost::Any,
-            &BTreeSet::new(),
-        );
-        assert_eq!(
-            path,
-            Some(vec![
-                Move {
-                    shard: 0,
-                    from: 0,
-                    to: 1
-                },
-                Move {
-                    shard: 2,
-                    from: 1,
-                    to: 2
-                }
-            ])
-        );
+        let path = over_to_under(&c, &layout, &targets);
+        assert_eq!(path, Some(vec![mv(0, 0, 1), mv(2, 1, 2)]));
     }
 
     #[test]
@@ -218,33 +183,12 @@ mod tests {
         );
         // Node 0 is over, node 3 under; node 1 is full.
         let targets = [target(2), target(1), target(3), target(2)];
-        let path = find_path(
-            &c,
-            &layout,
-            &targets,
-            Phase::OverToUnder,
-            Cost::Any,
-            &BTreeSet::new(),
-        );
+        let path = over_to_under(&c, &layout, &targets);
         assert_eq!(path, None);
         // Once node 1 may take, node 0 gives it shard 0.
         let targets = [target(2), target(2), target(3), target(2)];
-        let path = find_path(
-            &c,
-            &layout,
-            &targets,
-            Phase::OverToUnder,
-            Cost::Any,
-            &BTreeSet::new(),
-        );
-        assert_eq!(
-            path,
-            Some(vec![Move {
-                shard: 0,
-                from: 0,
-                to: 1
-            }])
-        );
+        let path = over_to_under(&c, &layout, &targets);
+        assert_eq!(path, Some(vec![mv(0, 0, 1)]));
     }
 
     #[test]

@@ -71,21 +71,15 @@ pub(crate) fn sweep(
 
 #[cfg(test)]
 mod tests {
-    use atoll_proto::{NodeId, ShardId};
+    use atoll_proto::ShardId;
 
     use super::*;
-    use crate::{Assignment, NodeSpec};
+    use crate::placement::test_support::cluster;
+    use crate::Assignment;
 
     #[test]
     fn givers_hand_replicas_straight_to_takers() {
-        let nodes: Vec<NodeSpec> = (0..4)
-            .map(|i| NodeSpec {
-                id: NodeId(i),
-                island: "a".into(),
-                capacity: 1,
-            })
-            .collect();
-        let c = Cluster::new(&nodes, 1).unwrap();
+        let c = cluster(&["a"; 4], 1);
         let ids = (0..8).map(ShardId).collect();
         let mut layout = Layout::new(&c, ids, &Assignment::new());
         for s in 0..8 {
@@ -96,22 +90,12 @@ mod tests {
             lo: 2,
             hi: 2,
         };
-        let moved = sweep(
-            &c,
-            &mut layout,
-            &[t; 4],
-            Phase::OverToUnder,
-            &BTreeSet::new(),
-        );
+        let sweep_once =
+            |layout: &mut Layout| sweep(&c, layout, &[t; 4], Phase::OverToUnder, &BTreeSet::new());
         // Each of the two givers hands one replica over per sweep.
+        let moved = sweep_once(&mut layout);
         assert_eq!(moved, 2);
-        let moved = sweep(
-            &c,
-            &mut layout,
-            &[t; 4],
-            Phase::OverToUnder,
-            &BTreeSet::new(),
-        );
+        let moved = sweep_once(&mut layout);
         assert_eq!(moved, 2);
         assert_eq!(layout.loads(), vec![2; 4]);
     }

@@ -133,20 +133,16 @@ impl Eagerness {
 
 #[cfg(test)]
 mod tests {
-    use atoll_proto::NodeId;
-
     use super::*;
+    use crate::placement::test_support::node;
     use crate::NodeSpec;
 
+    /// Node `i` (id `i`) on island `nodes[i].0` with capacity `nodes[i].1`.
     fn cluster(nodes: &[(&str, u64)], rf: usize) -> Cluster {
         let specs: Vec<NodeSpec> = nodes
             .iter()
             .enumerate()
-            .map(|(i, &(island, capacity))| NodeSpec {
-                id: NodeId(i as u64),
-                island: island.to_string(),
-                capacity,
-            })
+            .map(|(i, &(island, capacity))| node(i as u64, island, capacity))
             .collect();
         Cluster::new(&specs, rf).unwrap()
     }

@@ -9,15 +9,20 @@ use crate::oracle::{
     assert_balanced, assert_leaders_balanced, assert_valid, equal_nodes, fresh, moved, shards,
 };
 
-#[test]
-fn a_hundred_nodes_and_three_thousand_shards_place_balanced() {
-    let nodes: Vec<NodeSpec> = equal_nodes(100, 4)
+/// `equal_nodes(count, islands)`, but node `id` has capacity `1 + id % kinds`.
+fn mixed_nodes(count: u64, islands: u64, kinds: u64) -> Vec<NodeSpec> {
+    equal_nodes(count, islands)
         .into_iter()
         .map(|n| NodeSpec {
-            capacity: 1 + n.id.0 % 3,
+            capacity: 1 + n.id.0 % kinds,
             ..n
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn a_hundred_nodes_and_three_thousand_shards_place_balanced() {
+    let nodes = mixed_nodes(100, 4, 3);
     let shards = shards(3000);
     let a = fresh(&nodes, &shards, 3);
     assert_valid(&nodes, &shards, 3, &a);
@@ -43,13 +48,7 @@ fn a_hundred_nodes_and_three_thousand_shards_place_balanced() {
 #[test]
 #[ignore = "large; run with optimizations"]
 fn a_thousand_nodes_and_a_hundred_thousand_replicas() {
-    let nodes: Vec<NodeSpec> = equal_nodes(1000, 5)
-        .into_iter()
-        .map(|n| NodeSpec {
-            capacity: 1 + n.id.0 % 4,
-            ..n
-        })
-        .collect();
+    let nodes = mixed_nodes(1000, 5, 4);
     let shards = shards(33_334);
     let replicas = shards.len() * 3;
     let timed = |label: &str, nodes: &[NodeSpec], current: &Assignment| {

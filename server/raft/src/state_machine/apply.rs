@@ -85,24 +85,8 @@ impl<'a> Applier<'a> {
     /// Applies one data command at log index `index`.
     pub fn apply(&mut self, index: u64, req: &Request) -> Result<Outcome, EngineError> {
         let now = req.now_ms;
-        let keys: Vec<&[u8]> = match &req.command {
-            Command::Put { key, .. } | Command::Delete { key } | Command::Cas { key, .. } => {
-                vec![key]
-            }
-            Command::Batch { steps } => steps
-                .iter()
-                .map(|s| match s {
-                    BatchStep::Put { key, .. }
-                    | BatchStep::Delete { key }
-                    | BatchStep::Check { key, .. } => key.as_slice(),
-                })
-                .collect(),
-            Command::Expire { keys } => keys.iter().map(|(k, _)| k.as_slice()).collect(),
-            Command::SetClusterMap { .. } => {
-                return Ok(Outcome::Rejected {
-                    reason: "cluster map commands go to the meta shard".into(),
-                })
-            }
+        let Some(keys) = keys_of(&req.command) else {
+            return Ok(meta_only());
         };
         if let Some(stray) = keys.iter().find(|k| self.data_key(k).is_none()) {
             return Ok(Outcome::Rejected {
@@ -215,13 +199,25 @@ impl<'a> Applier<'a> {
                 }
                 Ok(Outcome::Expired { removed })
             }
-            Command::SetClusterMap { .. } => unreachable_rejected(),
+            Command::SetClusterMap { .. } => Ok(meta_only()),
         }
     }
 }
 
-fn unreachable_rejected() -> Result<Outcome, EngineError> {
-    Ok(Outcome::Rejected {
+fn meta_only() -> Outcome {
+    Outcome::Rejected {
         reason: "cluster map commands go to the meta shard".into(),
-    })
+    }
+}
+
+/// The keys a data command touches; `None` for meta commands.
+fn keys_of(command: &Command) -> Option<Vec<&[u8]>> {
+    match command {
+        Command::Put { key, .. } | Command::Delete { key } | Command::Cas { key, .. } => {
+            Some(vec![key.as_slice()])
+        }
+        Command::Batch { steps } => Some(steps.iter().map(BatchStep::key).collect()),
+        Command::Expire { keys } => Some(keys.iter().map(|(k, _)| k.as_slice()).collect()),
+        Command::SetClusterMap { .. } => None,
+    }
 }
