@@ -4,8 +4,11 @@
 # vendored one. Sourced by scripts/run-dev.sh and scripts/test.sh.
 set -euo pipefail
 
+# bindgen loads libclang.so itself; libclang-cpp (present on many images) is
+# a different library and does not do.
 atoll_have_libclang() {
-    ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so* /usr/lib/aarch64-linux-gnu/libclang*.so* >/dev/null 2>&1
+    [ -n "${LIBCLANG_PATH:-}" ] && return 0
+    compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null || compgen -G "/usr/lib/*/libclang-[0-9]*.so*" >/dev/null
 }
 
 atoll_install_prereqs() {
