@@ -14,13 +14,14 @@ use futures::future::try_join_all;
 
 use crate::error::{Error, Result};
 use crate::router::{CallKind, Router};
-use crate::types::{BatchOp, Consistency, Expect, ScanAllPage, ScanCursor, ScanPage};
+use crate::types::{BatchOp, Consistency, Expect};
 
 /// Connection settings.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
     /// Deadline of one call, retries included.
     pub timeout: Duration,
+    /// How long connecting to one server may take.
     pub connect_timeout: Duration,
     /// The client's island: stale reads go there first.
     pub island: Option<String>,
@@ -40,7 +41,7 @@ impl Default for ClientOptions {
 /// map, leaders and connections.
 #[derive(Clone)]
 pub struct Client {
-    router: Arc<Router>,
+    pub(crate) router: Arc<Router>,
     client_id: u64,
     seq: Arc<AtomicU64>,
 }
@@ -53,7 +54,7 @@ impl std::fmt::Debug for Client {
     }
 }
 
-fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+pub(crate) fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(timeout);
     request
@@ -112,7 +113,7 @@ impl Client {
         })
     }
 
-    async fn shard_of(&self, key: &[u8]) -> Result<ShardId> {
+    pub(crate) async fn shard_of(&self, key: &[u8]) -> Result<ShardId> {
         let map = self.router.current_map().await?;
         map.shard_for_hash(key_hash(key))
             .map(|s| ShardId(s.id))
@@ -314,84 +315,6 @@ impl Client {
                 }
             })
             .await
-    }
-
-    /// Keys of one hash tag in key order, from `start` (inclusive) to `end`
-    /// (exclusive; empty = the tag's last key), at most `limit` per page.
-    pub async fn scan(
-        &self,
-        start: impl AsRef<[u8]>,
-        end: impl AsRef<[u8]>,
-        limit: u32,
-    ) -> Result<ScanPage> {
-        let (start, end) = (start.as_ref(), end.as_ref());
-        let shard = self.shard_of(start).await?;
-        let msg = wire::ScanRequest {
-            shard_id: shard.get(),
-            start: start.to_vec(),
-            end: end.to_vec(),
-            limit,
-            consistency: Consistency::Linearizable.wire(),
-        };
-        let resp = self
-            .router
-            .call(shard, CallKind::LeaderRead, |mut c, t| {
-                let msg = msg.clone();
-                async move { c.scan(request(msg, t)).await.map(|r| r.into_inner()) }
-            })
-            .await?;
-        let resume_key = (!resp.resume_key.is_empty()).then_some(resp.resume_key);
-        Ok(ScanPage {
-            kvs: resp.kvs,
-            resume_key,
-        })
-    }
-
-    /// One page of the whole key space (in storage order, not key order),
-    /// from `cursor` (`None` = the beginning). Each shard page is
-    /// linearizable; keys that exist for the whole scan are returned exactly
-    /// once, while shards keep serving writes.
-    pub async fn scan_all(&self, cursor: Option<&ScanCursor>, limit: u32) -> Result<ScanAllPage> {
-        let mut position = cursor.cloned().unwrap_or_else(ScanCursor::start);
-        loop {
-            let map = self.router.current_map().await?;
-            let shard = map
-                .shard_for_hash(position.hash())
-                .cloned()
-                .ok_or_else(|| {
-                    Error::StaleMap(format!("no shard owns hash {:#x}", position.hash()))
-                })?;
-            let shard_id = ShardId(shard.id);
-            let msg = wire::ScanAllRequest {
-                shard_id: shard.id,
-                cursor: position.0.clone(),
-                limit,
-                consistency: Consistency::Linearizable.wire(),
-            };
-            let resp = self
-                .router
-                .call(shard_id, CallKind::LeaderRead, |mut c, t| {
-                    let msg = msg.clone();
-                    async move { c.scan_all(request(msg, t)).await.map(|r| r.into_inner()) }
-                })
-                .await?;
-            let next_shard = shard
-                .range_last
-                .checked_add(1)
-                .map(|h| ScanCursor(h.to_be_bytes().to_vec()));
-            let next = if resp.shard_done {
-                next_shard
-            } else {
-                Some(ScanCursor(resp.cursor))
-            };
-            if !resp.kvs.is_empty() || next.is_none() {
-                return Ok(ScanAllPage {
-                    kvs: resp.kvs,
-                    next,
-                });
-            }
-            position = next.unwrap_or_default();
-        }
     }
 
     /// The cluster map (refreshed from the servers).

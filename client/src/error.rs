@@ -11,7 +11,10 @@ pub enum Error {
     /// The contacted replica does not lead the shard (retried internally;
     /// seen only when retries run out).
     #[error("not leader (leader hint: {leader:?})")]
-    NotLeader { leader: Option<LeaderHint> },
+    NotLeader {
+        /// Where the leader is, if the server knew.
+        leader: Option<LeaderHint>,
+    },
     /// The request was routed with an old cluster map.
     #[error("stale cluster map: {0}")]
     StaleMap(String),
@@ -21,19 +24,27 @@ pub enum Error {
     /// A compare-and-swap or batch check did not hold; nothing was written.
     #[error("compare failed on key {key:?}")]
     CasFailed {
+        /// The key whose check failed (empty if it does not exist).
         key: Vec<u8>,
+        /// Its current value; `None` if it does not exist.
         current: Option<KeyValue>,
     },
     /// The request broke a limit or was malformed; nothing was written.
     #[error("invalid argument ({limit:?}): {message}")]
-    InvalidArgument { limit: Limit, message: String },
+    InvalidArgument {
+        /// The limit broken (`Unspecified` for other malformed input).
+        limit: Limit,
+        /// What was wrong, for humans.
+        message: String,
+    },
     /// A stored record failed its checksum on the server.
     #[error("data corruption: {0}")]
     DataCorruption(String),
+    /// The request lacked valid credentials.
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
-    /// The deadline passed; a write was never sent, or was definitely not
-    /// applied.
+    /// The deadline passed without an answer: for a read, or for a write
+    /// known not to have been applied (otherwise the error is `Ambiguous`).
     #[error("deadline exceeded: {0}")]
     Timeout(String),
     /// A write may or may not have been applied: it was sent, and no
@@ -46,6 +57,7 @@ pub enum Error {
     /// No endpoint answered, or none was given.
     #[error("no reachable endpoint: {0}")]
     NoEndpoint(String),
+    /// The server failed in a way not covered above.
     #[error("internal: {0}")]
     Internal(String),
 }

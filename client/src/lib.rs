@@ -17,9 +17,12 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 mod client;
 mod error;
 mod router;
+mod scan;
 mod types;
 
 pub use atoll_proto::v1::{ClusterMap, KeyValue, LeaderHint, Limit, StatusResponse};

@@ -34,22 +34,31 @@ pub enum Expect {
 /// One operation of an atomic [`Client::batch`](crate::Client::batch).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BatchOp {
+    /// Store `value` under `key`, expiring after `ttl_ms` (0 = never).
     Put {
+        /// The key.
         key: Vec<u8>,
+        /// The value.
         value: Vec<u8>,
+        /// Time to live in milliseconds; 0 = no expiry.
         ttl_ms: u64,
     },
+    /// Delete `key`.
     Delete {
+        /// The key.
         key: Vec<u8>,
     },
     /// The batch applies only if `key` is at `version` (0 = absent).
     Check {
+        /// The key.
         key: Vec<u8>,
+        /// Its expected version.
         version: u64,
     },
 }
 
 impl BatchOp {
+    /// A put without TTL.
     pub fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
         BatchOp::Put {
             key: key.into(),
@@ -58,10 +67,12 @@ impl BatchOp {
         }
     }
 
+    /// A delete.
     pub fn delete(key: impl Into<Vec<u8>>) -> Self {
         BatchOp::Delete { key: key.into() }
     }
 
+    /// A version check.
     pub fn check(key: impl Into<Vec<u8>>, version: u64) -> Self {
         BatchOp::Check {
             key: key.into(),
@@ -69,6 +80,7 @@ impl BatchOp {
         }
     }
 
+    /// The key the operation names.
     pub fn key(&self) -> &[u8] {
         match self {
             BatchOp::Put { key, .. } | BatchOp::Delete { key } | BatchOp::Check { key, .. } => key,
@@ -93,6 +105,7 @@ impl BatchOp {
 /// One page of a [`Client::scan`](crate::Client::scan).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ScanPage {
+    /// The keys of this page, in key order.
     pub kvs: Vec<wire::KeyValue>,
     /// Where the next page starts; `None` when the range is done.
     pub resume_key: Option<Vec<u8>>,
@@ -110,10 +123,12 @@ impl ScanCursor {
         ScanCursor(0u64.to_be_bytes().to_vec())
     }
 
+    /// The cursor's stored form.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
 
+    /// A cursor from its stored form.
     pub fn from_bytes(bytes: impl Into<Vec<u8>>) -> Self {
         ScanCursor(bytes.into())
     }
@@ -130,6 +145,7 @@ impl ScanCursor {
 /// One page of a [`Client::scan_all`](crate::Client::scan_all).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ScanAllPage {
+    /// The keys of this page.
     pub kvs: Vec<wire::KeyValue>,
     /// Where to continue; `None` when the whole key space has been read.
     pub next: Option<ScanCursor>,

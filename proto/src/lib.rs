@@ -3,6 +3,8 @@
 //! decides which shard owns a key. Client and server both depend on this
 //! crate, so it stays small and has no storage code.
 
+#![warn(missing_docs)]
+
 pub mod ids;
 pub mod keyhash;
 pub mod map;

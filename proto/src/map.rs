@@ -24,6 +24,7 @@ impl ClusterMap {
         self.shards.iter().find(|s| s.id == id.get())
     }
 
+    /// A node by id.
     pub fn node(&self, id: NodeId) -> Option<&Node> {
         self.nodes.iter().find(|n| n.id == id.get())
     }

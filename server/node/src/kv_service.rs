@@ -4,17 +4,17 @@
 
 use std::sync::Arc;
 
-use atoll_proto::keyhash::{hash_tag, key_hash};
+use atoll_proto::keyhash::key_hash;
 use atoll_proto::v1::kv_server::Kv;
 use atoll_proto::v1::{self as wire, batch_op, cas_request, Limit, ReadConsistency};
 use atoll_raft::{BatchStep, Command, Expected, Outcome, Replica};
-use atoll_storage::keys::{data_key_with_hash, data_range, split_data_key};
+use atoll_storage::keys::data_key_with_hash;
 use atoll_storage::{Cf, Record};
 use tonic::{Request, Response, Status};
 
 use crate::errors::ApiError;
 use crate::node::{now_ms, Node};
-use crate::validate;
+use crate::{scan, validate};
 
 /// Implements `atoll.v1.Kv` on a node.
 pub struct KvService {
@@ -54,7 +54,7 @@ impl KvService {
     }
 }
 
-fn kv(key: Vec<u8>, record: Record) -> wire::KeyValue {
+pub(crate) fn kv(key: Vec<u8>, record: Record) -> wire::KeyValue {
     wire::KeyValue {
         key,
         value: record.value,
@@ -274,66 +274,13 @@ impl Kv for KvService {
         request: Request<wire::ScanRequest>,
     ) -> Result<Response<wire::ScanResponse>, Status> {
         let req = request.into_inner();
-        validate::key(&req.start)?;
-        let Some(tag) = hash_tag(&req.start).map(<[u8]>::to_vec) else {
-            return Err(ApiError::invalid(
-                Limit::ScanNeedsHashTag,
-                "scan keys must carry a hash tag, e.g. {user42}:; use ScanAll for the whole key space",
-            )
-            .into());
-        };
-        if !req.end.is_empty() && hash_tag(&req.end) != Some(tag.as_slice()) {
-            return Err(ApiError::invalid(
-                Limit::ScanNeedsHashTag,
-                "scan start and end must carry the same hash tag",
-            )
-            .into());
-        }
-        let limit = validate::scan_limit(req.limit);
+        scan::check_tag_range(&req)?;
         self.read_replica(req.shard_id, &[&req.start], req.consistency)
             .await?;
-        let hash = key_hash(&req.start);
-        let start = data_key_with_hash(hash, &req.start);
-        let end = if req.end.is_empty() {
-            data_range(hash, hash).1
-        } else {
-            data_key_with_hash(hash, &req.end)
-        };
-        let now = now_ms();
-        let mut kvs = Vec::new();
-        let mut resume_key = Vec::new();
-        let mut from = start;
-        // Pages of raw rows: expired keys and other tags with the same hash
-        // are skipped, so one page may not fill the answer.
-        'pages: loop {
-            let rows = self
-                .node
-                .engine()
-                .scan(Cf::Data, &from, &end, limit + 1)
-                .map_err(ApiError::from)?;
-            let exhausted = rows.len() <= limit;
-            for (dkey, stored) in &rows {
-                let Some((_, key)) = split_data_key(dkey) else {
-                    continue;
-                };
-                if kvs.len() == limit {
-                    resume_key = key.to_vec();
-                    break 'pages;
-                }
-                if hash_tag(key) != Some(tag.as_slice()) {
-                    continue;
-                }
-                let record = Record::decode(stored).map_err(ApiError::from)?;
-                if !record.is_expired(now) {
-                    kvs.push(kv(key.to_vec(), record));
-                }
-            }
-            match rows.last() {
-                Some((last, _)) if !exhausted => from = [last.as_slice(), &[0]].concat(),
-                _ => break,
-            }
-        }
-        Ok(Response::new(wire::ScanResponse { kvs, resume_key }))
+        Ok(Response::new(scan::tag_range(
+            self.node.engine().as_ref(),
+            &req,
+        )?))
     }
 
     async fn scan_all(
@@ -341,56 +288,11 @@ impl Kv for KvService {
         request: Request<wire::ScanAllRequest>,
     ) -> Result<Response<wire::ScanAllResponse>, Status> {
         let req = request.into_inner();
-        let limit = validate::scan_limit(req.limit);
         let replica = self
             .read_replica(req.shard_id, &[], req.consistency)
             .await?;
-        let atoll_raft::ShardKind::Data { first, last } = replica.spec.kind else {
-            return Err(ApiError::StaleMap {
-                map_version: 0,
-                message: "not a data shard".into(),
-            }
-            .into());
-        };
-        let (start, end) = data_range(first, last);
-        let from = if req.cursor.as_slice() > start.as_slice() {
-            req.cursor
-        } else {
-            start
-        };
-        if !end.is_empty() && from >= end {
-            return Err(ApiError::StaleMap {
-                map_version: self.node.map().map_version,
-                message: "cursor is past this shard's range".into(),
-            }
-            .into());
-        }
-        let rows = self
-            .node
-            .engine()
-            .scan(Cf::Data, &from, &end, limit)
-            .map_err(ApiError::from)?;
-        let shard_done = rows.len() < limit;
-        let cursor = match rows.last() {
-            Some((last, _)) => [last.as_slice(), &[0]].concat(),
-            None => from,
-        };
-        let now = now_ms();
-        let mut kvs = Vec::with_capacity(rows.len());
-        for (dkey, stored) in rows {
-            let Some((_, key)) = split_data_key(&dkey) else {
-                continue;
-            };
-            let record = Record::decode(&stored).map_err(ApiError::from)?;
-            if !record.is_expired(now) {
-                kvs.push(kv(key.to_vec(), record));
-            }
-        }
-        Ok(Response::new(wire::ScanAllResponse {
-            kvs,
-            cursor,
-            shard_done,
-        }))
+        let page = scan::shard_page(&self.node, &replica, req.cursor, req.limit)?;
+        Ok(Response::new(page))
     }
 }
 

@@ -9,6 +9,7 @@ pub mod dev;
 pub mod errors;
 pub mod kv_service;
 pub mod node;
+mod scan;
 pub mod server;
 pub mod size;
 mod validate;

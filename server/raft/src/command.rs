@@ -131,3 +131,38 @@ pub enum Outcome {
         reason: String,
     },
 }
+
+impl Request {
+    /// Roughly how many bytes the request takes on the wire (keys and
+    /// values; fixed overheads ignored). Used to bound message sizes.
+    pub fn approx_bytes(&self) -> usize {
+        let steps = |steps: &[BatchStep]| -> usize {
+            steps
+                .iter()
+                .map(|s| match s {
+                    BatchStep::Put { key, value, .. } => key.len() + value.len(),
+                    BatchStep::Delete { key } | BatchStep::Check { key, .. } => key.len(),
+                })
+                .sum()
+        };
+        32 + match &self.command {
+            Command::Put { key, value, .. } => key.len() + value.len(),
+            Command::Delete { key } => key.len(),
+            Command::Cas {
+                key,
+                expected,
+                new_value,
+                ..
+            } => {
+                let expected = match expected {
+                    Expected::Version(_) => 8,
+                    Expected::Value(v) => v.len(),
+                };
+                key.len() + expected + new_value.as_ref().map_or(0, Vec::len)
+            }
+            Command::Batch { steps: s } => steps(s),
+            Command::Expire { keys } => keys.iter().map(|(k, _)| k.len() + 8).sum(),
+            Command::SetClusterMap { map, .. } => map.len(),
+        }
+    }
+}

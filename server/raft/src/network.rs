@@ -25,6 +25,25 @@ use crate::types::{
 
 /// Size of one snapshot chunk on the wire.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Most entry bytes sent in one AppendEntries; a request with more is cut
+/// and answered as a partial success, so large values never make a message
+/// exceed the transport's limit.
+pub const MAX_APPEND_BYTES: usize = 16 << 20;
+
+/// How many of `entries` (at least one) fit in [`MAX_APPEND_BYTES`].
+fn entries_that_fit(entries: &[crate::types::Entry]) -> usize {
+    let mut total = 0;
+    for (i, entry) in entries.iter().enumerate() {
+        total += match &entry.payload {
+            openraft::EntryPayload::Normal(req) => req.approx_bytes(),
+            _ => 256,
+        };
+        if total > MAX_APPEND_BYTES {
+            return i.max(1);
+        }
+    }
+    entries.len()
+}
 
 /// Where peer nodes listen.
 pub trait PeerDirectory: Send + Sync + 'static {
@@ -213,13 +232,25 @@ impl Network {
 impl RaftNetwork<TypeConfig> for Network {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest,
+        mut rpc: AppendEntriesRequest,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse> {
-        self.call(&rpc, &option, |mut c, m| async move {
-            c.append_entries(m).await
+        let fit = entries_that_fit(&rpc.entries);
+        let cut = (fit < rpc.entries.len()).then(|| {
+            rpc.entries.truncate(fit);
+            rpc.entries.last().map(|e| e.log_id)
+        });
+        let response = self
+            .call(&rpc, &option, |mut c, m| async move {
+                c.append_entries(m).await
+            })
+            .await?;
+        Ok(match (response, cut) {
+            (AppendEntriesResponse::Success, Some(last_sent)) => {
+                AppendEntriesResponse::PartialSuccess(last_sent)
+            }
+            (other, _) => other,
         })
-        .await
     }
 
     async fn vote(&mut self, rpc: VoteRequest, option: RPCOption) -> RpcResult<VoteResponse> {

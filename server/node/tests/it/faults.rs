@@ -217,3 +217,50 @@ async fn a_restarted_node_keeps_its_data_and_serves_again() {
     }
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_follower_catches_up_on_large_values_by_log() {
+    // More entry bytes than one AppendEntries may carry, all in the log.
+    let spec = Spec {
+        shards: 1,
+        ..Spec::default()
+    };
+    let cluster = TestCluster::start(spec).await;
+    let client = cluster.client().await;
+    let shard = ShardId(1);
+    let leader = cluster.leader_of(shard).unwrap();
+    let lagging = (0..3).find(|&i| i != leader).unwrap();
+    cluster.isolate(lagging);
+    let value = vec![7u8; 1 << 20];
+    for i in 0..40 {
+        client.put(format!("big-{i}"), &value).await.unwrap();
+    }
+    cluster.heal();
+    let leader_replica = cluster.node(leader).replica(shard).unwrap();
+    let follower = cluster.node(lagging).replica(shard).unwrap();
+    let target = leader_replica.metrics().last_applied.unwrap().index;
+    let caught_up = eventually(Duration::from_secs(60), || {
+        follower
+            .metrics()
+            .last_applied
+            .is_some_and(|a| a.index >= target)
+    })
+    .await;
+    assert!(
+        caught_up,
+        "the follower caught up through size-bounded AppendEntries"
+    );
+    assert_eq!(follower.metrics().snapshot, None, "by log, not by snapshot");
+    for i in 0..40 {
+        let stored = cluster
+            .node(lagging)
+            .engine()
+            .get(Cf::Data, &data_key(format!("big-{i}").as_bytes()))
+            .unwrap();
+        assert!(
+            stored.is_some_and(|s| s.len() > 1 << 20),
+            "big-{i} replicated"
+        );
+    }
+    cluster.shutdown().await;
+}
