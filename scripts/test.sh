@@ -7,5 +7,14 @@ source scripts/prereqs.sh
 atoll_install_prereqs
 start=$(date +%s)
 cargo build --workspace --all-targets
-cargo test --workspace --no-fail-fast
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run (cargo prints one per test binary).
+totals=$(awk '/^test result:/ { for (i = 2; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } } END { printf "%d passed, %d failed", p, f }' "$log")
 echo "tests finished in $(( $(date +%s) - start ))s"
+echo "$totals"
+exit "$status"
