@@ -265,3 +265,90 @@ impl Router {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use atoll_proto::v1::{Node, Replica};
+
+    use super::*;
+
+    fn map() -> ClusterMap {
+        let nodes = ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, island)| Node {
+                id: i as u64 + 1,
+                island: (*island).into(),
+                address: format!("node-{}:1", i + 1),
+                ..Default::default()
+            })
+            .collect();
+        let replicas = (1..=3)
+            .map(|n| Replica {
+                replica_id: 10 + n,
+                node_id: n,
+            })
+            .collect();
+        ClusterMap {
+            nodes,
+            shards: vec![Shard {
+                id: 1,
+                range_start: 0,
+                range_last: u64::MAX,
+                replicas,
+                epoch: 1,
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn router(island: Option<&str>) -> Router {
+        Router::new(
+            vec![],
+            island.map(str::to_string),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )
+    }
+
+    #[test]
+    fn stale_reads_go_to_the_clients_island_first() {
+        let map = map();
+        let shard = &map.shards[0];
+        let r = router(Some("c"));
+        assert_eq!(
+            r.pick(&map, shard, CallKind::AnyReplica, 0).as_deref(),
+            Some("node-3:1")
+        );
+        // Later attempts move on to other replicas.
+        let tried: std::collections::HashSet<_> = (0..3)
+            .filter_map(|a| r.pick(&map, shard, CallKind::AnyReplica, a))
+            .collect();
+        assert_eq!(tried.len(), 3);
+    }
+
+    #[test]
+    fn leader_reads_and_writes_go_to_the_cached_leader() {
+        let map = map();
+        let shard = &map.shards[0];
+        let r = router(Some("c"));
+        r.set_leader(1, Some(NodeId(2)));
+        assert_eq!(
+            r.pick(&map, shard, CallKind::Write, 0).as_deref(),
+            Some("node-2:1")
+        );
+        assert_eq!(
+            r.pick(&map, shard, CallKind::LeaderRead, 1).as_deref(),
+            Some("node-2:1")
+        );
+        r.set_leader(1, None);
+        let tried: std::collections::HashSet<_> = (0..3)
+            .filter_map(|a| r.pick(&map, shard, CallKind::Write, a))
+            .collect();
+        assert_eq!(
+            tried.len(),
+            3,
+            "without a known leader every replica is tried"
+        );
+    }
+}
