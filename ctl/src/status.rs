@@ -19,6 +19,10 @@ pub struct NodeOut {
     pub error: String,
     pub replicas: usize,
     pub leaders: usize,
+    /// WAL syncs since the node started.
+    pub wal_syncs: u64,
+    /// Log appends made durable per WAL sync (group commit), on average.
+    pub appends_per_sync: f64,
 }
 
 #[derive(Serialize)]
@@ -112,6 +116,7 @@ impl Report {
             .iter()
             .map(|n| {
                 let report = status.nodes.iter().find(|r| r.node_id == n.id);
+                let status = report.and_then(|r| r.status.as_ref());
                 let all = shards.iter().chain(meta.iter());
                 NodeOut {
                     id: n.id,
@@ -125,6 +130,10 @@ impl Report {
                         .filter(|s| s.replicas.iter().any(|r| r.node_id == n.id))
                         .count(),
                     leaders: all.filter(|s| s.leader_node == Some(n.id)).count(),
+                    wal_syncs: status.map_or(0, |s| s.wal_syncs),
+                    appends_per_sync: status.map_or(0.0, |s| {
+                        s.wal_synced_appends as f64 / s.wal_syncs.max(1) as f64
+                    }),
                 }
             })
             .collect();
@@ -162,8 +171,15 @@ impl Report {
         );
         println!();
         println!(
-            "{:<6} {:<14} {:<22} {:<8} {:>8} {:>8}",
-            "NODE", "ISLAND", "ADDRESS", "STATE", "REPLICAS", "LEADERS"
+            "{:<6} {:<14} {:<22} {:<8} {:>8} {:>8} {:>10} {:>12}",
+            "NODE",
+            "ISLAND",
+            "ADDRESS",
+            "STATE",
+            "REPLICAS",
+            "LEADERS",
+            "WAL SYNCS",
+            "APPENDS/SYNC"
         );
         for n in &self.nodes {
             let state = if n.reachable {
@@ -172,8 +188,15 @@ impl Report {
                 "down".into()
             };
             println!(
-                "{:<6} {:<14} {:<22} {:<8} {:>8} {:>8}",
-                n.id, n.island, n.address, state, n.replicas, n.leaders
+                "{:<6} {:<14} {:<22} {:<8} {:>8} {:>8} {:>10} {:>12.1}",
+                n.id,
+                n.island,
+                n.address,
+                state,
+                n.replicas,
+                n.leaders,
+                n.wal_syncs,
+                n.appends_per_sync
             );
         }
         println!();

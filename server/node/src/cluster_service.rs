@@ -1,6 +1,7 @@
 //! The `atoll.v1.Cluster` service: the cluster map, this node's replica
 //! states, and a cluster-wide status gathered from every node.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,6 +62,8 @@ pub fn node_status(node: &Node) -> wire::NodeStatusResponse {
         island: node.island.clone(),
         replicas,
         map_version: node.map().map_version,
+        wal_syncs: node.committer().stats().syncs.load(Ordering::Relaxed),
+        wal_synced_appends: node.committer().stats().waiters.load(Ordering::Relaxed),
     }
 }
 
