@@ -26,22 +26,26 @@ pub enum Expected {
     /// The current version; 0 = the key must not exist.
     Version(u64),
     /// The current value; the key must exist.
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 /// One step of an atomic batch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BatchStep {
     Put {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         ttl_ms: u64,
     },
     Delete {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// Precondition: the key's version is this (0 = absent).
     Check {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         expected_version: u64,
     },
@@ -62,31 +66,33 @@ impl BatchStep {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     Put {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         ttl_ms: u64,
     },
     Delete {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     Cas {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         expected: Expected,
+        #[serde(with = "serde_bytes")]
         new_value: Option<Vec<u8>>,
         ttl_ms: u64,
     },
     /// All steps apply, or none (if any check fails).
-    Batch {
-        steps: Vec<BatchStep>,
-    },
+    Batch { steps: Vec<BatchStep> },
     /// Removes expired keys, each only if still at the given version.
-    Expire {
-        keys: Vec<(Vec<u8>, u64)>,
-    },
+    Expire { keys: Vec<(Vec<u8>, u64)> },
     /// Meta shard only: replace the cluster map (an encoded
     /// `atoll.v1.ClusterMap`) if its current version is `expected_version`.
     SetClusterMap {
         expected_version: u64,
+        #[serde(with = "serde_bytes")]
         map: Vec<u8>,
     },
 }
@@ -94,6 +100,7 @@ pub enum Command {
 /// A key's value as a command saw it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Current {
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub version: u64,
     pub expires_at_ms: u64,
@@ -116,6 +123,7 @@ pub enum Outcome {
     /// A CAS or batch check failed; nothing was written. `key` is the key
     /// whose check failed and `current` its value.
     CasFailed {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         current: Option<Current>,
     },

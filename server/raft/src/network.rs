@@ -26,9 +26,10 @@ use crate::types::{
 /// Size of one snapshot chunk on the wire.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// Most entry bytes sent in one AppendEntries; a request with more is cut
-/// and answered as a partial success, so large values never make a message
-/// exceed the transport's limit.
-pub const MAX_APPEND_BYTES: usize = 16 << 20;
+/// and answered as a partial success. openraft gives each AppendEntries one
+/// heartbeat interval to complete, so a request must stay small enough to
+/// cross the network and be fsynced in that time even with 1 MiB values.
+pub const MAX_APPEND_BYTES: usize = 2 << 20;
 
 /// How many of `entries` (at least one) fit in [`MAX_APPEND_BYTES`].
 fn entries_that_fit(entries: &[crate::types::Entry]) -> usize {
