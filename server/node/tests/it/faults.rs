@@ -264,3 +264,31 @@ async fn a_lagging_follower_catches_up_on_large_values_by_log() {
     }
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_cannot_reach_a_quorum_is_reported_ambiguous() {
+    let cluster = TestCluster::start(Spec::default()).await;
+    let options = atoll_client::ClientOptions {
+        timeout: Duration::from_secs(3),
+        ..Default::default()
+    };
+    let client = atoll_client::Client::connect_with(cluster.addresses(), options)
+        .await
+        .unwrap();
+    client.put("before", "v").await.unwrap();
+    // Every node cut off from every other: no shard has a quorum.
+    for i in 0..3 {
+        cluster.isolate(i);
+    }
+    match client.put("during", "v").await {
+        Err(Error::Ambiguous(_)) => {}
+        other => panic!("expected Ambiguous, got {other:?}"),
+    }
+    // Reads that need a quorum fail cleanly instead of answering stale.
+    let read = client.get("before").await;
+    assert!(matches!(read, Err(ref e) if e.is_retryable()), "{read:?}");
+    cluster.heal();
+    cluster.wait_for_leaders().await;
+    assert_eq!(client.get("before").await.unwrap().unwrap().value, b"v");
+    cluster.shutdown().await;
+}

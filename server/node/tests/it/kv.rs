@@ -404,3 +404,50 @@ async fn batch_get_reads_keys_of_many_shards() {
     }
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_routed_to_the_wrong_shard_gets_stale_map() {
+    use atoll_proto::v1::kv_client::KvClient;
+    use atoll_proto::v1::{ErrorCode, ErrorDetail, GetRequest, PutRequest};
+    use prost::Message;
+
+    let cluster = TestCluster::start(Spec::default()).await;
+    let client = cluster.client().await;
+    let map = client.cluster_map().await.unwrap();
+    let right = map.shard_for_key(b"k").unwrap().id;
+    let wrong = map.shards.iter().find(|s| s.id != right).unwrap().id;
+    let mut raw = KvClient::connect(format!("http://{}", cluster.addresses()[0]))
+        .await
+        .unwrap();
+    let code_of = |status: tonic::Status| ErrorDetail::decode(status.details()).unwrap().code;
+    let get = GetRequest {
+        shard_id: wrong,
+        key: b"k".to_vec(),
+        ..Default::default()
+    };
+    assert_eq!(
+        code_of(raw.get(get).await.unwrap_err()),
+        ErrorCode::StaleMap as i32
+    );
+    let put = PutRequest {
+        shard_id: wrong,
+        key: b"k".to_vec(),
+        value: b"v".to_vec(),
+        ..Default::default()
+    };
+    assert_eq!(
+        code_of(raw.put(put).await.unwrap_err()),
+        ErrorCode::StaleMap as i32
+    );
+    let get = GetRequest {
+        shard_id: 999,
+        key: b"k".to_vec(),
+        ..Default::default()
+    };
+    assert_eq!(
+        code_of(raw.get(get).await.unwrap_err()),
+        ErrorCode::StaleMap as i32
+    );
+    assert_eq!(client.get("k").await.unwrap(), None, "nothing was written");
+    cluster.shutdown().await;
+}
