@@ -131,7 +131,14 @@ impl Node {
             election_timeout_max: config.raft.election_timeout_max,
             snapshot_after_entries: config.raft.snapshot_after_entries,
             keep_entries_after_snapshot: config.raft.keep_entries_after_snapshot,
+            snapshot_dir: config.data_dir.join("snapshots"),
         };
+        std::fs::create_dir_all(&replica_config.snapshot_dir).map_err(|e| {
+            atoll_storage::EngineError::Io(format!(
+                "{}: {e}",
+                replica_config.snapshot_dir.display()
+            ))
+        })?;
         let mut replicas = HashMap::new();
         for shard in map.meta.iter().chain(map.shards.iter()) {
             let Some(replica_id) = shard.replica_on(id) else {

@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::io::SeekFrom;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use openraft::error::{
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::types::{
@@ -283,10 +285,16 @@ impl RaftNetwork<TypeConfig> for Network {
         let channel = self.pool.channel(self.node.node)?;
         let header = postcard::to_allocvec(&(vote, snapshot.meta.clone()))
             .map_err(|e| NetworkError::new(&PeerError(format!("encode snapshot header: {e}"))))?;
-        let data = snapshot.snapshot.into_inner();
-        let chunks = snapshot_chunks(self.shard, self.target, header, data);
+        let mut file = *snapshot.snapshot;
+        let len = async {
+            file.seek(SeekFrom::Start(0)).await?;
+            Ok::<_, std::io::Error>(file.metadata().await?.len())
+        }
+        .await
+        .map_err(|e| NetworkError::new(&PeerError(format!("snapshot file: {e}"))))?;
+        let chunks = chunk_stream(self.shard, self.target, header, file, len);
         let mut client = RaftClient::new(channel).max_decoding_message_size(64 << 20);
-        let send = client.install_snapshot(tokio_stream::iter(chunks));
+        let send = client.install_snapshot(chunks);
         let timeout = option.hard_ttl().max(Duration::from_secs(60));
         let reply = tokio::select! {
             closed = cancel => return Err(StreamingError::Closed(closed)),
@@ -322,58 +330,96 @@ pub fn verify_chunk(chunk: &SnapshotChunk) -> Result<(), String> {
     Ok(())
 }
 
-/// Cuts a snapshot into checksummed chunks; the first carries `header`.
-pub fn snapshot_chunks(
+/// One checksummed chunk.
+pub fn make_chunk(
     shard: ShardId,
     target: ReplicaId,
     header: Vec<u8>,
+    offset: u64,
     data: Vec<u8>,
-) -> Vec<SnapshotChunk> {
-    let pieces: Vec<&[u8]> = if data.is_empty() {
-        vec![&[][..]]
-    } else {
-        data.chunks(SNAPSHOT_CHUNK_BYTES).collect()
-    };
-    let last = pieces.len() - 1;
-    let mut offset = 0u64;
-    pieces
-        .into_iter()
-        .enumerate()
-        .map(|(i, piece)| {
-            let header = if i == 0 { header.clone() } else { Vec::new() };
-            let chunk = SnapshotChunk {
-                shard_id: shard.get(),
-                target_replica: target.get(),
-                crc32: chunk_crc(&header, piece),
-                header,
-                offset,
-                data: piece.to_vec(),
-                done: i == last,
-            };
-            offset += piece.len() as u64;
-            chunk
-        })
-        .collect()
+    done: bool,
+) -> SnapshotChunk {
+    SnapshotChunk {
+        shard_id: shard.get(),
+        target_replica: target.get(),
+        crc32: chunk_crc(&header, &data),
+        header,
+        offset,
+        data,
+        done,
+    }
+}
+
+/// Streams the first `len` bytes of a snapshot file as checksummed chunks
+/// of [`SNAPSHOT_CHUNK_BYTES`], reading one chunk at a time; the first
+/// carries `header`, the last is marked `done`. A read error ends the stream
+/// early, which the receiver rejects (no `done`).
+pub fn chunk_stream(
+    shard: ShardId,
+    target: ReplicaId,
+    header: Vec<u8>,
+    file: tokio::fs::File,
+    len: u64,
+) -> impl futures::Stream<Item = SnapshotChunk> + Send + 'static {
+    futures::stream::unfold(Some((file, 0u64, header)), move |state| async move {
+        let (mut file, offset, header) = state?;
+        let n = (len - offset).min(SNAPSHOT_CHUNK_BYTES as u64) as usize;
+        let mut data = vec![0u8; n];
+        if let Err(e) = file.read_exact(&mut data).await {
+            tracing::warn!(shard = %shard, error = %e, "reading snapshot file");
+            return None;
+        }
+        let done = offset + n as u64 == len;
+        let chunk = make_chunk(shard, target, header, offset, data, done);
+        let next = (!done).then_some((file, offset + n as u64, Vec::new()));
+        Some((chunk, next))
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+
     use super::*;
 
-    #[test]
-    fn chunks_reassemble_and_a_flipped_byte_is_caught() {
+    #[tokio::test]
+    async fn chunks_reassemble_and_a_flipped_byte_is_caught() {
         let data: Vec<u8> = (0..(SNAPSHOT_CHUNK_BYTES * 2 + 10))
             .map(|i| i as u8)
             .collect();
-        let chunks = snapshot_chunks(ShardId(1), ReplicaId(2), b"head".to_vec(), data.clone());
+        let mut file = tokio::fs::File::from_std(tempfile::tempfile().unwrap());
+        file.write_all(&data).await.unwrap();
+        file.seek(SeekFrom::Start(0)).await.unwrap();
+        let chunks: Vec<SnapshotChunk> = chunk_stream(
+            ShardId(1),
+            ReplicaId(2),
+            b"head".to_vec(),
+            file,
+            data.len() as u64,
+        )
+        .collect()
+        .await;
         assert_eq!(chunks.len(), 3);
         assert!(chunks.iter().all(|c| verify_chunk(c).is_ok()));
         assert_eq!(chunks[0].header, b"head");
+        assert!(chunks[1].header.is_empty());
         assert!(chunks[2].done && !chunks[1].done);
         let joined: Vec<u8> = chunks.iter().flat_map(|c| c.data.clone()).collect();
         assert_eq!(joined, data);
         let mut bad = chunks[1].clone();
         bad.data[7] ^= 1;
         assert!(verify_chunk(&bad).is_err());
+    }
+
+    #[tokio::test]
+    async fn an_empty_snapshot_is_one_done_chunk() {
+        let file = tokio::fs::File::from_std(tempfile::tempfile().unwrap());
+        let chunks: Vec<SnapshotChunk> =
+            chunk_stream(ShardId(1), ReplicaId(2), b"h".to_vec(), file, 0)
+                .collect()
+                .await;
+        assert_eq!(chunks.len(), 1);
+        assert!(chunks[0].done && chunks[0].data.is_empty());
     }
 }

@@ -26,6 +26,8 @@ pub struct ReplicaConfig {
     pub snapshot_after_entries: u64,
     /// Entries kept in the log behind the last snapshot (for slow followers).
     pub keep_entries_after_snapshot: u64,
+    /// Where snapshot files are made while they are built, sent or received.
+    pub snapshot_dir: std::path::PathBuf,
 }
 
 /// What a replica is: its shard, id, kind and the shard's initial members.
@@ -80,7 +82,13 @@ impl Replica {
         pool: Arc<PeerPool>,
     ) -> Result<Self, ReplicaError> {
         let log = LogStore::new(spec.replica, engine.clone(), committer);
-        let sm = StateMachine::open(spec.replica, spec.shard, spec.kind, engine)?;
+        let sm = StateMachine::open(
+            spec.replica,
+            spec.shard,
+            spec.kind,
+            engine,
+            &config.snapshot_dir,
+        )?;
         let raft_config = openraft::Config {
             cluster_name: format!("atoll-{}", spec.shard),
             heartbeat_interval: config.heartbeat.as_millis() as u64,

@@ -1,12 +1,12 @@
 //! The receiving side of Raft traffic: the internal `atoll.v1.Raft` gRPC
 //! service, which hands each message to the named local replica.
 
-use std::io::Cursor;
 use std::sync::Arc;
 
 use atoll_proto::v1::raft_server::Raft as RaftRpc;
 use atoll_proto::v1::{RaftMessage, SnapshotChunk};
 use atoll_proto::{ReplicaId, ShardId};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -76,37 +76,54 @@ impl RaftRpc for RaftService {
     ) -> Result<Response<RaftMessage>, Status> {
         let mut stream = request.into_inner();
         let mut header: Option<(Vote, SnapshotMeta)> = None;
-        let mut data = Vec::new();
-        let mut target = None;
+        let mut target: Option<(u64, u64, Raft, Box<tokio::fs::File>)> = None;
+        let mut received = 0u64;
+        let mut done = false;
+        let file_error = |e: std::io::Error| Status::internal(format!("snapshot file: {e}"));
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
             verify_chunk(&chunk).map_err(Status::data_loss)?;
-            if chunk.offset != data.len() as u64 {
+            if chunk.offset != received {
                 return Err(Status::invalid_argument(format!(
-                    "snapshot chunk at offset {} does not follow offset {}",
-                    chunk.offset,
-                    data.len()
+                    "snapshot chunk at offset {} does not follow offset {received}",
+                    chunk.offset
                 )));
             }
-            if header.is_none() {
+            if target.is_none() {
                 header = Some(
                     postcard::from_bytes(&chunk.header)
                         .map_err(|e| Status::invalid_argument(format!("snapshot header: {e}")))?,
                 );
-                target = Some((chunk.shard_id, chunk.target_replica));
+                let raft = self.target(chunk.shard_id, chunk.target_replica)?;
+                let file = raft
+                    .begin_receiving_snapshot()
+                    .await
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                target = Some((chunk.shard_id, chunk.target_replica, raft, file));
             }
-            data.extend_from_slice(&chunk.data);
+            if let Some((_, _, _, file)) = target.as_mut() {
+                file.write_all(&chunk.data).await.map_err(file_error)?;
+            }
+            received += chunk.data.len() as u64;
             if chunk.done {
+                done = true;
                 break;
             }
         }
-        let (Some((vote, meta)), Some((shard, replica))) = (header, target) else {
-            return Err(Status::invalid_argument("empty snapshot stream"));
+        let (Some((vote, meta)), Some((shard, replica, raft, mut file)), true) =
+            (header, target, done)
+        else {
+            return Err(Status::invalid_argument(
+                "snapshot stream ended before its last chunk",
+            ));
         };
-        let raft = self.target(shard, replica)?;
+        file.flush().await.map_err(file_error)?;
+        file.seek(std::io::SeekFrom::Start(0))
+            .await
+            .map_err(file_error)?;
         let snapshot = Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: file,
         };
         let result = raft.install_full_snapshot(vote, snapshot).await;
         reply(shard, replica, &result)

@@ -1,8 +1,6 @@
 //! openraft's type configuration for Atoll. Every openraft type the rest of
 //! the code names is aliased here, so a move to openraft 0.10 stays local.
 
-use std::io::Cursor;
-
 use atoll_proto::{NodeId, ReplicaId};
 use serde::{Deserialize, Serialize};
 
@@ -22,7 +20,7 @@ openraft::declare_raft_types!(
         NodeId = ReplicaId,
         Node = ReplicaNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -30,7 +30,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Roc
             first: 0,
             last: u64::MAX,
         };
-        let sm = StateMachine::open(replica, ShardId(1), kind, engine).expect("state machine");
+        let sm = StateMachine::open(replica, ShardId(1), kind, engine, &std::env::temp_dir())
+            .expect("state machine");
         Ok((dir, log, sm))
     }
 }

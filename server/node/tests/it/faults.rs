@@ -119,9 +119,11 @@ async fn a_replica_behind_a_purged_log_catches_up_by_snapshot() {
         .metrics()
         .last_log_index
         .unwrap_or(0);
+    // 8 KiB values: the snapshot spans several 1 MiB chunks.
+    let padding = "x".repeat(8 << 10);
     for i in 0..400 {
         client
-            .put(format!("late-{i}"), format!("value-{i}"))
+            .put(format!("late-{i}"), format!("value-{i}-{padding}"))
             .await
             .unwrap();
     }

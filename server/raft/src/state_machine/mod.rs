@@ -8,7 +8,8 @@ mod dedup;
 mod meta;
 mod snapshot;
 
-use std::io::Cursor;
+use std::io::{BufReader, BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use atoll_proto::{ReplicaId, ShardId};
@@ -56,6 +57,9 @@ pub struct StateMachine {
     shard: ShardId,
     kind: ShardKind,
     engine: Arc<dyn Engine>,
+    /// Where snapshot files are made (unlinked at once; they live as long
+    /// as openraft holds them).
+    snapshot_dir: PathBuf,
     applied: AppliedState,
     dedup: DedupTable,
     /// Meta shard: version of the stored map (0 = none yet).
@@ -69,6 +73,7 @@ impl StateMachine {
         shard: ShardId,
         kind: ShardKind,
         engine: Arc<dyn Engine>,
+        snapshot_dir: &Path,
     ) -> Result<Self, EngineError> {
         let applied = snapshot::read_applied(engine.snapshot().as_ref(), replica)?;
         let dedup = DedupTable::load(engine.as_ref(), replica)?;
@@ -78,6 +83,7 @@ impl StateMachine {
             shard,
             kind,
             engine,
+            snapshot_dir: snapshot_dir.to_owned(),
             applied,
             dedup,
             map_version,
@@ -154,37 +160,39 @@ impl StateMachine {
         Ok(outcomes)
     }
 
+    /// Replaces this replica's state with a snapshot's, in one write batch.
+    /// The snapshot is checked whole (every item's crc32, every record's,
+    /// header and trailer) before anything is written.
     fn install(
         &mut self,
         meta: &crate::types::SnapshotMeta,
-        data: &[u8],
+        file: std::fs::File,
     ) -> Result<(), EngineError> {
-        let items = snapshot::read_items(data)?;
         let mut batch = WriteBatch::new();
         if let Some((first, last)) = self.kind.range() {
             let (start, end) = keys::data_range(first, last);
             batch.delete_range(Cf::Data, start, end);
         }
         DedupTable::clear(self.replica, &mut batch);
-        for item in &items {
+        let mut map_version = self.map_version;
+        snapshot::read_items(BufReader::new(file), |item| {
             match item {
-                Item::Header { shard, .. } if *shard != self.shard => {
+                Item::Header { shard, .. } if shard != self.shard => {
                     return Err(EngineError::Corruption(format!(
                         "snapshot of shard {shard} offered to a replica of shard {}",
                         self.shard
                     )));
                 }
                 Item::Record { data_key, stored } => {
-                    Record::decode(stored)?;
-                    batch.put(Cf::Data, data_key.clone(), stored.clone());
+                    Record::decode(&stored)?;
+                    batch.put(Cf::Data, data_key, stored);
                 }
-                Item::Dedup(row) => DedupTable::restore_row(self.replica, row, &mut batch)?,
-                Item::Meta { map } => {
-                    self.map_version = meta::restore(self.replica, map, &mut batch)?;
-                }
+                Item::Dedup(row) => DedupTable::restore_row(self.replica, &row, &mut batch)?,
+                Item::Meta { map } => map_version = meta::restore(self.replica, &map, &mut batch)?,
                 Item::Header { .. } | Item::Trailer { .. } => {}
             }
-        }
+            Ok(())
+        })?;
         let applied = AppliedState {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
@@ -192,6 +200,7 @@ impl StateMachine {
         batch.put(Cf::ApplyState, self.applied_key(), encode(&applied)?);
         self.engine.write(batch, true)?;
         self.applied = applied;
+        self.map_version = map_version;
         self.dedup = DedupTable::load(self.engine.as_ref(), self.replica)?;
         Ok(())
     }
@@ -202,6 +211,7 @@ impl StateMachine {
             shard: self.shard,
             kind: self.kind,
             engine: self.engine.clone(),
+            snapshot_dir: self.snapshot_dir.clone(),
         }
     }
 }
@@ -212,6 +222,13 @@ pub struct SnapshotBuilder {
     shard: ShardId,
     kind: ShardKind,
     engine: Arc<dyn Engine>,
+    snapshot_dir: PathBuf,
+}
+
+/// A new, already unlinked file in `dir`.
+fn snapshot_file(dir: &Path) -> Result<std::fs::File, EngineError> {
+    tempfile::tempfile_in(dir)
+        .map_err(|e| EngineError::Io(format!("snapshot file in {}: {e}", dir.display())))
 }
 
 impl SnapshotBuilder {
@@ -222,10 +239,20 @@ impl SnapshotBuilder {
             self.shard,
             self.kind.range(),
         );
-        let (applied, data) =
-            tokio::task::spawn_blocking(move || snapshot::build(&engine, replica, shard, range))
-                .await
-                .map_err(|e| EngineError::Io(format!("snapshot task: {e}")))??;
+        let dir = self.snapshot_dir.clone();
+        let (applied, file) = tokio::task::spawn_blocking(move || {
+            let mut out = BufWriter::new(snapshot_file(&dir)?);
+            let applied = snapshot::build(&engine, replica, shard, range, &mut out)?;
+            let mut file = out
+                .into_inner()
+                .map_err(|e| EngineError::Io(e.to_string()))?;
+            file.flush()
+                .and_then(|()| file.seek(SeekFrom::Start(0)))
+                .map_err(|e| EngineError::Io(e.to_string()))?;
+            Ok::<_, EngineError>((applied, file))
+        })
+        .await
+        .map_err(|e| EngineError::Io(format!("snapshot task: {e}")))??;
         let snapshot_id = match applied.last_applied {
             Some(id) => format!("{}-{}-{}", shard.get(), id.leader_id.term, id.index),
             None => format!("{}-0-0", shard.get()),
@@ -237,7 +264,7 @@ impl SnapshotBuilder {
         };
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
         })
     }
 }
@@ -268,17 +295,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.builder()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let file = snapshot_file(&self.snapshot_dir).map_err(|e| write_err(&e))?;
+        Ok(Box::new(tokio::fs::File::from_std(file)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &crate::types::SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        self.install(meta, snapshot.get_ref())
-            .map_err(|e| write_err(&e))
+        let mut file = snapshot.into_std().await;
+        let install = file
+            .seek(SeekFrom::Start(0))
+            .map_err(|e| EngineError::Io(e.to_string()))
+            .and_then(|_| self.install(meta, file));
+        install.map_err(|e| write_err(&e))
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {

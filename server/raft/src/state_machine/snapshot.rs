@@ -6,6 +6,7 @@
 //! snapshot is detected. Records travel in their stored form (with their own
 //! crc32) and are checked again on install.
 
+use std::io::{Read, Write};
 use std::sync::Arc;
 
 use atoll_proto::{ReplicaId, ShardId};
@@ -38,44 +39,82 @@ pub enum Item {
     },
 }
 
-/// Appends one item to `out`.
-pub fn write_item(out: &mut Vec<u8>, item: &Item) -> Result<(), EngineError> {
+/// Writes one item to `out`.
+pub fn write_item(out: &mut impl Write, item: &Item) -> Result<(), EngineError> {
     let frame = encode(item)?;
     let len = u32::try_from(frame.len())
         .map_err(|_| EngineError::Io("snapshot item too large".into()))?;
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(&frame);
-    Ok(())
+    out.write_all(&len.to_be_bytes()).map_err(io)?;
+    out.write_all(&frame).map_err(io)
 }
 
-/// Splits a snapshot into its checked items.
-pub fn read_items(data: &[u8]) -> Result<Vec<Item>, EngineError> {
-    let mut items = Vec::new();
-    let mut rest = data;
-    while !rest.is_empty() {
-        if rest.len() < 4 {
-            return Err(EngineError::Corruption(
-                "snapshot: truncated item length".into(),
-            ));
-        }
-        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        let body = rest
-            .get(4..4 + len)
-            .ok_or_else(|| EngineError::Corruption("snapshot: truncated item".into()))?;
-        items.push(decode::<Item>(body, "snapshot item")?);
-        rest = &rest[4 + len..];
+fn io(e: std::io::Error) -> EngineError {
+    EngineError::Io(format!("snapshot file: {e}"))
+}
+
+/// Reads checked items one at a time.
+pub struct ItemReader<R> {
+    input: R,
+}
+
+impl<R: Read> ItemReader<R> {
+    pub fn new(input: R) -> Self {
+        Self { input }
     }
-    let records = items
-        .iter()
-        .filter(|i| matches!(i, Item::Record { .. }))
-        .count() as u64;
-    match (items.first(), items.last()) {
-        (Some(Item::Header { .. }), Some(Item::Trailer { records: n })) if *n == records => {
-            Ok(items)
+
+    /// The next item, or `None` at the end of the input.
+    pub fn next_item(&mut self) -> Result<Option<Item>, EngineError> {
+        let mut len = [0u8; 4];
+        match self.input.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(io(e)),
         }
-        _ => Err(EngineError::Corruption(
-            "snapshot: missing header or trailer, or wrong record count".into(),
-        )),
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        self.input
+            .read_exact(&mut body)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => {
+                    EngineError::Corruption("snapshot: truncated item".into())
+                }
+                _ => io(e),
+            })?;
+        decode::<Item>(&body, "snapshot item").map(Some)
+    }
+}
+
+/// Reads every item of a snapshot, checking its header and trailer: calls
+/// `f` for each item between them, in order.
+pub fn read_items(
+    input: impl Read,
+    mut f: impl FnMut(Item) -> Result<(), EngineError>,
+) -> Result<(), EngineError> {
+    let mut reader = ItemReader::new(input);
+    let bad = |m: &str| EngineError::Corruption(format!("snapshot: {m}"));
+    match reader.next_item()? {
+        Some(header @ Item::Header { .. }) => f(header)?,
+        _ => return Err(bad("missing header")),
+    }
+    let mut records = 0u64;
+    loop {
+        match reader.next_item()? {
+            None => return Err(bad("missing trailer (truncated)")),
+            Some(Item::Trailer { records: n }) if n == records => break,
+            Some(Item::Trailer { records: n }) => {
+                return Err(bad(&format!("trailer counts {n} records, found {records}")))
+            }
+            Some(Item::Header { .. }) => return Err(bad("second header")),
+            Some(item) => {
+                if matches!(item, Item::Record { .. }) {
+                    records += 1;
+                }
+                f(item)?;
+            }
+        }
+    }
+    match reader.next_item()? {
+        None => Ok(()),
+        Some(_) => Err(bad("data after the trailer")),
     }
 }
 
@@ -101,12 +140,12 @@ pub fn build(
     replica: ReplicaId,
     shard: ShardId,
     range: Option<(u64, u64)>,
-) -> Result<(AppliedState, Vec<u8>), EngineError> {
+    out: &mut impl Write,
+) -> Result<AppliedState, EngineError> {
     let view = engine.snapshot();
     let applied = read_applied(view.as_ref(), replica)?;
-    let mut out = Vec::new();
     write_item(
-        &mut out,
+        out,
         &Item::Header {
             shard,
             range,
@@ -118,7 +157,7 @@ pub fn build(
         let (start, end) = keys::data_range(first, last);
         view.for_each(Cf::Data, &start, &end, &mut |k, v| {
             write_item(
-                &mut out,
+                out,
                 &Item::Record {
                     data_key: k.to_vec(),
                     stored: v.to_vec(),
@@ -130,35 +169,31 @@ pub fn build(
     }
     let (start, end) = keys::tag_range(replica, apply_tag::DEDUP);
     view.for_each(Cf::ApplyState, &start, &end, &mut |_, v| {
-        write_item(&mut out, &Item::Dedup(decode(v, "dedup row")?))?;
+        write_item(out, &Item::Dedup(decode(v, "dedup row")?))?;
         Ok(true)
     })?;
     if let Some(map) = view.get(
         Cf::ApplyState,
         &keys::tagged_key(replica, apply_tag::META, &[]),
     )? {
-        write_item(&mut out, &Item::Meta { map })?;
+        write_item(out, &Item::Meta { map })?;
     }
-    write_item(&mut out, &Item::Trailer { records })?;
-    Ok((applied, out))
+    write_item(out, &Item::Trailer { records })?;
+    Ok(applied)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_truncated_snapshot_is_rejected() {
+    fn sample() -> Vec<u8> {
         let mut out = Vec::new();
-        write_item(
-            &mut out,
-            &Item::Header {
-                shard: ShardId(1),
-                range: None,
-                applied: AppliedState::default(),
-            },
-        )
-        .unwrap();
+        let header = Item::Header {
+            shard: ShardId(1),
+            range: None,
+            applied: AppliedState::default(),
+        };
+        write_item(&mut out, &header).unwrap();
         write_item(
             &mut out,
             &Item::Record {
@@ -168,10 +203,28 @@ mod tests {
         )
         .unwrap();
         write_item(&mut out, &Item::Trailer { records: 1 }).unwrap();
-        assert_eq!(read_items(&out).unwrap().len(), 3);
-        assert!(read_items(&out[..out.len() - 3]).is_err());
+        out
+    }
+
+    fn count(data: &[u8]) -> Result<usize, EngineError> {
+        let mut n = 0;
+        read_items(data, |_| {
+            n += 1;
+            Ok(())
+        })?;
+        Ok(n)
+    }
+
+    #[test]
+    fn a_truncated_or_flipped_snapshot_is_rejected() {
+        let out = sample();
+        assert_eq!(count(&out).unwrap(), 2);
+        assert!(count(&out[..out.len() - 3]).is_err());
         let mut flipped = out.clone();
         flipped[12] ^= 0x40;
-        assert!(read_items(&flipped).is_err());
+        assert!(count(&flipped).is_err());
+        let mut extra = out.clone();
+        extra.extend_from_slice(&out);
+        assert!(count(&extra).is_err(), "data after the trailer");
     }
 }

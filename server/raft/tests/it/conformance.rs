@@ -22,7 +22,14 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine> for MemBuilder {
             first: 0,
             last: u64::MAX,
         };
-        let sm = StateMachine::open(ReplicaId(3), ShardId(1), kind, engine).unwrap();
+        let sm = StateMachine::open(
+            ReplicaId(3),
+            ShardId(1),
+            kind,
+            engine,
+            &std::env::temp_dir(),
+        )
+        .unwrap();
         Ok(((), log, sm))
     }
 }

@@ -38,6 +38,7 @@ fn open(engine: &Arc<dyn Engine>) -> StateMachine {
             last: u64::MAX,
         },
         engine.clone(),
+        &std::env::temp_dir(),
     )
     .unwrap()
 }
@@ -210,6 +211,7 @@ async fn keys_outside_the_shard_are_rejected() {
             last: range.1,
         },
         engine.clone(),
+        &std::env::temp_dir(),
     )
     .unwrap();
     let out = sm
