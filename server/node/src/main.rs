@@ -1,6 +1,7 @@
 //! `atoll`: run a node (`atoll server`) or a local three-island cluster
 //! (`atoll dev`).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -129,8 +130,8 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = tx.send(());
-    node.shutdown().await;
     serving.await??;
+    close(node).await;
     Ok(())
 }
 
@@ -181,15 +182,25 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     println!("Try: atollctl put hello world && atollctl get hello && atollctl cluster status");
     println!("Press Ctrl-C to stop.");
     shutdown_signal().await;
-    println!("stopping");
+    // stdout may be gone by now (a closed pipe); stopping must not fail on it.
+    let _ = writeln!(std::io::stdout(), "stopping");
     let _ = tx.send(());
-    for node in &nodes {
-        node.shutdown().await;
-    }
     for s in serving {
         s.await??;
     }
+    for node in nodes {
+        close(node).await;
+    }
     Ok(())
+}
+
+/// Stops a node and waits for its RocksDB to close: a database still open
+/// when the process exits can abort in RocksDB's static destructors.
+async fn close(node: std::sync::Arc<atoll_server::Node>) {
+    let id = node.id;
+    if !atoll_server::Node::close(node, Duration::from_secs(10)).await {
+        tracing::warn!(node = %id, "storage still in use after 10s; exiting anyway");
+    }
 }
 
 async fn futures_ready(nodes: &[std::sync::Arc<atoll_server::Node>]) -> bool {
@@ -204,8 +215,9 @@ async fn futures_ready(nodes: &[std::sync::Arc<atoll_server::Node>]) -> bool {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ATOLL_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=error")),
+            tracing_subscriber::EnvFilter::try_from_env("ATOLL_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,openraft=error,openraft::replication=off")
+            }),
         )
         .with_writer(std::io::stderr)
         .init();

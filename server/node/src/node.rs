@@ -244,6 +244,23 @@ impl Node {
         all
     }
 
+    /// Stops every replica, then waits (up to `timeout`) until everything
+    /// that used the node's engine has let go of it, so that the engine
+    /// (RocksDB) is closed before the process exits. Returns whether it was.
+    pub async fn close(node: Arc<Node>, timeout: Duration) -> bool {
+        node.shutdown().await;
+        let engine = Arc::downgrade(&node.engine);
+        drop(node);
+        let deadline = tokio::time::Instant::now() + timeout;
+        while engine.strong_count() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     /// Stops every replica.
     pub async fn shutdown(&self) {
         for replica in self.replicas() {

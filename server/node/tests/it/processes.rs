@@ -335,3 +335,105 @@ fn the_example_config_passes_config_check() {
         .unwrap();
     assert!(!output.status.success(), "node_id 0 must be rejected");
 }
+
+/// A base port whose next two ports are free too.
+fn free_port_run() -> u16 {
+    for _ in 0..100 {
+        let base = free_port();
+        if base < 65000
+            && (1..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok())
+        {
+            return base;
+        }
+    }
+    panic!("no three consecutive free ports");
+}
+
+fn atollctl(endpoints: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(atollctl_bin())
+        .args(args)
+        .args(["--endpoints", endpoints])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn atoll_dev_starts_three_islands_that_atollctl_can_use() {
+    use std::io::{BufRead, BufReader};
+
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_port_run();
+    let mut dev = Command::new(atoll_bin())
+        .args(["dev", "--base-port", &base.to_string(), "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("ATOLL_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = dev.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Keep reading stdout to the end, as a terminal would.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.trim().strip_prefix("client endpoints:") {
+                let _ = tx.send(rest.trim().to_string());
+            }
+        }
+    });
+    let endpoints = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("atoll dev prints its client endpoints");
+    assert_eq!(endpoints.split(',').count(), 3);
+
+    let (ok, out) = atollctl(&endpoints, &["put", "k", "v"]);
+    assert!(ok, "{out}");
+    let (ok, out) = atollctl(&endpoints, &["get", "k"]);
+    assert!(ok && out.trim() == "v", "{out}");
+    let (ok, out) = atollctl(
+        &endpoints,
+        &["cas", "k", "--expect-value", "v", "--new", "w"],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = atollctl(
+        &endpoints,
+        &["cas", "k", "--expect-version", "0", "--new", "x"],
+    );
+    assert!(!ok && out.contains("compare failed"), "{out}");
+    let (ok, _) = atollctl(&endpoints, &["put", "{t}:b", "2"]);
+    assert!(ok);
+    let (ok, _) = atollctl(&endpoints, &["put", "{t}:a", "1"]);
+    assert!(ok);
+    let (ok, out) = atollctl(&endpoints, &["scan", "{t}:"]);
+    assert!(ok && out.find("{t}:a") < out.find("{t}:b"), "{out}");
+    let mut status = (false, String::new());
+    for _ in 0..50 {
+        status = atollctl(&endpoints, &["cluster", "status"]);
+        if status.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(status.0, "{}", status.1);
+    for island in ["island-a", "island-b", "island-c"] {
+        assert!(status.1.contains(island), "{}", status.1);
+    }
+    let (ok, _) = atollctl(&endpoints, &["get", "missing"]);
+    assert!(!ok, "a missing key exits 1");
+
+    Command::new("kill")
+        .args(["-TERM", &dev.id().to_string()])
+        .status()
+        .unwrap();
+    let exit = dev.wait().unwrap();
+    assert!(
+        exit.success(),
+        "atoll dev stops cleanly on SIGTERM: {exit:?}"
+    );
+}
