@@ -249,15 +249,19 @@ impl Node {
     /// (RocksDB) is closed before the process exits. Returns whether it was.
     pub async fn close(node: Arc<Node>, timeout: Duration) -> bool {
         node.shutdown().await;
-        let engine = Arc::downgrade(&node.engine);
+        let engine = node.engine.clone();
         drop(node);
         let deadline = tokio::time::Instant::now() + timeout;
-        while engine.strong_count() > 0 {
+        // Wait until ours is the last reference, then drop it here: the
+        // engine's destructor (RocksDB's close) must have finished when this
+        // returns, not be running on another thread as the process exits.
+        while Arc::strong_count(&engine) > 1 {
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        drop(engine);
         true
     }
 
