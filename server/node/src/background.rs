@@ -5,12 +5,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use atoll_proto::ShardId;
+use atoll_proto::{ReplicaId, ShardId};
 use atoll_raft::state_machine::read_cluster_map;
 use atoll_raft::{Command, Replica, ShardKind};
 use atoll_storage::keys::{data_range, split_data_key};
 use atoll_storage::{Cf, Record};
 use prost::Message;
+use tokio::time::Instant;
 
 use crate::node::{now_ms, Node};
 
@@ -37,14 +38,14 @@ pub(crate) fn spawn(node: &Arc<Node>) {
 /// stable for a while and it is a follower, starts an election; its log is
 /// as current as the leader's, so it wins.
 async fn leader_loop(node: Weak<Node>) {
-    let mut stable_since: HashMap<ShardId, (Option<atoll_proto::ReplicaId>, tokio::time::Instant)> =
-        HashMap::new();
-    let mut tried: HashMap<ShardId, tokio::time::Instant> = HashMap::new();
+    // Shard -> (leader seen, since when).
+    let mut stable_since: HashMap<ShardId, (Option<ReplicaId>, Instant)> = HashMap::new();
+    let mut tried: HashMap<ShardId, Instant> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
         let Some(node) = node.upgrade() else { return };
-        let now = tokio::time::Instant::now();
+        let now = Instant::now();
         for replica in node.replicas() {
             if !replica.spec.preferred_leader {
                 continue;
@@ -62,9 +63,13 @@ async fn leader_loop(node: Weak<Node>) {
                 .get(&shard)
                 .is_some_and(|t| now.duration_since(*t) < LEADER_RETRY);
             let follower = metrics.state == atoll_raft::types::ServerState::Follower;
+            // A replica still applying its log would lose the election and
+            // only disrupt the leader.
+            let caught_up = metrics.last_applied.map(|l| l.index) == metrics.last_log_index;
             if leader.is_some()
                 && leader != Some(replica.spec.replica)
                 && follower
+                && caught_up
                 && settled
                 && !recently
             {

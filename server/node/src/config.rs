@@ -28,6 +28,7 @@ pub struct NodeConfig {
     pub raft: RaftConfig,
     pub limits: LimitsConfig,
     pub storage: StorageConfig,
+    pub testing: TestingConfig,
 }
 
 /// The cluster this node bootstraps or joins.
@@ -103,6 +104,7 @@ impl Default for NodeConfig {
             raft: RaftConfig::default(),
             limits: LimitsConfig::default(),
             storage: StorageConfig::default(),
+            testing: TestingConfig::default(),
         }
     }
 }
@@ -136,6 +138,24 @@ impl Default for LimitsConfig {
         Self {
             max_value_bytes: ByteSize(atoll_proto::limits::DEFAULT_MAX_VALUE_BYTES as u64),
         }
+    }
+}
+
+/// Deliberately unsafe switches, for proving that the fault-injection
+/// harness (`jepsen/`) catches the bugs they plant. Never set in production.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TestingConfig {
+    /// Report log appends durable before the WAL is fsynced.
+    pub ack_before_fsync: bool,
+    /// Serve linearizable reads from any replica without a ReadIndex round.
+    pub stale_linearizable_reads: bool,
+}
+
+impl TestingConfig {
+    /// Whether any unsafe switch is on.
+    pub fn any(&self) -> bool {
+        self.ack_before_fsync || self.stale_linearizable_reads
     }
 }
 

@@ -132,7 +132,11 @@ impl Node {
             snapshot_after_entries: config.raft.snapshot_after_entries,
             keep_entries_after_snapshot: config.raft.keep_entries_after_snapshot,
             snapshot_dir: config.data_dir.join("snapshots"),
+            ack_before_fsync: config.testing.ack_before_fsync,
         };
+        if config.testing.any() {
+            tracing::warn!(testing = ?config.testing, "UNSAFE testing switches are on: this node may lose acknowledged writes or serve stale reads");
+        }
         std::fs::create_dir_all(&replica_config.snapshot_dir).map_err(|e| {
             atoll_storage::EngineError::Io(format!(
                 "{}: {e}",

@@ -24,6 +24,8 @@ pub struct LogStore {
     replica: ReplicaId,
     engine: Arc<dyn Engine>,
     committer: Arc<GroupCommitter>,
+    /// Test-only and unsafe: report appends flushed before the WAL sync.
+    ack_before_fsync: bool,
 }
 
 impl Debug for LogStore {
@@ -44,7 +46,14 @@ impl LogStore {
             replica,
             engine,
             committer,
+            ack_before_fsync: false,
         }
+    }
+
+    /// Test-only and unsafe: report appends durable before they are.
+    pub fn ack_before_fsync(mut self, on: bool) -> Self {
+        self.ack_before_fsync = on;
+        self
     }
 
     fn state_key(&self, tag: u8) -> Vec<u8> {
@@ -192,6 +201,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.put(Cf::RaftLog, key, encode(&entry).map_err(|e| write_err(&e))?);
         }
         self.engine.write(batch, false).map_err(|e| write_err(&e))?;
+        if self.ack_before_fsync {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        }
         self.committer.after_sync(move |res| {
             callback.log_io_completed(res.map_err(|e| std::io::Error::other(e.to_string())));
         });

@@ -28,6 +28,8 @@ pub struct ReplicaConfig {
     pub keep_entries_after_snapshot: u64,
     /// Where snapshot files are made while they are built, sent or received.
     pub snapshot_dir: std::path::PathBuf,
+    /// Test-only and unsafe: acknowledge log appends before the WAL sync.
+    pub ack_before_fsync: bool,
 }
 
 /// What a replica is: its shard, id, kind and the shard's initial members.
@@ -81,7 +83,8 @@ impl Replica {
         committer: Arc<GroupCommitter>,
         pool: Arc<PeerPool>,
     ) -> Result<Self, ReplicaError> {
-        let log = LogStore::new(spec.replica, engine.clone(), committer);
+        let log = LogStore::new(spec.replica, engine.clone(), committer)
+            .ack_before_fsync(config.ack_before_fsync);
         let sm = StateMachine::open(
             spec.replica,
             spec.shard,

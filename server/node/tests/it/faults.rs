@@ -294,3 +294,63 @@ async fn a_write_that_cannot_reach_a_quorum_is_reported_ambiguous() {
     assert_eq!(client.get("before").await.unwrap().unwrap().value, b"v");
     cluster.shutdown().await;
 }
+
+/// A linearizable read sent straight to a follower that is cut off from the
+/// leader: `(answered, value)`.
+async fn read_on_cut_off_follower(
+    stale_switch: bool,
+) -> Result<Option<Vec<u8>>, atoll_client::Error> {
+    use atoll_proto::v1::kv_client::KvClient;
+    use atoll_proto::v1::GetRequest;
+
+    let spec = Spec {
+        shards: 1,
+        stale_linearizable_reads: stale_switch,
+        ..Spec::default()
+    };
+    let cluster = TestCluster::start(spec).await;
+    let client = cluster.client().await;
+    client.put("x", "old").await.unwrap();
+    let shard = ShardId(1);
+    let leader = cluster.leader_of(shard).unwrap();
+    let follower = (0..3).find(|&i| i != leader).unwrap();
+    let replica = cluster.node(follower).replica(shard).unwrap();
+    let written = eventually(Duration::from_secs(10), || {
+        replica.metrics().last_applied.is_some_and(|a| a.index >= 2)
+    })
+    .await;
+    assert!(written, "the follower applied the first write");
+    cluster.isolate(follower);
+    client.put("x", "new").await.unwrap();
+    let mut raw = KvClient::connect(format!("http://{}", cluster.addresses()[follower]))
+        .await
+        .unwrap();
+    let request = GetRequest {
+        shard_id: 1,
+        key: b"x".to_vec(),
+        consistency: 0,
+    };
+    let result = tokio::time::timeout(Duration::from_secs(8), raw.get(request)).await;
+    cluster.shutdown().await;
+    match result {
+        Ok(Ok(resp)) => Ok(resp.into_inner().kv.map(|kv| kv.value)),
+        Ok(Err(status)) => Err(status.into()),
+        Err(_) => Err(atoll_client::Error::Timeout("no answer".into())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_follower_refuses_linearizable_reads() {
+    let result = read_on_cut_off_follower(false).await;
+    assert!(
+        result.is_err(),
+        "a follower must not answer a linearizable read itself: {result:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unsafe_stale_reads_switch_really_serves_stale_values() {
+    // The planted bug the fault-injection harness must catch.
+    let result = read_on_cut_off_follower(true).await;
+    assert_eq!(result.unwrap(), Some(b"old".to_vec()));
+}

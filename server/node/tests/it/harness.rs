@@ -37,6 +37,8 @@ pub struct Spec {
     pub rocks: bool,
     pub snapshot_after_entries: u64,
     pub keep_entries_after_snapshot: u64,
+    /// The unsafe testing switch that serves linearizable reads anywhere.
+    pub stale_linearizable_reads: bool,
 }
 
 impl Default for Spec {
@@ -47,6 +49,7 @@ impl Default for Spec {
             rocks: false,
             snapshot_after_entries: 20_000,
             keep_entries_after_snapshot: 5_000,
+            stale_linearizable_reads: false,
         }
     }
 }
@@ -87,6 +90,7 @@ impl TestCluster {
                 cfg.raft.election_timeout_max = Duration::from_millis(1600);
                 cfg.raft.snapshot_after_entries = spec.snapshot_after_entries;
                 cfg.raft.keep_entries_after_snapshot = spec.keep_entries_after_snapshot;
+                cfg.testing.stale_linearizable_reads = spec.stale_linearizable_reads;
                 cfg
             })
             .collect();

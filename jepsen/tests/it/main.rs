@@ -1,0 +1,15 @@
+//! Integration tests of `atoll-jepsen`, in one test binary: the checkers
+//! classify known-good and known-bad histories, and histories generated
+//! from a real sequential register always pass.
+
+// Test code: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
+mod bank;
+mod history;
+mod oracle;
+mod props;
+mod register;
+mod scale;
+mod set;
+mod support;
