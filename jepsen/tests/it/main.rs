@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod bank;
+mod harness_run;
 mod history;
 mod oracle;
 mod props;
