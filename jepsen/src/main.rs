@@ -4,9 +4,9 @@
 //! Exit codes: 0 the history is valid, 1 it is not (or could not be
 //! checked, or the cluster did not recover), 2 usage error.
 //!
-//! This first version has the register workload and the kill nemesis on
-//! loopback; partitions, pauses, clock and disk faults and the set and bank
-//! workloads are still to come (see jepsen/README.md).
+//! This first version has the register workload and the kill and pause
+//! nemeses on loopback; partitions, clock and disk faults and the set and
+//! bank workloads are still to come (see jepsen/README.md).
 
 mod harness;
 
@@ -18,6 +18,7 @@ use anyhow::{bail, Context};
 use atoll_jepsen::{check_register_history, write_jsonl, Budget, Verdict};
 use clap::{Parser, ValueEnum};
 use harness::cluster::Cluster;
+use harness::nemesis::Fault;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -29,7 +30,10 @@ enum Workload {
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Nemesis {
     None,
+    /// kill -9 a random node, restart it a period later.
     Kill,
+    /// SIGSTOP a random node, SIGCONT it a period later.
+    Pause,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -124,7 +128,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         match args.nemesis {
             Nemesis::None => Ok(Vec::new()),
             Nemesis::Kill => {
-                harness::nemesis::kill_restart(&cluster, t0, until, args.fault_period).await
+                harness::nemesis::run(Fault::Kill, &cluster, t0, until, args.fault_period).await
+            }
+            Nemesis::Pause => {
+                harness::nemesis::run(Fault::Pause, &cluster, t0, until, args.fault_period).await
             }
         }
     };

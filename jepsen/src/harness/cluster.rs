@@ -123,6 +123,20 @@ impl Cluster {
         Ok(())
     }
 
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to node `i`, if it runs.
+    pub fn signal(&self, i: usize, signal: &str) -> anyhow::Result<()> {
+        if let Some(child) = &self.procs[i].child {
+            let status = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(child.id().to_string())
+                .status()?;
+            if !status.success() {
+                bail!("kill -{signal} node {} failed", i + 1);
+            }
+        }
+        Ok(())
+    }
+
     /// A client that knows every node.
     pub async fn client(&self, timeout: Duration) -> anyhow::Result<Client> {
         let options = ClientOptions {

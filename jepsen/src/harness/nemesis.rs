@@ -15,9 +15,20 @@ pub struct Event {
     pub what: String,
 }
 
-/// Kill -9 a random node every `period`, restart it `period` later, until
-/// `until`; then restart every node. Returns the events.
-pub async fn kill_restart(
+/// What a nemesis does to one node, and how it undoes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// SIGKILL, then start it again.
+    Kill,
+    /// SIGSTOP (longer than an election timeout when `period` is), then
+    /// SIGCONT.
+    Pause,
+}
+
+/// Every `period`, apply `fault` to a random node and undo it `period`
+/// later, until `until`; then heal every node. Returns the events.
+pub async fn run(
+    fault: Fault,
     cluster: &Mutex<Cluster>,
     t0: Instant,
     until: Instant,
@@ -30,18 +41,31 @@ pub async fn kill_restart(
         let victim = {
             let mut c = cluster.lock().await;
             let i = rand::rng().random_range(0..c.len());
-            c.kill(i)?;
+            match fault {
+                Fault::Kill => c.kill(i)?,
+                Fault::Pause => c.signal(i, "STOP")?,
+            }
             i
+        };
+        let (did, undid) = match fault {
+            Fault::Kill => ("kill -9", "restart"),
+            Fault::Pause => ("pause (SIGSTOP)", "resume (SIGCONT)"),
         };
         events.push(Event {
             at_ms: at(),
-            what: format!("kill -9 node {}", victim + 1),
+            what: format!("{did} node {}", victim + 1),
         });
         tokio::time::sleep(period).await;
-        cluster.lock().await.start_node(victim)?;
+        {
+            let mut c = cluster.lock().await;
+            match fault {
+                Fault::Kill => c.start_node(victim)?,
+                Fault::Pause => c.signal(victim, "CONT")?,
+            }
+        }
         events.push(Event {
             at_ms: at(),
-            what: format!("restart node {}", victim + 1),
+            what: format!("{undid} node {}", victim + 1),
         });
     }
     let mut c = cluster.lock().await;
