@@ -77,10 +77,6 @@ fn check(outcome: Outcome) -> Result<Outcome, ApiError> {
             }),
             key: String::from_utf8_lossy(&key).into_owned(),
         }),
-        Outcome::Rejected { reason } => Err(ApiError::StaleMap {
-            map_version: 0,
-            message: reason,
-        }),
         other => Ok(other),
     }
 }

@@ -314,7 +314,8 @@ impl Node {
             .ok_or(ApiError::NotLeader { leader: None })
     }
 
-    /// Proposes a command and waits for its outcome.
+    /// Proposes a command and waits for its outcome (a command the state
+    /// machine rejected is `STALE_MAP`).
     pub async fn propose(
         &self,
         replica: &Replica,
@@ -354,7 +355,15 @@ impl Node {
                 "response dropped by a test hook".into(),
             ));
         }
-        Ok(outcome)
+        match outcome {
+            // The state machine refused the command: it was routed to a
+            // shard that does not own its keys.
+            Outcome::Rejected { reason } => Err(ApiError::StaleMap {
+                map_version: self.map().map_version,
+                message: reason,
+            }),
+            other => Ok(other),
+        }
     }
 
     /// Waits until `replica` may serve a linearizable read.

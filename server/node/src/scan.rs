@@ -95,7 +95,7 @@ pub fn shard_page(
 ) -> Result<wire::ScanAllResponse, ApiError> {
     let ShardKind::Data { first, last } = replica.spec.kind else {
         return Err(ApiError::StaleMap {
-            map_version: 0,
+            map_version: node.map().map_version,
             message: "not a data shard".into(),
         });
     };
