@@ -115,16 +115,10 @@ impl Router {
                 Ok(resp) => {
                     let resp = resp.into_inner();
                     let Some(map) = resp.map else { continue };
-                    if best
-                        .as_ref()
-                        .is_none_or(|(b, _)| map.map_version > b.map_version)
-                    {
-                        best = Some((map, resp.leaders));
-                    }
-                    // One answer is enough unless it may be old.
-                    if best.is_some() {
-                        break;
-                    }
+                    // The first answer is used: a node whose map is behind
+                    // is corrected later by a STALE_MAP answer.
+                    best = Some((map, resp.leaders));
+                    break;
                 }
                 Err(status) => last_error = format!("{address}: {}", status.message()),
             }

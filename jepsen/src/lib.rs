@@ -10,6 +10,7 @@
 //! `Unknown`, which is a failed run, not a pass.
 
 pub mod checker;
+pub mod cluster;
 mod describe;
 pub mod history;
 

@@ -15,9 +15,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use atoll_jepsen::cluster::{Cluster, ClusterSpec};
 use atoll_jepsen::{check_register_history, write_jsonl, Budget, Verdict};
 use clap::{Parser, ValueEnum};
-use harness::cluster::Cluster;
 use harness::nemesis::Fault;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -100,20 +100,15 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
     std::fs::create_dir_all(&args.out)?;
     let out = args.out.canonicalize()?;
-    let testing = match args.planted_bug {
+    let mut spec = ClusterSpec::spread(args.nodes, args.islands, args.shards);
+    spec.testing = match args.planted_bug {
         None => vec![],
         Some(PlantedBug::StaleReads) => vec!["stale_linearizable_reads = true".to_string()],
         Some(PlantedBug::AckBeforeFsync) => vec!["ack_before_fsync = true".to_string()],
     };
-    let cluster = Cluster::start(
-        &atoll,
-        &out,
-        args.nodes,
-        args.islands,
-        args.shards,
-        &testing,
-    )?;
-    let client = cluster.client(Duration::from_secs(3)).await?;
+    let cluster = Cluster::start(&atoll, &out, &spec)
+        .with_context(|| format!("starting {}", atoll.display()))?;
+    let client = cluster.client(Duration::from_secs(3), None).await?;
     // Let every shard elect a leader before the clock starts.
     for _ in 0..100 {
         if client.put("jepsen-warmup", "1").await.is_ok() {

@@ -1,6 +1,5 @@
-//! The parts of a run: a cluster of real `atoll` processes, the clients of
-//! a workload, and the nemesis that injects faults.
+//! The parts of a run besides the cluster ([`atoll_jepsen::cluster`]): the
+//! clients of a workload, and the nemesis that injects faults.
 
-pub mod cluster;
 pub mod nemesis;
 pub mod register;

@@ -6,7 +6,7 @@ use rand::Rng;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::cluster::Cluster;
+use atoll_jepsen::cluster::Cluster;
 
 /// One fault event.
 #[derive(Clone, Debug, serde::Serialize)]

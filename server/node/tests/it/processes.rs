@@ -3,24 +3,17 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use atoll_client::{Client, ClientOptions, Consistency, Error};
+use atoll_client::{Client, Consistency, Error};
+use atoll_jepsen::cluster::{Cluster, ClusterSpec};
 
-struct Proc {
-    config: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-/// A cluster of `atoll server` processes.
+/// `atoll server` processes in a temp dir (see `atoll_jepsen::cluster`).
 struct ProcCluster {
+    cluster: Cluster,
     dir: tempfile::TempDir,
-    addresses: Vec<String>,
-    islands: Vec<String>,
-    procs: Vec<Proc>,
 }
 
 fn free_port() -> u16 {
@@ -48,88 +41,23 @@ fn atollctl_bin() -> PathBuf {
 impl ProcCluster {
     fn start(islands: &[&str], shards: u32) -> ProcCluster {
         let dir = tempfile::tempdir().unwrap();
-        let addresses: Vec<String> = islands
-            .iter()
-            .map(|_| format!("127.0.0.1:{}", free_port()))
-            .collect();
-        let initial: String = islands
-            .iter()
-            .zip(&addresses)
-            .enumerate()
-            .map(|(i, (island, address))| {
-                format!("[[cluster.initial_nodes]]\nid = {}\nisland = \"{island}\"\naddress = \"{address}\"\n\n", i + 1)
-            })
-            .collect();
-        let mut procs = Vec::new();
-        for (i, (island, address)) in islands.iter().zip(&addresses).enumerate() {
-            let data = dir.path().join(format!("node-{}", i + 1));
-            let config = dir.path().join(format!("node-{}.toml", i + 1));
-            let text = format!(
-                "node_id = {}\nisland = \"{island}\"\nlisten = \"{address}\"\ndata_dir = \"{}\"\n\n\
-                 [raft]\nheartbeat = \"100ms\"\nelection_timeout_min = \"800ms\"\nelection_timeout_max = \"1600ms\"\n\n\
-                 [cluster]\ninitial_shards = {shards}\nreplication_factor = 3\n\n{initial}",
-                i + 1,
-                data.display()
-            );
-            std::fs::write(&config, text).unwrap();
-            let log = dir.path().join(format!("node-{}.log", i + 1));
-            procs.push(Proc {
-                config,
-                log,
-                child: None,
-            });
-        }
-        let mut cluster = ProcCluster {
-            dir,
-            addresses,
+        let spec = ClusterSpec {
             islands: islands.iter().map(|s| s.to_string()).collect(),
-            procs,
+            shards,
+            testing: vec![],
         };
-        for i in 0..islands.len() {
-            cluster.spawn(i);
-        }
-        cluster
-    }
-
-    fn spawn(&mut self, i: usize) {
-        let proc = &mut self.procs[i];
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&proc.log)
-            .unwrap();
-        let child = Command::new(atoll_bin())
-            .args(["server", "--config"])
-            .arg(&proc.config)
-            .env("ATOLL_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn atoll server");
-        proc.child = Some(child);
-    }
-
-    /// SIGKILL: no shutdown, no flush.
-    fn kill9(&mut self, i: usize) {
-        if let Some(mut child) = self.procs[i].child.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
+        let cluster = Cluster::start(&atoll_bin(), dir.path(), &spec).unwrap();
+        ProcCluster { cluster, dir }
     }
 
     async fn client(&self, island: Option<String>) -> Client {
-        let options = ClientOptions {
-            timeout: Duration::from_secs(20),
-            island,
-            ..Default::default()
-        };
-        for _ in 0..100 {
-            if let Ok(c) = Client::connect_with(self.addresses.clone(), options.clone()).await {
-                return c;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        match self.cluster.client(Duration::from_secs(20), island).await {
+            Ok(client) => client,
+            Err(e) => panic!(
+                "no node answered ({e}); logs in {}",
+                self.dir.path().display()
+            ),
         }
-        panic!("no node answered; logs in {}", self.dir.path().display());
     }
 
     /// Waits until every node answers and every shard has a leader.
@@ -149,21 +77,6 @@ impl ProcCluster {
             "cluster did not become healthy; logs in {}",
             self.dir.path().display()
         );
-    }
-
-    fn logs(&self) -> String {
-        self.procs
-            .iter()
-            .map(|p| std::fs::read_to_string(&p.log).unwrap_or_default())
-            .collect()
-    }
-}
-
-impl Drop for ProcCluster {
-    fn drop(&mut self) {
-        for i in 0..self.procs.len() {
-            self.kill9(i);
-        }
     }
 }
 
@@ -217,7 +130,7 @@ async fn kill_nine_of_the_busiest_leader_loses_no_acknowledged_write() {
     let counts = leader_counts(&status);
     let (&victim_id, &led) = counts.iter().max_by_key(|(id, n)| (**n, **id)).unwrap();
     let victim = victim_id as usize - 1;
-    cluster.kill9(victim);
+    cluster.cluster.kill(victim).unwrap();
     let acked_at_kill = acked.lock().unwrap().len();
     for w in writers {
         w.await.unwrap();
@@ -241,9 +154,11 @@ async fn kill_nine_of_the_busiest_leader_loses_no_acknowledged_write() {
     }
 
     // The killed node restarts, catches up, and its stale reads match.
-    cluster.spawn(victim);
+    cluster.cluster.start_node(victim).unwrap();
     cluster.wait_healthy(&client).await;
-    let local = cluster.client(Some(cluster.islands[victim].clone())).await;
+    let local = cluster
+        .client(Some(cluster.cluster.islands[victim].clone()))
+        .await;
     let mut pending: Vec<(&String, &String)> = acked.iter().collect();
     for _ in 0..600 {
         let mut still = Vec::new();
@@ -264,7 +179,7 @@ async fn kill_nine_of_the_busiest_leader_loses_no_acknowledged_write() {
         "{} keys differ on the restarted node",
         pending.len()
     );
-    let logs = cluster.logs();
+    let logs = cluster.cluster.logs();
     assert!(!logs.contains("panicked"), "a node panicked:\n{logs}");
 }
 
@@ -275,7 +190,7 @@ async fn cluster_status_json_shows_three_islands_per_shard() {
     cluster.wait_healthy(&client).await;
     // atollctl exits 1 while a shard is between leaders; a busy machine can
     // cause a re-election, so give it a few tries.
-    let endpoints = cluster.addresses.join(",");
+    let endpoints = cluster.cluster.addresses.join(",");
     let mut output = None;
     for _ in 0..50 {
         let out = Command::new(atollctl_bin())

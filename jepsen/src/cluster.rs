@@ -1,0 +1,221 @@
+//! A cluster of `atoll server` processes on 127.0.0.1: one config file,
+//! data dir and log per node under a run directory. The harness's nemeses
+//! and the node's end-to-end tests kill (SIGKILL), pause and restart them.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use atoll_client::{Client, ClientOptions};
+
+/// The shape of a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    /// The island of each node; node ids are 1, 2, ...
+    pub islands: Vec<String>,
+    /// Data shards of the new cluster.
+    pub shards: u32,
+    /// Lines for each node's `[testing]` config section (planted bugs).
+    pub testing: Vec<String>,
+}
+
+impl ClusterSpec {
+    /// `nodes` nodes spread round-robin over `islands` islands named
+    /// `island-a`, `island-b`, ...
+    pub fn spread(nodes: usize, islands: usize, shards: u32) -> ClusterSpec {
+        let islands = islands.clamp(1, 26);
+        let islands = (0..nodes)
+            .map(|i| format!("island-{}", (b'a' + (i % islands) as u8) as char))
+            .collect();
+        ClusterSpec {
+            islands,
+            shards,
+            testing: Vec::new(),
+        }
+    }
+}
+
+struct Proc {
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// The running processes of one cluster. Dropping it kills them all.
+pub struct Cluster {
+    atoll: PathBuf,
+    /// Each node's gRPC address, by index (node id - 1).
+    pub addresses: Vec<String>,
+    /// Each node's island, by index.
+    pub islands: Vec<String>,
+    procs: Vec<Proc>,
+}
+
+fn free_port() -> io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Cluster {
+    /// Writes one config per node under `dir` and starts every node with
+    /// the `atoll` binary at `atoll`.
+    pub fn start(atoll: &Path, dir: &Path, spec: &ClusterSpec) -> io::Result<Cluster> {
+        let addresses: Vec<String> = spec
+            .islands
+            .iter()
+            .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
+            .collect::<Result<_, _>>()?;
+        let initial: String = spec
+            .islands
+            .iter()
+            .zip(&addresses)
+            .enumerate()
+            .map(|(i, (island, address))| {
+                format!("[[cluster.initial_nodes]]\nid = {}\nisland = \"{island}\"\naddress = \"{address}\"\n\n", i + 1)
+            })
+            .collect();
+        let mut procs = Vec::new();
+        for (i, (island, address)) in spec.islands.iter().zip(&addresses).enumerate() {
+            let config = dir.join(format!("node-{}.toml", i + 1));
+            let text = format!(
+                "node_id = {}\nisland = \"{island}\"\nlisten = \"{address}\"\ndata_dir = \"{}\"\n\n\
+                 [raft]\nheartbeat = \"100ms\"\nelection_timeout_min = \"800ms\"\nelection_timeout_max = \"1600ms\"\n\n\
+                 [testing]\n{}\n\n[cluster]\ninitial_shards = {}\nreplication_factor = 3\n\n{initial}",
+                i + 1,
+                dir.join(format!("node-{}", i + 1)).display(),
+                spec.testing.join("\n"),
+                spec.shards,
+            );
+            std::fs::write(&config, text)?;
+            procs.push(Proc {
+                config,
+                log: dir.join(format!("node-{}.log", i + 1)),
+                child: None,
+            });
+        }
+        let mut cluster = Cluster {
+            atoll: atoll.to_owned(),
+            addresses,
+            islands: spec.islands.clone(),
+            procs,
+        };
+        for i in 0..cluster.len() {
+            cluster.start_node(i)?;
+        }
+        Ok(cluster)
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    /// Whether the cluster has no nodes.
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+
+    /// Whether node `i`'s process is running (it may be paused).
+    pub fn is_running(&self, i: usize) -> bool {
+        self.procs[i].child.is_some()
+    }
+
+    /// Starts node `i` (again), keeping its data dir; its log is appended.
+    pub fn start_node(&mut self, i: usize) -> io::Result<()> {
+        let proc = &mut self.procs[i];
+        if proc.child.is_some() {
+            return Ok(());
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&proc.log)?;
+        let child = Command::new(&self.atoll)
+            .args(["server", "--config"])
+            .arg(&proc.config)
+            .env("ATOLL_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        proc.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill(&mut self, i: usize) -> io::Result<()> {
+        if let Some(mut child) = self.procs[i].child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to node `i`, if it runs.
+    pub fn signal(&self, i: usize, signal: &str) -> io::Result<()> {
+        if let Some(child) = &self.procs[i].child {
+            let status = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(child.id().to_string())
+                .status()?;
+            if !status.success() {
+                return Err(io::Error::other(format!(
+                    "kill -{signal} node {} failed",
+                    i + 1
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A client that knows every node, retrying until one answers (30 s).
+    pub async fn client(
+        &self,
+        timeout: Duration,
+        island: Option<String>,
+    ) -> Result<Client, atoll_client::Error> {
+        let options = ClientOptions {
+            timeout,
+            island,
+            ..Default::default()
+        };
+        let mut last = None;
+        for _ in 0..150 {
+            match Client::connect_with(self.addresses.clone(), options.clone()).await {
+                Ok(client) => return Ok(client),
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(last.unwrap_or_else(|| atoll_client::Error::NoEndpoint("no node answered".into())))
+    }
+
+    /// Every node's log, concatenated.
+    pub fn logs(&self) -> String {
+        self.procs
+            .iter()
+            .map(|p| std::fs::read_to_string(&p.log).unwrap_or_default())
+            .collect()
+    }
+
+    /// The logs that report a panic.
+    pub fn panics(&self) -> Vec<String> {
+        self.procs
+            .iter()
+            .filter_map(|p| {
+                let log = std::fs::read_to_string(&p.log).ok()?;
+                log.contains("panicked")
+                    .then(|| p.log.display().to_string())
+            })
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.procs.len() {
+            let _ = self.kill(i);
+        }
+    }
+}
