@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what building Atoll needs beyond a Rust toolchain: a C++ compiler
-# and libclang (RocksDB's bindgen). protoc is not needed: atoll-proto uses a
-# vendored one. Sourced by scripts/run-dev.sh and scripts/test.sh.
+# Installs what building Atoll needs beyond a Rust toolchain: a C++ compiler,
+# libclang (RocksDB's bindgen) and protoc (the etcd client the harness and
+# the benchmarks drive compiles etcd's protos; atoll-proto uses a vendored
+# protoc). Sourced by scripts/run-dev.sh and scripts/test.sh.
 set -euo pipefail
 
 # bindgen loads libclang.so itself; libclang-cpp (present on many images) is
@@ -16,6 +17,7 @@ atoll_install_prereqs() {
     command -v cargo >/dev/null || { echo "cargo is missing: install Rust (https://rustup.rs) first" >&2; exit 1; }
     command -v c++ >/dev/null || missing+=(g++)
     atoll_have_libclang || missing+=(libclang-dev)
+    command -v protoc >/dev/null || missing+=(protobuf-compiler)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "installing build prerequisites: ${missing[*]}" >&2
         local sudo=""

@@ -21,6 +21,12 @@ use crate::types::{BatchOp, Consistency, Expect};
 pub struct ClientOptions {
     /// Deadline of one call, retries included.
     pub timeout: Duration,
+    /// How long one attempt of a call waits for its server before trying
+    /// another (a leader cut off from its peers never answers). Keep it
+    /// above the cluster's election timeout, so that the next attempt finds
+    /// the new leader. A write retried this way keeps its write id: it
+    /// applies at most once.
+    pub attempt_timeout: Duration,
     /// How long connecting to one server may take.
     pub connect_timeout: Duration,
     /// The client's island: stale reads go there first.
@@ -31,6 +37,7 @@ impl Default for ClientOptions {
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(10),
+            attempt_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(2),
             island: None,
         }
@@ -85,6 +92,7 @@ impl Client {
             seeds,
             options.island,
             options.timeout,
+            options.attempt_timeout,
             options.connect_timeout,
         );
         router.refresh().await?;

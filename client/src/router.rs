@@ -38,6 +38,7 @@ pub(crate) struct Router {
     seeds: Vec<String>,
     island: Option<String>,
     timeout: Duration,
+    attempt_timeout: Duration,
     connect_timeout: Duration,
     cache: RwLock<Cache>,
     channels: Mutex<HashMap<String, Channel>>,
@@ -54,12 +55,14 @@ impl Router {
         seeds: Vec<String>,
         island: Option<String>,
         timeout: Duration,
+        attempt_timeout: Duration,
         connect_timeout: Duration,
     ) -> Self {
         Self {
             seeds,
             island,
             timeout,
+            attempt_timeout,
             connect_timeout,
             cache: RwLock::new(Cache::default()),
             channels: Mutex::new(HashMap::new()),
@@ -211,7 +214,8 @@ impl Router {
                     let client = KvClient::new(self.channel(&address)?)
                         .max_decoding_message_size(16 << 20)
                         .max_encoding_message_size(16 << 20);
-                    match tokio::time::timeout(remaining, call(client, remaining)).await {
+                    let budget = remaining.min(self.attempt_timeout);
+                    match tokio::time::timeout(budget, call(client, budget)).await {
                         Ok(Ok(value)) => {
                             if kind != CallKind::AnyReplica {
                                 if let Some(node) = map.nodes.iter().find(|n| n.address == address)
@@ -300,6 +304,7 @@ mod tests {
         Router::new(
             vec![],
             island.map(str::to_string),
+            Duration::from_secs(1),
             Duration::from_secs(1),
             Duration::from_secs(1),
         )

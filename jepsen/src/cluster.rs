@@ -1,6 +1,9 @@
-//! A cluster of `atoll server` processes on 127.0.0.1: one config file,
-//! data dir and log per node under a run directory. The harness's nemeses
-//! and the node's end-to-end tests kill (SIGKILL), pause and restart them.
+//! A cluster of `atoll server` processes (or, to prove the harness against
+//! a system we did not write, etcd members): one config, data dir and log
+//! per node under a run directory. The harness's nemeses and the node's
+//! end-to-end tests kill (SIGKILL), pause and restart them. The nodes share
+//! 127.0.0.1, or each gets a network namespace of its own ([`Network`]) so
+//! that their traffic can be cut ([`crate::netns`]).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -8,6 +11,18 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use atoll_client::{Client, ClientOptions};
+
+use crate::netns::Net;
+
+/// Where the nodes listen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Network {
+    /// Every node on 127.0.0.1, each on a port of its own.
+    #[default]
+    Loopback,
+    /// Every node in a network namespace of its own (needs root).
+    Namespaces,
+}
 
 /// The shape of a cluster.
 #[derive(Clone, Debug)]
@@ -18,6 +33,8 @@ pub struct ClusterSpec {
     pub shards: u32,
     /// Lines for each node's `[testing]` config section (planted bugs).
     pub testing: Vec<String>,
+    /// Where the nodes listen.
+    pub network: Network,
 }
 
 impl ClusterSpec {
@@ -32,24 +49,28 @@ impl ClusterSpec {
             islands,
             shards,
             testing: Vec::new(),
+            network: Network::Loopback,
         }
     }
 }
 
+/// One node: how to start it, where it logs, and its process if it runs.
 struct Proc {
-    config: PathBuf,
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
     log: PathBuf,
     child: Option<Child>,
 }
 
 /// The running processes of one cluster. Dropping it kills them all.
 pub struct Cluster {
-    atoll: PathBuf,
-    /// Each node's gRPC address, by index (node id - 1).
+    /// Each node's client address (`host:port`), by index (node id - 1).
     pub addresses: Vec<String>,
     /// Each node's island, by index.
     pub islands: Vec<String>,
     procs: Vec<Proc>,
+    net: Option<Net>,
 }
 
 fn free_port() -> io::Result<u16> {
@@ -62,11 +83,8 @@ impl Cluster {
     /// Writes one config per node under `dir` and starts every node with
     /// the `atoll` binary at `atoll`.
     pub fn start(atoll: &Path, dir: &Path, spec: &ClusterSpec) -> io::Result<Cluster> {
-        let addresses: Vec<String> = spec
-            .islands
-            .iter()
-            .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
-            .collect::<Result<_, _>>()?;
+        let net = Self::network(spec)?;
+        let addresses = Self::addresses(&net, spec.islands.len(), 7000)?;
         let initial: String = spec
             .islands
             .iter()
@@ -90,16 +108,99 @@ impl Cluster {
             );
             std::fs::write(&config, text)?;
             procs.push(Proc {
-                config,
+                program: atoll.to_owned(),
+                args: vec![
+                    "server".into(),
+                    "--config".into(),
+                    config.display().to_string(),
+                ],
+                env: vec![("ATOLL_LOG".into(), "warn".into())],
                 log: dir.join(format!("node-{}.log", i + 1)),
                 child: None,
             });
         }
+        Self::launch(addresses, spec, procs, net)
+    }
+
+    /// Starts an etcd cluster of `spec.islands.len()` members with the
+    /// `etcd` binary at `etcd`, in its default durable configuration (every
+    /// write fsynced before it is acknowledged). Data and logs go under
+    /// `dir`.
+    pub fn start_etcd(etcd: &Path, dir: &Path, spec: &ClusterSpec) -> io::Result<Cluster> {
+        let net = Self::network(spec)?;
+        let n = spec.islands.len();
+        let addresses = Self::addresses(&net, n, 2379)?;
+        let peers = Self::addresses(&net, n, 2380)?;
+        let initial: Vec<String> = peers
+            .iter()
+            .enumerate()
+            .map(|(i, peer)| format!("n{}=http://{peer}", i + 1))
+            .collect();
+        let procs = (0..n)
+            .map(|i| {
+                let (client, peer) = (
+                    format!("http://{}", addresses[i]),
+                    format!("http://{}", peers[i]),
+                );
+                let args = [
+                    ("--name", format!("n{}", i + 1)),
+                    (
+                        "--data-dir",
+                        dir.join(format!("etcd-{}", i + 1)).display().to_string(),
+                    ),
+                    ("--listen-client-urls", client.clone()),
+                    ("--advertise-client-urls", client),
+                    ("--listen-peer-urls", peer.clone()),
+                    ("--initial-advertise-peer-urls", peer),
+                    ("--initial-cluster", initial.join(",")),
+                    ("--initial-cluster-state", "new".to_string()),
+                    ("--initial-cluster-token", "atoll-jepsen".to_string()),
+                ];
+                Proc {
+                    program: etcd.to_owned(),
+                    args: args.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+                    env: vec![],
+                    log: dir.join(format!("node-{}.log", i + 1)),
+                    child: None,
+                }
+            })
+            .collect();
+        Self::launch(addresses, spec, procs, net)
+    }
+
+    fn network(spec: &ClusterSpec) -> io::Result<Option<Net>> {
+        Ok(match spec.network {
+            Network::Loopback => None,
+            Network::Namespaces => Some(Net::create(spec.islands.len())?),
+        })
+    }
+
+    /// `n` addresses: a free port each on 127.0.0.1, or `port` on each
+    /// namespace's address.
+    fn addresses(net: &Option<Net>, n: usize, port: u16) -> io::Result<Vec<String>> {
+        match net {
+            None => (0..n)
+                .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
+                .collect(),
+            Some(net) => Ok(net
+                .hosts()
+                .iter()
+                .map(|h| format!("{}:{port}", h.address))
+                .collect()),
+        }
+    }
+
+    fn launch(
+        addresses: Vec<String>,
+        spec: &ClusterSpec,
+        procs: Vec<Proc>,
+        net: Option<Net>,
+    ) -> io::Result<Cluster> {
         let mut cluster = Cluster {
-            atoll: atoll.to_owned(),
             addresses,
             islands: spec.islands.clone(),
             procs,
+            net,
         };
         for i in 0..cluster.len() {
             cluster.start_node(i)?;
@@ -117,6 +218,11 @@ impl Cluster {
         self.procs.is_empty()
     }
 
+    /// The nodes' namespaces, if they run in namespaces.
+    pub fn net(&self) -> Option<&Net> {
+        self.net.as_ref()
+    }
+
     /// Whether node `i`'s process is running (it may be paused).
     pub fn is_running(&self, i: usize) -> bool {
         self.procs[i].child.is_some()
@@ -132,10 +238,13 @@ impl Cluster {
             .create(true)
             .append(true)
             .open(&proc.log)?;
-        let child = Command::new(&self.atoll)
-            .args(["server", "--config"])
-            .arg(&proc.config)
-            .env("ATOLL_LOG", "warn")
+        let mut command = match &self.net {
+            None => Command::new(&proc.program),
+            Some(net) => net.command(i, &proc.program),
+        };
+        let child = command
+            .args(&proc.args)
+            .envs(proc.env.iter().cloned())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
@@ -180,6 +289,12 @@ impl Cluster {
             island,
             ..Default::default()
         };
+        self.client_with(options).await
+    }
+
+    /// A client with `options` that knows every node, retrying until one
+    /// answers (30 s).
+    pub async fn client_with(&self, options: ClientOptions) -> Result<Client, atoll_client::Error> {
         let mut last = None;
         for _ in 0..150 {
             match Client::connect_with(self.addresses.clone(), options.clone()).await {

@@ -13,6 +13,9 @@ pub mod checker;
 pub mod cluster;
 mod describe;
 pub mod history;
+pub mod netns;
+pub mod partition;
+pub mod timeline;
 
 pub use checker::{
     check_bank_history, check_register_history, check_set_history, BankSpec, Budget, KeyReport,

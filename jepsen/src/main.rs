@@ -2,38 +2,57 @@
 //! nemesis injects faults, record the history, and check it.
 //!
 //! Exit codes: 0 the history is valid, 1 it is not (or could not be
-//! checked, or the cluster did not recover), 2 usage error.
-//!
-//! This first version has the register workload and the kill and pause
-//! nemeses on loopback; partitions, clock and disk faults and the set and
-//! bank workloads are still to come (see jepsen/README.md).
+//! checked, or the cluster did not recover, or an intended fault never
+//! happened), 2 usage error. See jepsen/README.md.
 
 mod harness;
 
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use atoll_jepsen::cluster::{Cluster, ClusterSpec};
-use atoll_jepsen::{check_register_history, write_jsonl, Budget, Verdict};
+use atoll_client::{Client, ClientOptions};
+use atoll_jepsen::cluster::{Cluster, ClusterSpec, Network};
+use atoll_jepsen::timeline::{self, FaultWindow};
+use atoll_jepsen::{
+    check_bank_history, check_register_history, check_set_history, write_jsonl, Budget, Op,
+    Outcome, Verdict,
+};
 use clap::{Parser, ValueEnum};
-use harness::nemesis::Fault;
+use harness::etcd::Etcd;
+use harness::nemesis::{Fault, Probe};
+use harness::register::Registers;
+use harness::Recorder;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Workload {
+    /// Read, write, CAS on a few keys; checked for linearizability.
     Register,
+    /// Unique adds to a few sets; checked for lost and phantom elements.
+    Set,
+    /// Transfers between accounts; checked for a constant total.
+    Bank,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Nemesis {
-    None,
-    /// kill -9 a random node, restart it a period later.
-    Kill,
-    /// SIGSTOP a random node, SIGCONT it a period later.
-    Pause,
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Target {
+    /// A cluster of `atoll server` processes.
+    Atoll,
+    /// A cluster of etcd members (register workload only), to prove the
+    /// harness against a system we did not write.
+    Etcd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum EtcdReads {
+    /// Through the leader, after a quorum round (etcd's default).
+    Linearizable,
+    /// From the member the client talks to, without a quorum round.
+    Serializable,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -44,16 +63,34 @@ enum PlantedBug {
     AckBeforeFsync,
 }
 
+/// `none`, or a fault.
+fn parse_fault(s: &str) -> Result<Option<Fault>, String> {
+    if s == "none" {
+        return Ok(None);
+    }
+    Fault::from_str(s, true).map(Some)
+}
+
 #[derive(Parser)]
 #[command(
     name = "atoll-jepsen",
     about = "Fault-injection runs against a real Atoll cluster"
 )]
 struct Args {
+    #[arg(long, value_enum, default_value_t = Target::Atoll)]
+    target: Target,
     #[arg(long, value_enum, default_value_t = Workload::Register)]
     workload: Workload,
-    #[arg(long, value_enum, default_value_t = Nemesis::Kill)]
-    nemesis: Nemesis,
+    /// With `--target etcd`: how the register's reads go.
+    #[arg(long, value_enum, default_value_t = EtcdReads::Linearizable)]
+    etcd_reads: EtcdReads,
+    /// With `--target etcd`: the etcd binary (Debian's etcd-server).
+    #[arg(long, default_value = "/usr/bin/etcd")]
+    etcd: PathBuf,
+    /// Faults to draw from, comma-separated: kill, pause, partition,
+    /// island-loss, packet-loss; or none.
+    #[arg(long, value_delimiter = ',', default_value = "kill", value_parser = parse_fault)]
+    nemesis: Vec<Option<Fault>>,
     /// How long clients run.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     time: Duration,
@@ -66,12 +103,15 @@ struct Args {
     /// Concurrent client processes.
     #[arg(long, default_value_t = 8)]
     clients: u64,
-    /// Register keys.
+    /// Register keys, sets, or bank accounts.
     #[arg(long, default_value_t = 6)]
     keys: usize,
-    /// Time between nemesis actions (a kill, then the restart).
+    /// Time between nemesis actions (a fault, then its undoing).
     #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
     fault_period: Duration,
+    /// Run the nodes in network namespaces even when no fault needs it.
+    #[arg(long)]
+    netns: bool,
     /// Plant a known bug (the run must then report a violation).
     #[arg(long, value_enum)]
     planted_bug: Option<PlantedBug>,
@@ -83,16 +123,142 @@ struct Args {
     atoll: Option<PathBuf>,
 }
 
+/// How long the healed cluster has to serve reads and writes again.
+const RECOVERY: Duration = Duration::from_secs(30);
+
+/// Checks `history` with the workload's checker: one line per key, and the
+/// combined verdict.
+fn check(
+    workload: Workload,
+    history: &[Op],
+    keys: usize,
+) -> anyhow::Result<(Verdict, Vec<String>)> {
+    let verdicts: BTreeMap<String, (Verdict, String)> = match workload {
+        Workload::Register => check_register_history(history, &Budget::default())?
+            .into_iter()
+            .map(|(key, r)| {
+                let detail = format!("{} ops, {} steps", r.ops, r.steps);
+                (key, (r.verdict, detail))
+            })
+            .collect(),
+        Workload::Set => check_set_history(history)?
+            .into_iter()
+            .map(|(key, v)| (key, (v, String::new())))
+            .collect(),
+        Workload::Bank => {
+            let verdict = check_bank_history(history, &harness::bank::spec(keys))?;
+            BTreeMap::from([("bank".to_string(), (verdict, String::new()))])
+        }
+    };
+    let verdict = Verdict::combine(verdicts.values().map(|(v, _)| v));
+    let lines = verdicts
+        .iter()
+        .map(|(key, (v, detail))| format!("{key}: {detail} {v:?}"))
+        .collect();
+    Ok((verdict, lines))
+}
+
+/// How the harness's Atoll clients time out: an attempt gives up after
+/// 1 s (above the nodes' 0.8-1.6 s election timeout) and tries another
+/// node; a call after 5 s.
+fn client_options() -> ClientOptions {
+    ClientOptions {
+        timeout: Duration::from_secs(5),
+        attempt_timeout: Duration::from_secs(1),
+        ..Default::default()
+    }
+}
+
+/// The system under test, as its clients see it.
+enum System {
+    /// One client for the checks, one per register process (each with its
+    /// own leader cache, as separate application instances have).
+    Atoll(Client, Vec<Client>),
+    /// One client per member.
+    Etcd(Vec<Etcd>),
+}
+
+/// Starts the cluster the run targets and waits until it takes writes.
+async fn start(
+    args: &Args,
+    atoll: &Path,
+    out: &Path,
+    spec: &ClusterSpec,
+) -> anyhow::Result<(Cluster, System)> {
+    match args.target {
+        Target::Atoll => {
+            let cluster = Cluster::start(atoll, out, spec)
+                .with_context(|| format!("starting {}", atoll.display()))?;
+            let client = cluster.client_with(client_options()).await?;
+            // Let every shard elect a leader before the clock starts.
+            for _ in 0..100 {
+                if client.put("jepsen-warmup", "1").await.is_ok() {
+                    break;
+                }
+            }
+            if args.workload == Workload::Bank {
+                harness::bank::setup(&client, args.keys)
+                    .await
+                    .context("opening the bank's accounts")?;
+            }
+            let mut own = Vec::new();
+            if args.workload == Workload::Register {
+                for _ in 0..args.clients {
+                    own.push(cluster.client_with(client_options()).await?);
+                }
+            }
+            Ok((cluster, System::Atoll(client, own)))
+        }
+        Target::Etcd => {
+            if args.workload != Workload::Register {
+                bail!("the etcd target runs the register workload only");
+            }
+            if !args.etcd.exists() {
+                bail!(
+                    "{} not found: install Debian's etcd-server (apt-get install etcd-server) or pass --etcd",
+                    args.etcd.display()
+                );
+            }
+            let cluster = Cluster::start_etcd(&args.etcd, out, spec)
+                .with_context(|| format!("starting {}", args.etcd.display()))?;
+            let serializable = args.etcd_reads == EtcdReads::Serializable;
+            let stores = Etcd::connect(&cluster.addresses, serializable).await?;
+            if !Etcd::wait_ready(&stores, RECOVERY).await {
+                bail!("etcd did not take a write within {RECOVERY:?}");
+            }
+            Ok((cluster, System::Etcd(stores)))
+        }
+    }
+}
+
+/// Whether a write and a read succeed within the recovery deadline.
+async fn recovers<S: Registers>(store: &S) -> bool {
+    let deadline = Instant::now() + RECOVERY;
+    while Instant::now() < deadline {
+        if matches!(store.write("jepsen-recovery", 1).await, Outcome::Ok(_))
+            && matches!(store.read("jepsen-recovery").await, Outcome::Ok(_))
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 async fn run(args: Args) -> anyhow::Result<bool> {
-    let atoll = match args.atoll {
-        Some(p) => p,
+    let atoll = match &args.atoll {
+        Some(p) => p.clone(),
         None => std::env::current_exe()?.with_file_name("atoll"),
     };
-    if !atoll.exists() {
+    if args.target == Target::Atoll && !atoll.exists() {
         bail!(
             "{} not found: build it with `cargo build -p atoll-server` or pass --atoll",
             atoll.display()
         );
+    }
+    let faults: Vec<Fault> = args.nemesis.iter().flatten().copied().collect();
+    if args.workload == Workload::Bank && args.keys < 2 {
+        bail!("the bank needs at least 2 accounts (--keys)");
     }
     if args.out.exists() {
         std::fs::remove_dir_all(&args.out)
@@ -106,73 +272,138 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         Some(PlantedBug::StaleReads) => vec!["stale_linearizable_reads = true".to_string()],
         Some(PlantedBug::AckBeforeFsync) => vec!["ack_before_fsync = true".to_string()],
     };
-    let cluster = Cluster::start(&atoll, &out, &spec)
-        .with_context(|| format!("starting {}", atoll.display()))?;
-    let client = cluster.client(Duration::from_secs(3), None).await?;
-    // Let every shard elect a leader before the clock starts.
-    for _ in 0..100 {
-        if client.put("jepsen-warmup", "1").await.is_ok() {
-            break;
-        }
+    if args.netns || faults.iter().any(|f| f.needs_namespaces()) {
+        spec.network = Network::Namespaces;
     }
+    let (cluster, system) = start(&args, &atoll, &out, &spec).await?;
+    // The keys the workload uses, and the shards that hold them: the
+    // nemesis aims at those shards' leaders.
+    let (register_keys, relevant) = match &system {
+        System::Atoll(client, _) => {
+            let map = client.cluster_map().await?;
+            let keys = harness::register::keys(Some(&map), args.keys);
+            let samples: Vec<String> = match args.workload {
+                Workload::Register => keys.clone(),
+                Workload::Set => (0..args.keys).map(harness::set::sample_key).collect(),
+                Workload::Bank => vec![harness::bank::sample_key()],
+            };
+            let shards = samples
+                .iter()
+                .filter_map(|k| map.shard_for_key(k.as_bytes()).map(|s| s.id))
+                .collect();
+            (keys, shards)
+        }
+        System::Etcd(_) => (
+            harness::register::keys(None, args.keys),
+            BTreeSet::from([0]),
+        ),
+    };
     let cluster = Mutex::new(cluster);
     let t0 = Instant::now();
     let until = t0 + args.time;
-    let workload = harness::register::run(client.clone(), args.clients, args.keys, t0, until);
-    let nemesis = async {
-        match args.nemesis {
-            Nemesis::None => Ok(Vec::new()),
-            Nemesis::Kill => {
-                harness::nemesis::run(Fault::Kill, &cluster, t0, until, args.fault_period).await
+    let recorder = Recorder::new(t0);
+    let workload = async {
+        let r = recorder.clone();
+        let (clients, keys) = (args.clients, args.keys);
+        match (&system, args.workload) {
+            (System::Atoll(_, own), Workload::Register) => {
+                harness::register::run(own.clone(), clients, register_keys.clone(), r, until).await
             }
-            Nemesis::Pause => {
-                harness::nemesis::run(Fault::Pause, &cluster, t0, until, args.fault_period).await
+            (System::Atoll(c, _), Workload::Set) => {
+                harness::set::run(c.clone(), clients, keys, r, until).await
+            }
+            (System::Atoll(c, _), Workload::Bank) => {
+                harness::bank::run(c.clone(), clients, keys, r, until).await
+            }
+            (System::Etcd(stores), _) => {
+                harness::register::run(stores.clone(), clients, register_keys.clone(), r, until)
+                    .await
             }
         }
     };
-    let (history, events) = tokio::join!(workload, nemesis);
+    let probe = match &system {
+        System::Atoll(client, _) => Probe::Atoll(client),
+        System::Etcd(stores) => Probe::Etcd(stores),
+    };
+    let nemesis = harness::nemesis::run(
+        &faults,
+        &cluster,
+        probe,
+        &relevant,
+        t0,
+        until,
+        args.fault_period,
+    );
+    let (_, events) = tokio::join!(workload, nemesis);
     let events = events?;
 
     // Healed: the cluster must serve again within the recovery deadline.
-    let recovered = {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut ok = false;
-        while Instant::now() < deadline && !ok {
-            ok = client.put("jepsen-recovery", "1").await.is_ok()
-                && client.get("jepsen-recovery").await.is_ok();
+    let recovered = match &system {
+        System::Atoll(client, _) => {
+            recovers(client).await
+                && (args.workload != Workload::Set
+                    || harness::set::final_reads(
+                        client,
+                        args.clients,
+                        args.keys,
+                        &recorder,
+                        RECOVERY,
+                    )
+                    .await)
         }
-        ok
+        System::Etcd(stores) => recovers(&stores[0]).await,
     };
+    let history = recorder.history();
     let panics = cluster.lock().await.panics();
+    let missed = harness::nemesis::missed(&faults, &events);
 
     write_jsonl(std::fs::File::create(out.join("history.jsonl"))?, &history)?;
     std::fs::write(
         out.join("events.json"),
         serde_json::to_string_pretty(&events)?,
     )?;
-    let reports = check_register_history(&history, &Budget::default())?;
-    let verdict = Verdict::combine(reports.values().map(|r| &r.verdict));
-    let lines: Vec<String> = reports
+    let windows: Vec<FaultWindow> = events
         .iter()
-        .map(|(key, r)| format!("{key}: {} ops, {} steps: {:?}", r.ops, r.steps, r.verdict))
+        .map(|e| FaultWindow {
+            start_ms: e.start_ms,
+            end_ms: e.end_ms,
+            label: e.what.clone(),
+        })
         .collect();
-    let counts =
-        |f: fn(&atoll_jepsen::Outcome) -> bool| history.iter().filter(|o| f(&o.outcome)).count();
-    let ok = counts(|o| matches!(o, atoll_jepsen::Outcome::Ok(_)));
-    let fail = counts(|o| matches!(o, atoll_jepsen::Outcome::Fail));
-    let ambiguous = counts(|o| matches!(o, atoll_jepsen::Outcome::Ambiguous));
+    let title = format!(
+        "{:?} on {:?}, {} nodes, nemesis: {}",
+        args.workload,
+        args.target,
+        args.nodes,
+        args.nemesis
+            .iter()
+            .map(|f| f.map_or("none".to_string(), |f| format!("{f:?}").to_lowercase()))
+            .collect::<Vec<_>>()
+            .join(" + ")
+    );
+    std::fs::write(
+        out.join("timeline.svg"),
+        timeline::svg(&history, &windows, &title),
+    )?;
+    let (verdict, lines) = check(args.workload, &history, args.keys)?;
+    let count = |f: fn(&Outcome) -> bool| history.iter().filter(|o| f(&o.outcome)).count();
+    let ok = count(|o| matches!(o, Outcome::Ok(_)));
+    let fail = count(|o| matches!(o, Outcome::Fail));
+    let ambiguous = count(|o| matches!(o, Outcome::Ambiguous));
+    let faults_hit = events.iter().filter(|e| !e.leaders_hit.is_empty()).count();
     let summary = format!(
-        "ops {} (ok {ok}, fail {fail}, ambiguous {ambiguous}); faults {}; recovered {recovered}; panics {:?}\nverdict: {}\n{}",
+        "target {:?}; workload {:?}; ops {} (ok {ok}, fail {fail}, ambiguous {ambiguous}); faults {} ({faults_hit} hit a shard leader); missed {missed:?}; recovered {recovered}; panics {panics:?}\nverdict: {}\n{}",
+        args.target,
+        args.workload,
         history.len(),
         events.len(),
-        panics,
         if verdict.is_valid() { "valid".to_string() } else { format!("{verdict:?}") },
         lines.join("\n")
     );
     std::fs::write(out.join("verdict.txt"), &summary)?;
     println!("{summary}");
     println!("run folder: {}", out.display());
-    Ok(verdict.is_valid() && recovered && panics.is_empty())
+    Ok(verdict.is_valid() && recovered && panics.is_empty() && missed.is_empty())
 }
 
 fn main() -> ExitCode {

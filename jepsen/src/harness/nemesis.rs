@@ -1,82 +1,376 @@
 //! Nemeses: what goes wrong during a run, and the record of when it did.
+//!
+//! Every `period` the nemesis draws one of its faults, applies it, and
+//! undoes it a `period` later; at the end it heals everything. Each fault
+//! is recorded as one [`Event`] with the shard leaders it hit, so the run
+//! can check that the faults it asked for really happened.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use atoll_client::Client;
+use atoll_jepsen::cluster::Cluster;
+use atoll_jepsen::netns::Grudge;
+use atoll_jepsen::partition::{self, Shape};
+use atoll_proto::v1::ReplicaRole;
+
+use super::etcd::Etcd;
+use rand::seq::IndexedRandom;
 use rand::Rng;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use atoll_jepsen::cluster::Cluster;
+/// The faults a nemesis can inject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Fault {
+    /// kill -9 a random node, the leader of the most shards, the meta
+    /// shard's leader, or every node; restart them a period later.
+    Kill,
+    /// SIGSTOP a random node or the leader of the most shards (longer than
+    /// an election timeout when the period is); SIGCONT a period later.
+    Pause,
+    /// Cut the network: random halves, one node isolated, one island cut
+    /// off, a majority ring, or a bridge; heal a period later.
+    Partition,
+    /// kill -9 every node of one island (a data center's power loss);
+    /// restart them a period later.
+    IslandLoss,
+    /// One node drops 20% of the packets from its peers.
+    PacketLoss,
+}
 
-/// One fault event.
+impl Fault {
+    /// Whether the fault cuts traffic, and so needs the nodes in network
+    /// namespaces.
+    pub fn needs_namespaces(self) -> bool {
+        matches!(self, Fault::Partition | Fault::PacketLoss)
+    }
+
+    /// Whether a run with this fault must hit a shard leader at least once.
+    fn must_hit_leaders(self) -> bool {
+        !matches!(self, Fault::PacketLoss)
+    }
+}
+
+/// One fault, from when it was applied to when it was undone.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Event {
-    pub at_ms: u64,
+    /// Milliseconds since the run started.
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub fault: Fault,
+    /// What exactly, e.g. `kill -9 node 2 (leader of the most shards)`.
     pub what: String,
+    /// Shards the workload uses whose leader (as the cluster reported just
+    /// before) was on a node the fault took down, or was cut off from a
+    /// majority of its shard's replicas.
+    pub leaders_hit: Vec<u64>,
 }
 
-/// What a nemesis does to one node, and how it undoes it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fault {
-    /// SIGKILL, then start it again.
-    Kill,
-    /// SIGSTOP (longer than an election timeout when `period` is), then
-    /// SIGCONT.
-    Pause,
+impl serde::Serialize for Fault {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{self:?}"))
+    }
 }
 
-/// Every `period`, apply `fault` to a random node and undo it `period`
-/// later, until `until`; then heal every node. Returns the events.
-pub async fn run(
+/// How to undo a fault.
+enum Undo {
+    Restart(Vec<usize>),
+    Resume(Vec<usize>),
+    Heal,
+}
+
+/// How the nemesis asks the system under test who leads what.
+pub enum Probe<'a> {
+    Atoll(&'a Client),
+    Etcd(&'a [Etcd]),
+}
+
+/// Who led what just before a fault, for the shards the workload uses.
+#[derive(Clone, Debug, Default)]
+struct View {
+    /// Shard → the node index of its leader.
+    leaders: BTreeMap<u64, usize>,
+    /// Shard → the node indices of its replicas.
+    replicas: BTreeMap<u64, Vec<usize>>,
+    /// The node that led the meta shard.
+    meta: Option<usize>,
+}
+
+impl View {
+    /// Asks the cluster (an empty view when no node answers), keeping the
+    /// `relevant` shards.
+    async fn probe(probe: &Probe<'_>, n: usize, relevant: &BTreeSet<u64>) -> View {
+        let mut view = View::default();
+        match probe {
+            Probe::Etcd(stores) => {
+                view.leaders = super::etcd::leaders(stores).await;
+                view.replicas.insert(0, (0..n).collect());
+            }
+            Probe::Atoll(client) => {
+                let Ok(status) = client.cluster_status().await else {
+                    return view;
+                };
+                let index = |node_id: u64| (node_id as usize).saturating_sub(1);
+                for shard in status.map.iter().flat_map(|m| &m.shards) {
+                    let nodes = shard.replicas.iter().map(|r| index(r.node_id)).collect();
+                    view.replicas.insert(shard.id, nodes);
+                }
+                for node in status.nodes.iter().filter_map(|r| r.status.as_ref()) {
+                    for replica in &node.replicas {
+                        if replica.role == ReplicaRole::Leader as i32 {
+                            view.leaders.insert(replica.shard_id, index(node.node_id));
+                        }
+                    }
+                }
+            }
+        }
+        view.meta = view.leaders.get(&0).copied();
+        view.leaders.retain(|shard, _| relevant.contains(shard));
+        view
+    }
+
+    /// Shards whose leader is on one of `nodes`.
+    fn led_from(&self, nodes: &BTreeSet<usize>) -> Vec<u64> {
+        self.leaders
+            .iter()
+            .filter(|(_, node)| nodes.contains(node))
+            .map(|(&shard, _)| shard)
+            .collect()
+    }
+
+    /// Shards whose leader, under `grudge`, reaches fewer than a majority
+    /// of its shard's replicas (itself included): it cannot commit.
+    fn cut_off(&self, grudge: &Grudge) -> Vec<u64> {
+        self.leaders
+            .iter()
+            .filter(|(shard, &leader)| {
+                let replicas = self.replicas.get(shard).map_or(&[][..], Vec::as_slice);
+                let reached = replicas
+                    .iter()
+                    .filter(|&&j| partition::connected(grudge, leader, j))
+                    .count();
+                reached <= replicas.len() / 2
+            })
+            .map(|(&shard, _)| shard)
+            .collect()
+    }
+
+    /// The node that leads the most of the shards.
+    fn busiest(&self) -> Option<usize> {
+        let mut count: BTreeMap<usize, usize> = BTreeMap::new();
+        for &node in self.leaders.values() {
+            *count.entry(node).or_default() += 1;
+        }
+        count
+            .into_iter()
+            .max_by_key(|&(_, c)| c)
+            .map(|(node, _)| node)
+    }
+}
+
+fn show(nodes: &BTreeSet<usize>) -> String {
+    let names: Vec<String> = nodes.iter().map(|i| (i + 1).to_string()).collect();
+    names.join(",")
+}
+
+/// Picks the nodes to kill or pause: a random one, the leader of the most
+/// shards, the meta shard's leader, or (when `all` is allowed) every node.
+fn victims(
+    n: usize,
+    view: &View,
+    all: bool,
+    rng: &mut impl Rng,
+) -> (BTreeSet<usize>, &'static str) {
+    let choices = if all { 4 } else { 2 };
+    match rng.random_range(0..choices) {
+        1 => {
+            if let Some(i) = view.busiest() {
+                return (BTreeSet::from([i]), "leader of the most shards");
+            }
+        }
+        2 => {
+            if let Some(i) = view.meta {
+                return (BTreeSet::from([i]), "meta shard leader");
+            }
+        }
+        3 => return ((0..n).collect(), "every node"),
+        _ => {}
+    }
+    (BTreeSet::from([rng.random_range(0..n)]), "random node")
+}
+
+/// Applies one fault; returns what it did, the shards whose leader it took
+/// down or cut off, and how to undo it.
+async fn inject(
     fault: Fault,
     cluster: &Mutex<Cluster>,
+    view: &View,
+) -> anyhow::Result<(String, Vec<u64>, Undo)> {
+    let mut c = cluster.lock().await;
+    let n = c.len();
+    let mut rng = rand::rng();
+    Ok(match fault {
+        Fault::Kill => {
+            let (nodes, why) = victims(n, view, true, &mut rng);
+            for &i in &nodes {
+                c.kill(i)?;
+            }
+            let what = format!("kill -9 node {} ({why})", show(&nodes));
+            (
+                what,
+                view.led_from(&nodes),
+                Undo::Restart(nodes.into_iter().collect()),
+            )
+        }
+        Fault::Pause => {
+            let (nodes, why) = victims(n, view, false, &mut rng);
+            for &i in &nodes {
+                c.signal(i, "STOP")?;
+            }
+            let what = format!("pause node {} ({why})", show(&nodes));
+            (
+                what,
+                view.led_from(&nodes),
+                Undo::Resume(nodes.into_iter().collect()),
+            )
+        }
+        Fault::IslandLoss => {
+            let island = c.islands[rng.random_range(0..n)].clone();
+            let nodes: BTreeSet<usize> = (0..n).filter(|&i| c.islands[i] == island).collect();
+            for &i in &nodes {
+                c.kill(i)?;
+            }
+            let what = format!("lose island {island}: kill -9 node {}", show(&nodes));
+            (
+                what,
+                view.led_from(&nodes),
+                Undo::Restart(nodes.into_iter().collect()),
+            )
+        }
+        Fault::Partition => {
+            let net = c
+                .net()
+                .ok_or_else(|| anyhow::anyhow!("partitions need the nodes in namespaces"))?;
+            // Draw again (a few times, any shape) until a leader is cut off:
+            // a partition that cuts off only followers proves little.
+            let mut draw = || {
+                let shape = *Shape::ALL.choose(&mut rng).unwrap_or(&Shape::Halves);
+                partition::draw(shape, &c.islands, &mut rng)
+            };
+            let mut cut = draw();
+            for _ in 0..30 {
+                if !view.cut_off(&cut.grudge).is_empty() {
+                    break;
+                }
+                cut = draw();
+            }
+            net.apply(&cut.grudge)?;
+            let minority = partition::minority(&cut.grudge, n);
+            let what = format!(
+                "partition: {} (minority: {{{}}})",
+                cut.description,
+                show(&minority)
+            );
+            (what, view.cut_off(&cut.grudge), Undo::Heal)
+        }
+        Fault::PacketLoss => {
+            let i = rng.random_range(0..n);
+            let net = c
+                .net()
+                .ok_or_else(|| anyhow::anyhow!("packet loss needs the nodes in namespaces"))?;
+            net.lossy(i, 0.2)?;
+            (
+                format!("node {} drops 20% of peer packets", i + 1),
+                Vec::new(),
+                Undo::Heal,
+            )
+        }
+    })
+}
+
+async fn undo(cluster: &Mutex<Cluster>, undo: Undo) -> anyhow::Result<()> {
+    let mut c = cluster.lock().await;
+    match undo {
+        Undo::Restart(nodes) => {
+            for i in nodes {
+                c.start_node(i)?;
+            }
+        }
+        Undo::Resume(nodes) => {
+            for i in nodes {
+                c.signal(i, "CONT")?;
+            }
+        }
+        Undo::Heal => {
+            if let Some(net) = c.net() {
+                net.heal()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every `period`, applies the next of `faults` (in turn) and undoes it
+/// `period` later, until `until`; then heals everything. Faults aim at the
+/// leaders of the `relevant` shards (those the workload uses). Returns the
+/// events.
+pub async fn run(
+    faults: &[Fault],
+    cluster: &Mutex<Cluster>,
+    probe: Probe<'_>,
+    relevant: &BTreeSet<u64>,
     t0: Instant,
     until: Instant,
     period: Duration,
 ) -> anyhow::Result<Vec<Event>> {
     let mut events = Vec::new();
     let at = || t0.elapsed().as_millis() as u64;
-    while Instant::now() + period * 2 < until {
-        tokio::time::sleep(period).await;
-        let victim = {
-            let mut c = cluster.lock().await;
-            let i = rand::rng().random_range(0..c.len());
-            match fault {
-                Fault::Kill => c.kill(i)?,
-                Fault::Pause => c.signal(i, "STOP")?,
-            }
-            i
-        };
-        let (did, undid) = match fault {
-            Fault::Kill => ("kill -9", "restart"),
-            Fault::Pause => ("pause (SIGSTOP)", "resume (SIGCONT)"),
-        };
-        events.push(Event {
-            at_ms: at(),
-            what: format!("{did} node {}", victim + 1),
-        });
-        tokio::time::sleep(period).await;
-        {
-            let mut c = cluster.lock().await;
-            match fault {
-                Fault::Kill => c.start_node(victim)?,
-                Fault::Pause => c.signal(victim, "CONT")?,
-            }
+    for &fault in faults.iter().cycle() {
+        if Instant::now() + period * 2 >= until {
+            break;
         }
+        tokio::time::sleep(period).await;
+        let n = cluster.lock().await.len();
+        let view = View::probe(&probe, n, relevant).await;
+        let start_ms = at();
+        let (what, leaders_hit, how) = inject(fault, cluster, &view).await?;
+        tokio::time::sleep(period).await;
+        undo(cluster, how).await?;
         events.push(Event {
-            at_ms: at(),
-            what: format!("{undid} node {}", victim + 1),
+            start_ms,
+            end_ms: at(),
+            fault,
+            what,
+            leaders_hit,
         });
     }
     let mut c = cluster.lock().await;
     for i in 0..c.len() {
         if !c.is_running(i) {
             c.start_node(i)?;
-            events.push(Event {
-                at_ms: at(),
-                what: format!("heal: restart node {}", i + 1),
-            });
         }
+        c.signal(i, "CONT")?;
+    }
+    if let Some(net) = c.net() {
+        net.heal()?;
     }
     Ok(events)
+}
+
+/// What the run asked for and did not get: a fault that never ran, or never
+/// hit a shard leader.
+pub fn missed(faults: &[Fault], events: &[Event]) -> Vec<String> {
+    let mut missed = Vec::new();
+    for &fault in faults.iter().collect::<BTreeSet<_>>() {
+        let ran: Vec<_> = events.iter().filter(|e| e.fault == fault).collect();
+        if ran.is_empty() {
+            missed.push(format!(
+                "{fault:?} never ran (run longer or shorten the period)"
+            ));
+        } else if fault.must_hit_leaders() && ran.iter().all(|e| e.leaders_hit.is_empty()) {
+            missed.push(format!("{fault:?} never hit a shard leader"));
+        }
+    }
+    missed
 }

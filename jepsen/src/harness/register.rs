@@ -1,126 +1,163 @@
 //! The register workload: clients read, write and compare-and-swap a few
-//! keys with unique values, and every operation is recorded with its
-//! invocation and completion times and outcome.
+//! keys with unique values, against Atoll or (to prove the harness) etcd.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::future::Future;
 
-use atoll_client::{Client, Error, Expect};
-use atoll_jepsen::{Op, OpKind, Outcome, ProcessId, Reply};
+use atoll_client::{Client, ClusterMap, Error, Expect};
+use atoll_jepsen::{Op, OpKind, Outcome, Reply};
 use rand::Rng;
 use tokio::time::Instant;
 
-/// Nanoseconds since the run started.
-fn since(t0: Instant) -> u64 {
-    t0.elapsed().as_nanos() as u64
-}
+use super::{over, processes, write_outcome, Recorder};
 
-fn parse(value: &[u8]) -> Option<i64> {
+pub fn parse(value: &[u8]) -> Option<i64> {
     std::str::from_utf8(value).ok()?.parse().ok()
 }
 
-/// Runs `processes` clients until `until`, on keys `r0..r{keys}`.
-pub async fn run(
-    client: Client,
-    processes: u64,
-    keys: usize,
-    t0: Instant,
-    until: Instant,
-) -> Vec<Op> {
-    let history = Arc::new(tokio::sync::Mutex::new(Vec::new()));
-    let tasks: Vec<_> = (0..processes)
-        .map(|p| {
-            let (client, history) = (client.clone(), history.clone());
-            tokio::spawn(async move {
-                let mut next = 0i64;
-                let mut seen: HashMap<String, Option<i64>> = HashMap::new();
-                while Instant::now() < until {
-                    let key = format!("r{}", rand::rng().random_range(0..keys));
-                    let choice = rand::rng().random_range(0..3);
-                    next += 1;
-                    let unique = (p as i64 + 1) * 1_000_000_000 + next;
-                    let kind = match choice {
-                        0 => OpKind::Read,
-                        1 => OpKind::Write { value: unique },
-                        _ => OpKind::Cas {
-                            expected: seen.get(&key).copied().flatten(),
-                            new: unique,
-                        },
-                    };
-                    let op = Op::invoked(ProcessId(p), key.clone(), kind.clone(), since(t0));
-                    let outcome = execute(&client, &key, &kind).await;
-                    match (&kind, &outcome) {
-                        (OpKind::Read, Outcome::Ok(Reply::Value(v))) => {
-                            seen.insert(key.clone(), *v);
-                        }
-                        (OpKind::Write { value }, Outcome::Ok(_)) => {
-                            seen.insert(key.clone(), Some(*value));
-                        }
-                        (OpKind::Cas { new, .. }, Outcome::Ok(Reply::Done)) => {
-                            seen.insert(key.clone(), Some(*new));
-                        }
-                        (OpKind::Cas { .. }, Outcome::Ok(Reply::Mismatch { current })) => {
-                            seen.insert(key.clone(), *current);
-                        }
-                        _ => {}
-                    }
-                    history.lock().await.push(op.completed(outcome, since(t0)));
-                    if matches!(
-                        history.lock().await.last().map(|o| &o.outcome),
-                        Some(Outcome::Ambiguous)
-                    ) {
-                        // Do not pile ambiguous operations onto one key.
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            })
-        })
-        .collect();
-    for task in tasks {
-        let _ = task.await;
-    }
-    Arc::try_unwrap(history)
-        .map(|m| m.into_inner())
-        .unwrap_or_default()
+/// A store that holds registers. Each call returns its classified
+/// outcome: `Ok` happened, `Fail` definitely did not, `Ambiguous` may have.
+pub trait Registers: Clone + Send + Sync + 'static {
+    fn read(&self, key: &str) -> impl Future<Output = Outcome> + Send;
+    fn write(&self, key: &str, value: i64) -> impl Future<Output = Outcome> + Send;
+    /// Sets `key` to `new` if it holds `expected` (`None`: is absent);
+    /// replies `Mismatch` with what it holds otherwise.
+    fn cas(
+        &self,
+        key: &str,
+        expected: Option<i64>,
+        new: i64,
+    ) -> impl Future<Output = Outcome> + Send;
 }
 
-/// One operation against the cluster, classified: `Ok` happened, `Fail`
-/// definitely did not, `Ambiguous` may have.
-async fn execute(client: &Client, key: &str, kind: &OpKind) -> Outcome {
-    match kind {
-        OpKind::Read => match client.get(key).await {
-            Ok(kv) => Outcome::Ok(Reply::Value(kv.and_then(|kv| parse(&kv.value)))),
-            // A read changes nothing: a failed one is simply not in history.
-            Err(_) => Outcome::Fail,
-        },
-        OpKind::Write { value } => {
-            write_outcome(client.put(key, value.to_string()).await.map(|_| ()))
+/// `count` register keys `r<i>`, spread evenly over the shards of `map`
+/// (when there is one), so that every shard's leader matters to the run.
+pub fn keys(map: Option<&ClusterMap>, count: usize) -> Vec<String> {
+    let Some(map) = map.filter(|m| !m.shards.is_empty()) else {
+        return (0..count).map(|i| format!("r{i}")).collect();
+    };
+    let per_shard = count.div_ceil(map.shards.len());
+    let mut taken: HashMap<u64, usize> = HashMap::new();
+    let mut keys = Vec::new();
+    for i in 0.. {
+        if keys.len() == count {
+            break;
         }
-        OpKind::Cas { expected, new } => {
-            let expect = match expected {
-                Some(v) => Expect::Value(v.to_string().into_bytes()),
-                None => Expect::Version(0),
-            };
-            match client
-                .compare_and_swap(key, expect, Some(new.to_string().into_bytes()))
-                .await
-            {
-                Err(Error::CasFailed { current, .. }) => Outcome::Ok(Reply::Mismatch {
-                    current: current.and_then(|kv| parse(&kv.value)),
-                }),
-                other => write_outcome(other.map(|_| ())),
+        let key = format!("r{i}");
+        let shard = map.shard_for_key(key.as_bytes()).map_or(0, |s| s.id);
+        let n = taken.entry(shard).or_default();
+        if *n < per_shard {
+            *n += 1;
+            keys.push(key);
+        }
+    }
+    keys
+}
+
+/// Runs `count` clients until `until` on `keys`; process `p`
+/// uses `stores[p % stores.len()]`. Each process reads, writes and
+/// compare-and-swaps at random, except every fourth, which only reads.
+pub async fn run<S: Registers>(
+    stores: Vec<S>,
+    count: u64,
+    keys: Vec<String>,
+    recorder: Recorder,
+    until: Instant,
+) -> Vec<Op> {
+    let r = recorder.clone();
+    processes(count, move |mut process| {
+        let (client, recorder) = (
+            stores[process.id as usize % stores.len()].clone(),
+            r.clone(),
+        );
+        let keys = keys.clone();
+        async move {
+            let mut next = 0i64;
+            // What this process last learned each key holds: its CAS guess.
+            let mut seen: HashMap<String, Option<i64>> = HashMap::new();
+            while !over(until) {
+                let key = keys[rand::rng().random_range(0..keys.len())].clone();
+                next += 1;
+                let unique = (process.id as i64 % count as i64 + 1) * 1_000_000_000 + next;
+                // Every fourth process only reads, like a read-mostly
+                // application instance: it keeps the leader it knows for as
+                // long as that leader answers.
+                let reader = process.id % count % 4 == 3;
+                let kind = match if reader {
+                    0
+                } else {
+                    rand::rng().random_range(0..3)
+                } {
+                    0 => OpKind::Read,
+                    1 => OpKind::Write { value: unique },
+                    _ => OpKind::Cas {
+                        expected: seen.get(&key).copied().flatten(),
+                        new: unique,
+                    },
+                };
+                let outcome = recorder
+                    .record(
+                        &mut process,
+                        &key,
+                        kind.clone(),
+                        execute(&client, &key, &kind),
+                    )
+                    .await;
+                match (&kind, &outcome) {
+                    (OpKind::Read, Outcome::Ok(Reply::Value(v))) => {
+                        seen.insert(key, *v);
+                    }
+                    (OpKind::Write { value: v }, Outcome::Ok(_))
+                    | (OpKind::Cas { new: v, .. }, Outcome::Ok(Reply::Done)) => {
+                        seen.insert(key, Some(*v));
+                    }
+                    (OpKind::Cas { .. }, Outcome::Ok(Reply::Mismatch { current })) => {
+                        seen.insert(key, *current);
+                    }
+                    _ => {}
+                }
             }
         }
+    })
+    .await;
+    recorder.history()
+}
+
+async fn execute<S: Registers>(store: &S, key: &str, kind: &OpKind) -> Outcome {
+    match *kind {
+        OpKind::Read => store.read(key).await,
+        OpKind::Write { value } => store.write(key, value).await,
+        OpKind::Cas { expected, new } => store.cas(key, expected, new).await,
         _ => Outcome::Fail,
     }
 }
 
-fn write_outcome(result: Result<(), Error>) -> Outcome {
-    match result {
-        Ok(()) => Outcome::Ok(Reply::Done),
-        Err(Error::Ambiguous(_)) => Outcome::Ambiguous,
-        // Definite: the write was refused or never sent.
-        Err(_) => Outcome::Fail,
+impl Registers for Client {
+    async fn read(&self, key: &str) -> Outcome {
+        match self.get(key).await {
+            Ok(kv) => Outcome::Ok(Reply::Value(kv.and_then(|kv| parse(&kv.value)))),
+            // A read changes nothing: a failed one is simply not in history.
+            Err(_) => Outcome::Fail,
+        }
+    }
+
+    async fn write(&self, key: &str, value: i64) -> Outcome {
+        write_outcome(self.put(key, value.to_string()).await.map(|_| ()))
+    }
+
+    async fn cas(&self, key: &str, expected: Option<i64>, new: i64) -> Outcome {
+        let expect = match expected {
+            Some(v) => Expect::Value(v.to_string().into_bytes()),
+            None => Expect::Version(0),
+        };
+        match self
+            .compare_and_swap(key, expect, Some(new.to_string().into_bytes()))
+            .await
+        {
+            Err(Error::CasFailed { current, .. }) => Outcome::Ok(Reply::Mismatch {
+                current: current.and_then(|kv| parse(&kv.value)),
+            }),
+            other => write_outcome(other.map(|_| ())),
+        }
     }
 }

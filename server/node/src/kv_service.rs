@@ -43,17 +43,31 @@ impl KvService {
 
     /// The live value of `key` in the local engine.
     fn local_get(&self, key: &[u8]) -> Result<Option<wire::KeyValue>, ApiError> {
-        let dkey = data_key_with_hash(key_hash(key), key);
-        let Some(stored) = self.node.engine().get(Cf::Data, &dkey)? else {
-            return Ok(None);
-        };
-        let record = Record::decode(&stored)?;
-        Ok((!record.is_expired(now_ms())).then(|| kv(key.to_vec(), record)))
+        let stored = self.node.engine().get(Cf::Data, &data_key(key))?;
+        live(key, stored, now_ms())
     }
 
     fn max_value(&self) -> u64 {
         self.node.config().limits.max_value_bytes.0
     }
+}
+
+fn data_key(key: &[u8]) -> Vec<u8> {
+    data_key_with_hash(key_hash(key), key)
+}
+
+/// The value a stored record gives `key` at `now_ms`: none if absent or
+/// expired.
+fn live(
+    key: &[u8],
+    stored: Option<Vec<u8>>,
+    now_ms: u64,
+) -> Result<Option<wire::KeyValue>, ApiError> {
+    let Some(stored) = stored else {
+        return Ok(None);
+    };
+    let record = Record::decode(&stored)?;
+    Ok((!record.is_expired(now_ms)).then(|| kv(key.to_vec(), record)))
 }
 
 pub(crate) fn kv(key: Vec<u8>, record: Record) -> wire::KeyValue {
@@ -115,10 +129,18 @@ impl Kv for KvService {
         let keys: Vec<&[u8]> = req.keys.iter().map(Vec::as_slice).collect();
         self.read_replica(req.shard_id, &keys, req.consistency)
             .await?;
+        // One snapshot, one clock reading: the keys are read as of one
+        // instant, never half before and half after a batch.
+        let engine = self.node.engine();
+        let snapshot = engine.snapshot();
+        let now = now_ms();
         let results = keys
             .iter()
-            .map(|k| self.local_get(k).map(|kv| wire::GetResult { kv }))
-            .collect::<Result<_, _>>()?;
+            .map(|k| {
+                let stored = snapshot.get(Cf::Data, &data_key(k))?;
+                live(k, stored, now).map(|kv| wire::GetResult { kv })
+            })
+            .collect::<Result<_, ApiError>>()?;
         Ok(Response::new(wire::BatchGetResponse { results }))
     }
 

@@ -405,6 +405,55 @@ async fn batch_get_reads_keys_of_many_shards() {
     cluster.shutdown().await;
 }
 
+/// Found by the bank workload of the fault-injection harness: BatchGet read
+/// its keys one by one, so a read could see half of a batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_get_of_one_hash_tag_never_sees_half_a_batch() {
+    let cluster = TestCluster::start(Spec::default()).await;
+    let client = cluster.client().await;
+    let keys = ["{acct}a", "{acct}b", "{acct}c"];
+    let set = move |values: [i64; 3]| {
+        keys.iter()
+            .zip(values)
+            .map(|(k, v)| BatchOp::put(*k, v.to_string()))
+            .collect::<Vec<_>>()
+    };
+    client.batch(set([1000, 0, 0])).await.unwrap();
+    let writer = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            for i in 1..=300i64 {
+                let moved = [1000 - 2 * i, i, i];
+                client.batch(set(moved)).await.unwrap();
+            }
+        })
+    };
+    let mut reads = 0;
+    while !writer.is_finished() {
+        let values = client
+            .batch_get(&keys, Consistency::Linearizable)
+            .await
+            .unwrap();
+        let total: i64 = values
+            .iter()
+            .map(|kv| {
+                std::str::from_utf8(&kv.as_ref().unwrap().value)
+                    .unwrap()
+                    .parse::<i64>()
+                    .unwrap()
+            })
+            .sum();
+        assert_eq!(total, 1000, "read #{reads} saw {values:?}");
+        reads += 1;
+    }
+    writer.await.unwrap();
+    assert!(
+        reads > 10,
+        "the reads overlapped the writes ({reads} reads)"
+    );
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_routed_to_the_wrong_shard_gets_stale_map() {
     use atoll_proto::v1::kv_client::KvClient;

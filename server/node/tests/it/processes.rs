@@ -45,6 +45,7 @@ impl ProcCluster {
             islands: islands.iter().map(|s| s.to_string()).collect(),
             shards,
             testing: vec![],
+            network: Default::default(),
         };
         let cluster = Cluster::start(&atoll_bin(), dir.path(), &spec).unwrap();
         ProcCluster { cluster, dir }
