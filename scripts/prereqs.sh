@@ -27,6 +27,24 @@ atoll_install_prereqs() {
     fi
 }
 
+# What the tests need beyond the build: the fault-injection harness puts
+# nodes in network namespaces (iproute2) and cuts traffic with iptables, and
+# proves itself against etcd (Debian's etcd-server). Root is needed for the
+# namespaces and for lazyfs's FUSE mounts (/dev/fuse).
+atoll_install_test_prereqs() {
+    local missing=()
+    command -v ip >/dev/null || missing+=(iproute2)
+    command -v iptables >/dev/null || missing+=(iptables)
+    [ -x /usr/bin/etcd ] || missing+=(etcd-server)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing test prerequisites: ${missing[*]}" >&2
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
 # One target dir outside the clone, shared by the run and test commands (and
 # by CI runs on the same machine), so RocksDB's C++ is compiled once.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/atoll-target}"

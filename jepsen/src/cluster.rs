@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use atoll_client::{Client, ClientOptions};
 
+use crate::lazyfs::Mount;
 use crate::netns::Net;
 
 /// Where the nodes listen.
@@ -35,6 +36,10 @@ pub struct ClusterSpec {
     pub testing: Vec<String>,
     /// Where the nodes listen.
     pub network: Network,
+    /// The `atoll-lazyfs` binary: when set, each node's data dir is a
+    /// lazyfs mount of its own, so that [`Cluster::crash`] can lose what the
+    /// node did not fsync.
+    pub lazyfs: Option<PathBuf>,
 }
 
 impl ClusterSpec {
@@ -50,6 +55,7 @@ impl ClusterSpec {
             shards,
             testing: Vec::new(),
             network: Network::Loopback,
+            lazyfs: None,
         }
     }
 }
@@ -70,6 +76,9 @@ pub struct Cluster {
     /// Each node's island, by index.
     pub islands: Vec<String>,
     procs: Vec<Proc>,
+    /// Each node's lazyfs mount, when the data dirs are on lazyfs. Dropped
+    /// after the nodes are killed.
+    mounts: Vec<Mount>,
     net: Option<Net>,
 }
 
@@ -119,7 +128,7 @@ impl Cluster {
                 child: None,
             });
         }
-        Self::launch(addresses, spec, procs, net)
+        Self::launch(dir, addresses, spec, procs, net)
     }
 
     /// Starts an etcd cluster of `spec.islands.len()` members with the
@@ -165,7 +174,7 @@ impl Cluster {
                 }
             })
             .collect();
-        Self::launch(addresses, spec, procs, net)
+        Self::launch(dir, addresses, spec, procs, net)
     }
 
     fn network(spec: &ClusterSpec) -> io::Result<Option<Net>> {
@@ -191,15 +200,29 @@ impl Cluster {
     }
 
     fn launch(
+        dir: &Path,
         addresses: Vec<String>,
         spec: &ClusterSpec,
         procs: Vec<Proc>,
         net: Option<Net>,
     ) -> io::Result<Cluster> {
+        let mut mounts = Vec::new();
+        if let Some(lazyfs) = &spec.lazyfs {
+            for i in 0..procs.len() {
+                let name = format!("node-{}", i + 1);
+                mounts.push(Mount::start(
+                    lazyfs,
+                    &dir.join(format!("{name}.disk")),
+                    &dir.join(&name),
+                    &dir.join(format!("{name}.lazyfs.log")),
+                )?);
+            }
+        }
         let mut cluster = Cluster {
             addresses,
             islands: spec.islands.clone(),
             procs,
+            mounts,
             net,
         };
         for i in 0..cluster.len() {
@@ -259,6 +282,19 @@ impl Cluster {
             child.wait()?;
         }
         Ok(())
+    }
+
+    /// A power loss on node `i`: SIGKILL, then its lazyfs mount drops every
+    /// write the node did not fsync. Returns how many bytes were lost
+    /// (whole pages). Needs [`ClusterSpec::lazyfs`].
+    pub fn crash(&mut self, i: usize) -> io::Result<u64> {
+        self.kill(i)?;
+        let mount = self.mounts.get(i).ok_or_else(|| {
+            io::Error::other("crashing a node needs its data dir on lazyfs (ClusterSpec::lazyfs)")
+        })?;
+        let lost = mount.unsynced_bytes()?;
+        mount.drop_unsynced()?;
+        Ok(lost)
     }
 
     /// Sends `signal` (e.g. `STOP`, `CONT`) to node `i`, if it runs.

@@ -13,6 +13,7 @@ pub mod checker;
 pub mod cluster;
 mod describe;
 pub mod history;
+pub mod lazyfs;
 pub mod netns;
 pub mod partition;
 pub mod timeline;

@@ -87,8 +87,8 @@ struct Args {
     /// With `--target etcd`: the etcd binary (Debian's etcd-server).
     #[arg(long, default_value = "/usr/bin/etcd")]
     etcd: PathBuf,
-    /// Faults to draw from, comma-separated: kill, pause, partition,
-    /// island-loss, packet-loss; or none.
+    /// Faults to apply in turn, comma-separated: kill, pause, partition,
+    /// island-loss, packet-loss, lose-unsynced; or none.
     #[arg(long, value_delimiter = ',', default_value = "kill", value_parser = parse_fault)]
     nemesis: Vec<Option<Fault>>,
     /// How long clients run.
@@ -121,6 +121,14 @@ struct Args {
     /// The `atoll` binary (default: next to this one).
     #[arg(long)]
     atoll: Option<PathBuf>,
+    /// The `atoll-lazyfs` binary, for `lose-unsynced` (build it with
+    /// `scripts/lazyfs.sh`).
+    #[arg(
+        long,
+        env = "ATOLL_LAZYFS",
+        default_value = "/var/tmp/atoll-target/lazyfs/debug/atoll-lazyfs"
+    )]
+    lazyfs: PathBuf,
 }
 
 /// How long the healed cluster has to serve reads and writes again.
@@ -275,6 +283,18 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     if args.netns || faults.iter().any(|f| f.needs_namespaces()) {
         spec.network = Network::Namespaces;
     }
+    if faults.iter().any(|f| f.needs_lazyfs()) {
+        if args.target != Target::Atoll {
+            bail!("lose-unsynced runs against Atoll only");
+        }
+        if !args.lazyfs.exists() {
+            bail!(
+                "{} not found: build it with scripts/lazyfs.sh, or pass --lazyfs",
+                args.lazyfs.display()
+            );
+        }
+        spec.lazyfs = Some(args.lazyfs.clone());
+    }
     let (cluster, system) = start(&args, &atoll, &out, &spec).await?;
     // The keys the workload uses, and the shards that hold them: the
     // nemesis aims at those shards' leaders.
@@ -400,6 +420,18 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         if verdict.is_valid() { "valid".to_string() } else { format!("{verdict:?}") },
         lines.join("\n")
     );
+    let faults_text: Vec<String> = events
+        .iter()
+        .map(|e| {
+            format!(
+                "  {:>6.1}s-{:.1}s {}",
+                e.start_ms as f64 / 1e3,
+                e.end_ms as f64 / 1e3,
+                e.what
+            )
+        })
+        .collect();
+    let summary = format!("{summary}\nfaults:\n{}", faults_text.join("\n"));
     std::fs::write(out.join("verdict.txt"), &summary)?;
     println!("{summary}");
     println!("run folder: {}", out.display());

@@ -15,7 +15,7 @@ use atoll_jepsen::partition::{self, Shape};
 use atoll_proto::v1::ReplicaRole;
 
 use super::etcd::Etcd;
-use rand::seq::IndexedRandom;
+use rand::seq::{IndexedRandom, SliceRandom};
 use rand::Rng;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -37,6 +37,10 @@ pub enum Fault {
     IslandLoss,
     /// One node drops 20% of the packets from its peers.
     PacketLoss,
+    /// Power loss: kill -9 a majority of the nodes, or all of them, and
+    /// drop every write they had not fsynced (their data dirs are on
+    /// lazyfs); restart them a period later.
+    LoseUnsynced,
 }
 
 impl Fault {
@@ -44,6 +48,11 @@ impl Fault {
     /// namespaces.
     pub fn needs_namespaces(self) -> bool {
         matches!(self, Fault::Partition | Fault::PacketLoss)
+    }
+
+    /// Whether the fault needs the nodes' data dirs on lazyfs.
+    pub fn needs_lazyfs(self) -> bool {
+        self == Fault::LoseUnsynced
     }
 
     /// Whether a run with this fault must hit a shard leader at least once.
@@ -233,6 +242,26 @@ async fn inject(
                 what,
                 view.led_from(&nodes),
                 Undo::Resume(nodes.into_iter().collect()),
+            )
+        }
+        Fault::LoseUnsynced => {
+            let mut nodes: Vec<usize> = (0..n).collect();
+            nodes.shuffle(&mut rng);
+            let count = if rng.random_bool(0.5) { n } else { n / 2 + 1 };
+            let nodes: BTreeSet<usize> = nodes.into_iter().take(count).collect();
+            let mut lost = 0;
+            for &i in &nodes {
+                lost += c.crash(i)?;
+            }
+            let what = format!(
+                "power loss on node {}: {} KiB not fsynced dropped",
+                show(&nodes),
+                lost / 1024
+            );
+            (
+                what,
+                view.led_from(&nodes),
+                Undo::Restart(nodes.into_iter().collect()),
             )
         }
         Fault::IslandLoss => {

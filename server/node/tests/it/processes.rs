@@ -46,6 +46,7 @@ impl ProcCluster {
             shards,
             testing: vec![],
             network: Default::default(),
+            lazyfs: None,
         };
         let cluster = Cluster::start(&atoll_bin(), dir.path(), &spec).unwrap();
         ProcCluster { cluster, dir }
