@@ -109,6 +109,11 @@ struct Args {
     /// Time between nemesis actions (a fault, then its undoing).
     #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
     fault_period: Duration,
+    /// How long a client attempt waits for one node before trying another
+    /// (keep it above the nodes' 0.8-1.6 s election timeout; 5s, the call
+    /// deadline, means never).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    attempt_timeout: Duration,
     /// Run the nodes in network namespaces even when no fault needs it.
     #[arg(long)]
     netns: bool,
@@ -166,13 +171,12 @@ fn check(
     Ok((verdict, lines))
 }
 
-/// How the harness's Atoll clients time out: an attempt gives up after
-/// 1 s (above the nodes' 0.8-1.6 s election timeout) and tries another
-/// node; a call after 5 s.
-fn client_options() -> ClientOptions {
+/// How the harness's Atoll clients time out: a call after 5 s, an attempt
+/// after `attempt` (then it tries another node).
+fn client_options(attempt: Duration) -> ClientOptions {
     ClientOptions {
         timeout: Duration::from_secs(5),
-        attempt_timeout: Duration::from_secs(1),
+        attempt_timeout: attempt,
         ..Default::default()
     }
 }
@@ -197,7 +201,9 @@ async fn start(
         Target::Atoll => {
             let cluster = Cluster::start(atoll, out, spec)
                 .with_context(|| format!("starting {}", atoll.display()))?;
-            let client = cluster.client_with(client_options()).await?;
+            let client = cluster
+                .client_with(client_options(args.attempt_timeout))
+                .await?;
             // Let every shard elect a leader before the clock starts.
             for _ in 0..100 {
                 if client.put("jepsen-warmup", "1").await.is_ok() {
@@ -212,7 +218,11 @@ async fn start(
             let mut own = Vec::new();
             if args.workload == Workload::Register {
                 for _ in 0..args.clients {
-                    own.push(cluster.client_with(client_options()).await?);
+                    own.push(
+                        cluster
+                            .client_with(client_options(args.attempt_timeout))
+                            .await?,
+                    );
                 }
             }
             Ok((cluster, System::Atoll(client, own)))
