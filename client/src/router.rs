@@ -199,13 +199,23 @@ impl Router {
         let deadline = Instant::now() + self.timeout;
         let mut maybe_applied = false;
         let mut attempt = 0u32;
+        // The node whose attempt last went unanswered in this call: likely
+        // a leader cut off from its peers, which other nodes may still name
+        // as leader until they elect another.
+        let mut silent: Option<String> = None;
         loop {
             let map = self.current_map().await?;
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let error = match map
-                .shard(shard)
-                .and_then(|s| self.pick(&map, s, kind, attempt))
-            {
+            let pick = |attempt| {
+                map.shard(shard)
+                    .and_then(|s| self.pick(&map, s, kind, attempt))
+            };
+            let mut choice = pick(attempt);
+            if choice.is_some() && choice == silent {
+                attempt += 1;
+                choice = pick(attempt);
+            }
+            let error = match choice.clone() {
                 None => Error::StaleMap(format!(
                     "{shard} has no replicas in map v{}",
                     map.map_version
@@ -230,13 +240,20 @@ impl Router {
                     }
                 }
             };
+            if matches!(error, Error::Timeout(_) | Error::Transport(_)) {
+                silent = choice;
+            }
             if kind == CallKind::Write && error.may_have_applied() {
                 maybe_applied = true;
             }
             let mut pause = true;
             match &error {
                 Error::NotLeader { leader } => {
-                    let hinted = leader.as_ref().map(|l| NodeId(l.node_id));
+                    // A hint naming the node that just went silent is stale.
+                    let hinted = leader
+                        .as_ref()
+                        .map(|l| NodeId(l.node_id))
+                        .filter(|&n| map.node(n).map(|node| &node.address) != silent.as_ref());
                     self.set_leader(shard.get(), hinted);
                     pause = hinted.is_none();
                 }
