@@ -29,13 +29,15 @@ atoll_install_prereqs() {
 
 # What the tests need beyond the build: the fault-injection harness puts
 # nodes in network namespaces (iproute2) and cuts traffic with iptables, and
-# proves itself against etcd (Debian's etcd-server). Root is needed for the
+# proves itself against etcd (Debian's etcd-server); its clock faults use
+# libfaketime (faketime). Root is needed for the
 # namespaces and for lazyfs's FUSE mounts (/dev/fuse).
 atoll_install_test_prereqs() {
     local missing=()
     command -v ip >/dev/null || missing+=(iproute2)
     command -v iptables >/dev/null || missing+=(iptables)
     [ -x /usr/bin/etcd ] || missing+=(etcd-server)
+    command -v faketime >/dev/null || missing+=(faketime)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "installing test prerequisites: ${missing[*]}" >&2
         local sudo=""

@@ -40,6 +40,10 @@ pub struct ClusterSpec {
     /// lazyfs mount of its own, so that [`Cluster::crash`] can lose what the
     /// node did not fsync.
     pub lazyfs: Option<PathBuf>,
+    /// libfaketime (Debian's `faketime`): when set, each Atoll node's wall
+    /// clock is offset by what its `node-<id>.clock` file says, re-read every
+    /// second ([`Cluster::set_clock`]); the monotonic clock is left alone.
+    pub faketime: Option<PathBuf>,
 }
 
 impl ClusterSpec {
@@ -56,6 +60,7 @@ impl ClusterSpec {
             testing: Vec::new(),
             network: Network::Loopback,
             lazyfs: None,
+            faketime: None,
         }
     }
 }
@@ -116,6 +121,20 @@ impl Cluster {
                 spec.shards,
             );
             std::fs::write(&config, text)?;
+            let mut env = vec![("ATOLL_LOG".to_string(), "warn".to_string())];
+            if let Some(lib) = &spec.faketime {
+                let clock = dir.join(format!("node-{}.clock", i + 1));
+                std::fs::write(&clock, "+0\n")?;
+                env.extend([
+                    ("LD_PRELOAD".to_string(), lib.display().to_string()),
+                    (
+                        "FAKETIME_TIMESTAMP_FILE".to_string(),
+                        clock.display().to_string(),
+                    ),
+                    ("FAKETIME_CACHE_DURATION".to_string(), "1".to_string()),
+                    ("FAKETIME_DONT_FAKE_MONOTONIC".to_string(), "1".to_string()),
+                ]);
+            }
             procs.push(Proc {
                 program: atoll.to_owned(),
                 args: vec![
@@ -123,7 +142,7 @@ impl Cluster {
                     "--config".into(),
                     config.display().to_string(),
                 ],
-                env: vec![("ATOLL_LOG".into(), "warn".into())],
+                env,
                 log: dir.join(format!("node-{}.log", i + 1)),
                 child: None,
             });
@@ -295,6 +314,29 @@ impl Cluster {
         let lost = mount.unsynced_bytes()?;
         mount.drop_unsynced()?;
         Ok(lost)
+    }
+
+    /// Starts or stops a disk fault on node `i`'s lazyfs mount (see
+    /// [`Mount::command`]). Needs [`ClusterSpec::lazyfs`].
+    pub fn disk(&self, i: usize, command: &str) -> io::Result<()> {
+        self.mounts
+            .get(i)
+            .ok_or_else(|| io::Error::other("disk faults need the data dirs on lazyfs"))?
+            .command(command)
+    }
+
+    /// Sets node `i`'s wall clock, in libfaketime's syntax: `+120s` (ahead),
+    /// `-30s` (behind), `+0 x1.5` (running fast), `+0` (true). Takes effect
+    /// within a second. Needs [`ClusterSpec::faketime`].
+    pub fn set_clock(&self, i: usize, clock: &str) -> io::Result<()> {
+        let proc = &self.procs[i];
+        let file = proc
+            .env
+            .iter()
+            .find(|(k, _)| k == "FAKETIME_TIMESTAMP_FILE")
+            .map(|(_, v)| PathBuf::from(v))
+            .ok_or_else(|| io::Error::other("clock faults need ClusterSpec::faketime"))?;
+        std::fs::write(file, format!("{clock}\n"))
     }
 
     /// Sends `signal` (e.g. `STOP`, `CONT`) to node `i`, if it runs.

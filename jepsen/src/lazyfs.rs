@@ -1,7 +1,8 @@
 //! A node's data dir on `atoll-lazyfs` (`jepsen/lazyfs/`), a FUSE
 //! filesystem that keeps written data in memory until it is fsynced and
 //! drops it on demand: a crash that loses what a power loss would, which a
-//! plain kill -9 never does (the page cache survives the process).
+//! plain kill -9 never does (the page cache survives the process). The
+//! same mount can fail fsyncs with EIO or report a full disk.
 
 use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -81,7 +82,14 @@ impl Mount {
     /// Discards every write not fsynced, as a power loss would. Only call
     /// it with no process using the mount.
     pub fn drop_unsynced(&self) -> io::Result<()> {
-        std::fs::write(self.mountpoint.join(CONTROL), "drop\n")
+        self.command("drop")
+    }
+
+    /// Starts or stops disk faults: `fail-fsync` (fsyncs fail with EIO and
+    /// lose the file's unsynced data), `full` (writes that grow a file fail
+    /// with ENOSPC), `heal` (neither).
+    pub fn command(&self, command: &str) -> io::Result<()> {
+        std::fs::write(self.mountpoint.join(CONTROL), format!("{command}\n"))
     }
 }
 

@@ -88,7 +88,7 @@ struct Args {
     #[arg(long, default_value = "/usr/bin/etcd")]
     etcd: PathBuf,
     /// Faults to apply in turn, comma-separated: kill, pause, partition,
-    /// island-loss, packet-loss, lose-unsynced; or none.
+    /// island-loss, packet-loss, lose-unsynced, disk-fault, clock; or none.
     #[arg(long, value_delimiter = ',', default_value = "kill", value_parser = parse_fault)]
     nemesis: Vec<Option<Fault>>,
     /// How long clients run.
@@ -134,6 +134,12 @@ struct Args {
         default_value = "/var/tmp/atoll-target/lazyfs/debug/atoll-lazyfs"
     )]
     lazyfs: PathBuf,
+    /// libfaketime, for `clock` (Debian's `faketime`).
+    #[arg(
+        long,
+        default_value = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
+    )]
+    faketime: PathBuf,
 }
 
 /// How long the healed cluster has to serve reads and writes again.
@@ -295,7 +301,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
     if faults.iter().any(|f| f.needs_lazyfs()) {
         if args.target != Target::Atoll {
-            bail!("lose-unsynced runs against Atoll only");
+            bail!("lose-unsynced and disk-fault run against Atoll only");
         }
         if !args.lazyfs.exists() {
             bail!(
@@ -304,6 +310,18 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             );
         }
         spec.lazyfs = Some(args.lazyfs.clone());
+    }
+    if faults.iter().any(|f| f.needs_faketime()) {
+        if args.target != Target::Atoll {
+            bail!("clock faults run against Atoll only");
+        }
+        if !args.faketime.exists() {
+            bail!(
+                "{} not found: install Debian's faketime (apt-get install faketime) or pass --faketime",
+                args.faketime.display()
+            );
+        }
+        spec.faketime = Some(args.faketime.clone());
     }
     let (cluster, system) = start(&args, &atoll, &out, &spec).await?;
     // The keys the workload uses, and the shards that hold them: the

@@ -22,16 +22,20 @@ pub enum Shape {
     MajorityRing,
     /// Two halves that cannot talk, and one node that reaches both.
     Bridge,
+    /// One node hears no one, while everyone still hears it: a leader goes
+    /// on sending heartbeats but never gets an answer.
+    OneWay,
 }
 
 impl Shape {
     /// Every shape.
-    pub const ALL: [Shape; 5] = [
+    pub const ALL: [Shape; 6] = [
         Shape::Halves,
         Shape::Isolate,
         Shape::Island,
         Shape::MajorityRing,
         Shape::Bridge,
+        Shape::OneWay,
     ];
 }
 
@@ -115,6 +119,14 @@ pub fn draw(shape: Shape, islands: &[String], rng: &mut impl Rng) -> Partition {
             Partition {
                 grudge,
                 description: format!("majority ring {}", ring.join("-")),
+            }
+        }
+        Shape::OneWay => {
+            let deaf = nodes[0];
+            let others = nodes[1..].iter().copied().collect();
+            Partition {
+                grudge: Grudge::from([(deaf, others)]),
+                description: format!("node {} hears no one (one way)", deaf + 1),
             }
         }
         Shape::Bridge => {

@@ -43,6 +43,14 @@
 //! made before the node started; that copy then keeps the mount alive past
 //! our unmount, until the binary exits (it waits 5 s for the session to end).
 //!
+//! # Disk faults
+//!
+//! The control file also takes `fail-fsync` (every fsync fails with EIO,
+//! and the file's unsynced data is lost with it, as Linux loses the dirty
+//! pages of a failed writeback), `full` (a write or allocation that grows a
+//! file fails with ENOSPC) and `heal` (both stop). Reading it tells which
+//! are in force (`fsync_eio true|false`, `full true|false`).
+//!
 //! # What a drop loses, and what it does not
 //!
 //! Lost: file data written since the file's last fsync, including a size

@@ -87,6 +87,20 @@ pub struct State {
     /// Owner of the control file: the backing directory's owner.
     owner: (u32, u32),
     started: SystemTime,
+    /// Disk faults in force.
+    faults: Faults,
+}
+
+/// Disk faults a mount can be told to inject (and to stop injecting).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Every fsync fails with EIO, and the file's unsynced data is lost
+    /// (as Linux does: a failed writeback leaves the pages clean), so a
+    /// later fsync that succeeds proves nothing about it.
+    pub fsync_eio: bool,
+    /// The disk is full: a write or allocation that grows a file fails
+    /// with ENOSPC.
+    pub full: bool,
 }
 
 fn time(secs: i64, nsecs: i64) -> SystemTime {
@@ -190,6 +204,7 @@ impl State {
             next_fh: 1,
             owner: (meta.uid(), meta.gid()),
             started: SystemTime::now(),
+            faults: Faults::default(),
         })
     }
 
@@ -563,7 +578,10 @@ impl State {
     pub fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Res<Vec<u8>> {
         if ino == CONTROL {
             let Unsynced { bytes, files } = self.unsynced();
-            let text = format!("unsynced_bytes {bytes}\nunsynced_files {files}\n");
+            let Faults { fsync_eio, full } = self.faults;
+            let text = format!(
+                "unsynced_bytes {bytes}\nunsynced_files {files}\nfsync_eio {fsync_eio}\nfull {full}\n"
+            );
             let start = usize::try_from(offset)
                 .unwrap_or(usize::MAX)
                 .min(text.len());
@@ -595,6 +613,9 @@ impl State {
             Some(overlay) => overlay,
             empty => empty.insert(Overlay::new(file.metadata()?.len())),
         };
+        if self.faults.full && offset.saturating_add(u64::from(len)) > overlay.size() {
+            return Err(Errno::ENOSPC);
+        }
         overlay.write(file, offset, data)?;
         Ok(len)
     }
@@ -604,6 +625,21 @@ impl State {
             "drop" | "crash" => {
                 let lost = self.drop_unsynced();
                 eprintln!("dropped {lost}");
+                Ok(())
+            }
+            "fail-fsync" => {
+                self.faults.fsync_eio = true;
+                eprintln!("fsyncs now fail with EIO");
+                Ok(())
+            }
+            "full" => {
+                self.faults.full = true;
+                eprintln!("the disk is now full");
+                Ok(())
+            }
+            "heal" => {
+                self.faults = Faults::default();
+                eprintln!("disk faults healed");
                 Ok(())
             }
             "" => Ok(()),
@@ -618,6 +654,10 @@ impl State {
         }
         let file = &self.files.get(&fh).ok_or(Errno::EBADF)?.file;
         let node = self.nodes.get_mut(&ino).ok_or(Errno::ENOENT)?;
+        if self.faults.fsync_eio {
+            node.overlay = None;
+            return Err(Errno::EIO);
+        }
         if let Some(overlay) = &node.overlay {
             overlay.write_back(file)?;
         }
@@ -656,6 +696,7 @@ impl State {
         };
         let end = offset.checked_add(length).ok_or(Errno::EFBIG)?;
         match mode {
+            0 if end > size && self.faults.full => Err(Errno::ENOSPC),
             0 if end > size => truncate(&mut node.overlay, Some(file), Path::new(""), end),
             0 | KEEP_SIZE => Ok(()),
             m if m == KEEP_SIZE | PUNCH_HOLE && offset >= size => Ok(()),
@@ -761,6 +802,31 @@ mod tests {
 
     fn rw() -> i32 {
         libc::O_RDWR
+    }
+
+    #[test]
+    fn a_failing_fsync_loses_the_unsynced_data_and_a_full_disk_refuses_growth() {
+        let (_dir, mut s) = state();
+        let (attr, fh) = s.create(ROOT, "f".as_ref(), 0o644, rw()).unwrap();
+        let ino = attr.ino.0;
+        s.write(ino, fh, 0, b"durable").unwrap();
+        s.fsync(ino, fh, true).unwrap();
+        s.write(CONTROL, 0, 0, b"fail-fsync\n").unwrap();
+        s.write(ino, fh, 7, b" lost").unwrap();
+        assert_eq!(s.fsync(ino, fh, true), Err(Errno::EIO));
+        s.write(CONTROL, 0, 0, b"heal").unwrap();
+        // The failed fsync took the data with it; this one has nothing to do.
+        s.fsync(ino, fh, true).unwrap();
+        assert_eq!(s.read(ino, fh, 0, 64).unwrap(), b"durable");
+        s.write(CONTROL, 0, 0, b"full").unwrap();
+        assert_eq!(s.write(ino, fh, 7, b"!"), Err(Errno::ENOSPC));
+        s.write(ino, fh, 0, b"D").unwrap();
+        assert_eq!(s.fallocate(ino, fh, 0, 4096, 0), Err(Errno::ENOSPC));
+        let status = s.read(CONTROL, 0, 0, 256).unwrap();
+        assert!(String::from_utf8_lossy(&status).contains("full true"));
+        s.write(CONTROL, 0, 0, b"heal").unwrap();
+        s.write(ino, fh, 7, b"!").unwrap();
+        assert_eq!(s.read(ino, fh, 0, 64).unwrap(), b"Durable!");
     }
 
     #[test]
@@ -931,7 +997,10 @@ mod tests {
         );
         let cfh = s.open(CONTROL, OpenFlags(rw())).unwrap();
         let status = s.read(CONTROL, cfh, 0, 4096).unwrap();
-        assert_eq!(status, b"unsynced_bytes 7\nunsynced_files 1\n");
+        assert_eq!(
+            status,
+            b"unsynced_bytes 7\nunsynced_files 1\nfsync_eio false\nfull false\n"
+        );
         assert_eq!(s.write(CONTROL, cfh, 0, b"bogus\n"), Err(Errno::EINVAL));
         s.write(CONTROL, cfh, 0, b"drop\n").unwrap();
         assert_eq!(s.read(attr.ino.0, fh, 0, 100).unwrap(), b"");

@@ -56,7 +56,10 @@ fn unsynced_writes_are_lost_on_a_drop_and_synced_ones_are_not() {
     drop(f); // closing does not sync
 
     let status = fs::read_to_string(mnt.path().join(".lazyfs-control")).unwrap();
-    assert_eq!(status, "unsynced_bytes 26\nunsynced_files 1\n");
+    assert_eq!(
+        status,
+        "unsynced_bytes 26\nunsynced_files 1\nfsync_eio false\nfull false\n"
+    );
     fs::write(mnt.path().join(".lazyfs-control"), "drop\n").unwrap();
 
     assert_eq!(read(&path), b"synced part;");

@@ -41,6 +41,14 @@ pub enum Fault {
     /// drop every write they had not fsynced (their data dirs are on
     /// lazyfs); restart them a period later.
     LoseUnsynced,
+    /// One node's disk fails its fsyncs with EIO (losing the unsynced
+    /// data, as Linux does) or fills up; a period later the disk is healed
+    /// and the node restarted, as an operator would repair it.
+    DiskFault,
+    /// One node's wall clock jumps ahead (up to 5 min), behind (up to 1
+    /// min) or runs 1.5x fast (libfaketime; the monotonic clock is left
+    /// alone); set right a period later.
+    Clock,
 }
 
 impl Fault {
@@ -50,14 +58,19 @@ impl Fault {
         matches!(self, Fault::Partition | Fault::PacketLoss)
     }
 
+    /// Whether the fault needs the nodes started under libfaketime.
+    pub fn needs_faketime(self) -> bool {
+        self == Fault::Clock
+    }
+
     /// Whether the fault needs the nodes' data dirs on lazyfs.
     pub fn needs_lazyfs(self) -> bool {
-        self == Fault::LoseUnsynced
+        matches!(self, Fault::LoseUnsynced | Fault::DiskFault)
     }
 
     /// Whether a run with this fault must hit a shard leader at least once.
     fn must_hit_leaders(self) -> bool {
-        !matches!(self, Fault::PacketLoss)
+        !matches!(self, Fault::PacketLoss | Fault::Clock)
     }
 }
 
@@ -85,6 +98,10 @@ impl serde::Serialize for Fault {
 /// How to undo a fault.
 enum Undo {
     Restart(Vec<usize>),
+    /// Heal node's disk, then restart the node.
+    Repair(usize),
+    /// Set node's clock right.
+    Clock(usize),
     Resume(Vec<usize>),
     Heal,
 }
@@ -264,6 +281,36 @@ async fn inject(
                 Undo::Restart(nodes.into_iter().collect()),
             )
         }
+        Fault::DiskFault => {
+            let (nodes, why) = victims(n, view, false, &mut rng);
+            let i = nodes.first().copied().unwrap_or(0);
+            let (command, what) = if rng.random_bool(0.5) {
+                ("fail-fsync", "fsyncs fail with EIO")
+            } else {
+                ("full", "disk full")
+            };
+            c.disk(i, command)?;
+            (
+                format!("node {} ({why}): {what}", i + 1),
+                view.led_from(&nodes),
+                Undo::Repair(i),
+            )
+        }
+        Fault::Clock => {
+            let (nodes, why) = victims(n, view, false, &mut rng);
+            let i = nodes.first().copied().unwrap_or(0);
+            let clock = match rng.random_range(0..3) {
+                0 => format!("+{}s", rng.random_range(10..=300)),
+                1 => format!("-{}s", rng.random_range(10..=60)),
+                _ => "+0 x1.5".to_string(),
+            };
+            c.set_clock(i, &clock)?;
+            (
+                format!("node {} ({why}): wall clock {clock}", i + 1),
+                view.led_from(&nodes),
+                Undo::Clock(i),
+            )
+        }
         Fault::IslandLoss => {
             let island = c.islands[rng.random_range(0..n)].clone();
             let nodes: BTreeSet<usize> = (0..n).filter(|&i| c.islands[i] == island).collect();
@@ -326,6 +373,12 @@ async fn undo(cluster: &Mutex<Cluster>, undo: Undo) -> anyhow::Result<()> {
                 c.start_node(i)?;
             }
         }
+        Undo::Repair(i) => {
+            c.disk(i, "heal")?;
+            c.kill(i)?;
+            c.start_node(i)?;
+        }
+        Undo::Clock(i) => c.set_clock(i, "+0")?,
         Undo::Resume(nodes) => {
             for i in nodes {
                 c.signal(i, "CONT")?;

@@ -205,3 +205,27 @@ fn etcd_serializable_reads_are_caught_and_linearizable_reads_pass() {
         "a partition cut off etcd's leader: {report}"
     );
 }
+
+/// fsync failing with EIO (and losing the unsynced data, as Linux does) or
+/// a full disk on one node: the node may stop serving, but no
+/// acknowledged add is lost, and once the disk is repaired and the node
+/// restarted the cluster serves again.
+#[test]
+fn a_failing_disk_loses_no_acknowledged_add() {
+    let (report, passed) = harness(
+        "set-disk-fault",
+        &[
+            "--workload",
+            "set",
+            "--nemesis",
+            "disk-fault",
+            "--time",
+            "12s",
+            "--fault-period",
+            "2s",
+        ],
+    );
+    assert!(passed, "{report}");
+    assert!(report.contains("verdict: valid"), "{report}");
+    assert!(report.contains("missed []"), "{report}");
+}

@@ -102,8 +102,24 @@ fn a_bridge_node_reaches_both_sides_and_they_do_not_reach_each_other() {
 }
 
 #[test]
-fn grudges_are_symmetric() {
-    for shape in Shape::ALL {
+fn a_one_way_partition_deafens_one_node_only() {
+    let p = draw(Shape::OneWay, &islands(5, 3), &mut StdRng::seed_from_u64(5));
+    assert_eq!(p.grudge.len(), 1, "{}", p.description);
+    let (&deaf, from) = p.grudge.iter().next().unwrap();
+    assert_eq!(from.len(), 4);
+    assert_eq!(
+        minority(&p.grudge, 5).into_iter().collect::<Vec<_>>(),
+        vec![deaf]
+    );
+    // The others still hear it: nobody else drops anything.
+    assert!((0..5)
+        .filter(|&i| i != deaf)
+        .all(|i| !p.grudge.contains_key(&i)));
+}
+
+#[test]
+fn grudges_other_than_one_way_are_symmetric() {
+    for shape in Shape::ALL.into_iter().filter(|&s| s != Shape::OneWay) {
         for seed in 0..10 {
             let p = draw(shape, &islands(5, 3), &mut StdRng::seed_from_u64(seed));
             for (&i, from) in &p.grudge {

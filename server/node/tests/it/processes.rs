@@ -47,6 +47,7 @@ impl ProcCluster {
             testing: vec![],
             network: Default::default(),
             lazyfs: None,
+            faketime: None,
         };
         let cluster = Cluster::start(&atoll_bin(), dir.path(), &spec).unwrap();
         ProcCluster { cluster, dir }
