@@ -44,7 +44,8 @@ pub enum Fault {
     /// One node's disk fails its fsyncs with EIO (losing the unsynced
     /// data, as Linux does) or fills up; a period later the disk is healed
     /// and the node restarted, as an operator would repair it.
-    DiskFault,
+    #[value(name = "disk-fault")]
+    Disk,
     /// One node's wall clock jumps ahead (up to 5 min), behind (up to 1
     /// min) or runs 1.5x fast (libfaketime; the monotonic clock is left
     /// alone); set right a period later.
@@ -65,7 +66,7 @@ impl Fault {
 
     /// Whether the fault needs the nodes' data dirs on lazyfs.
     pub fn needs_lazyfs(self) -> bool {
-        matches!(self, Fault::LoseUnsynced | Fault::DiskFault)
+        matches!(self, Fault::LoseUnsynced | Fault::Disk)
     }
 
     /// Whether a run with this fault must hit a shard leader at least once.
@@ -200,27 +201,29 @@ fn show(nodes: &BTreeSet<usize>) -> String {
     names.join(",")
 }
 
-/// Picks the nodes to kill or pause: a random one, the leader of the most
-/// shards, the meta shard's leader, or (when `all` is allowed) every node.
+/// Picks the nodes to kill or pause. Aimed (`aim`): the node leading the
+/// most of the workload's shards. Otherwise a random node, the meta shard's
+/// leader, or (when `all` is allowed) every node.
 fn victims(
     n: usize,
     view: &View,
+    aim: bool,
     all: bool,
     rng: &mut impl Rng,
 ) -> (BTreeSet<usize>, &'static str) {
-    let choices = if all { 4 } else { 2 };
+    if aim {
+        if let Some(i) = view.busiest() {
+            return (BTreeSet::from([i]), "leader of the most shards");
+        }
+    }
+    let choices = if all { 3 } else { 2 };
     match rng.random_range(0..choices) {
         1 => {
-            if let Some(i) = view.busiest() {
-                return (BTreeSet::from([i]), "leader of the most shards");
-            }
-        }
-        2 => {
             if let Some(i) = view.meta {
                 return (BTreeSet::from([i]), "meta shard leader");
             }
         }
-        3 => return ((0..n).collect(), "every node"),
+        2 => return ((0..n).collect(), "every node"),
         _ => {}
     }
     (BTreeSet::from([rng.random_range(0..n)]), "random node")
@@ -232,13 +235,14 @@ async fn inject(
     fault: Fault,
     cluster: &Mutex<Cluster>,
     view: &View,
+    aim: bool,
 ) -> anyhow::Result<(String, Vec<u64>, Undo)> {
     let mut c = cluster.lock().await;
     let n = c.len();
     let mut rng = rand::rng();
     Ok(match fault {
         Fault::Kill => {
-            let (nodes, why) = victims(n, view, true, &mut rng);
+            let (nodes, why) = victims(n, view, aim, true, &mut rng);
             for &i in &nodes {
                 c.kill(i)?;
             }
@@ -250,7 +254,7 @@ async fn inject(
             )
         }
         Fault::Pause => {
-            let (nodes, why) = victims(n, view, false, &mut rng);
+            let (nodes, why) = victims(n, view, aim, false, &mut rng);
             for &i in &nodes {
                 c.signal(i, "STOP")?;
             }
@@ -281,8 +285,8 @@ async fn inject(
                 Undo::Restart(nodes.into_iter().collect()),
             )
         }
-        Fault::DiskFault => {
-            let (nodes, why) = victims(n, view, false, &mut rng);
+        Fault::Disk => {
+            let (nodes, why) = victims(n, view, aim, false, &mut rng);
             let i = nodes.first().copied().unwrap_or(0);
             let (command, what) = if rng.random_bool(0.5) {
                 ("fail-fsync", "fsyncs fail with EIO")
@@ -297,7 +301,7 @@ async fn inject(
             )
         }
         Fault::Clock => {
-            let (nodes, why) = victims(n, view, false, &mut rng);
+            let (nodes, why) = victims(n, view, aim, false, &mut rng);
             let i = nodes.first().copied().unwrap_or(0);
             let clock = match rng.random_range(0..3) {
                 0 => format!("+{}s", rng.random_range(10..=300)),
@@ -312,7 +316,11 @@ async fn inject(
             )
         }
         Fault::IslandLoss => {
-            let island = c.islands[rng.random_range(0..n)].clone();
+            let node = match view.busiest() {
+                Some(i) if aim => i,
+                _ => rng.random_range(0..n),
+            };
+            let island = c.islands[node].clone();
             let nodes: BTreeSet<usize> = (0..n).filter(|&i| c.islands[i] == island).collect();
             for &i in &nodes {
                 c.kill(i)?;
@@ -394,9 +402,9 @@ async fn undo(cluster: &Mutex<Cluster>, undo: Undo) -> anyhow::Result<()> {
 }
 
 /// Every `period`, applies the next of `faults` (in turn) and undoes it
-/// `period` later, until `until`; then heals everything. Faults aim at the
-/// leaders of the `relevant` shards (those the workload uses). Returns the
-/// events.
+/// `period` later, until `until`; then heals everything. Every other fault
+/// (the first included) aims at the leaders of the `relevant` shards (those
+/// the workload uses); the others pick at random. Returns the events.
 pub async fn run(
     faults: &[Fault],
     cluster: &Mutex<Cluster>,
@@ -408,7 +416,7 @@ pub async fn run(
 ) -> anyhow::Result<Vec<Event>> {
     let mut events = Vec::new();
     let at = || t0.elapsed().as_millis() as u64;
-    for &fault in faults.iter().cycle() {
+    for (count, &fault) in faults.iter().cycle().enumerate() {
         if Instant::now() + period * 2 >= until {
             break;
         }
@@ -416,7 +424,8 @@ pub async fn run(
         let n = cluster.lock().await.len();
         let view = View::probe(&probe, n, relevant).await;
         let start_ms = at();
-        let (what, leaders_hit, how) = inject(fault, cluster, &view).await?;
+        let aim = count % 2 == 0;
+        let (what, leaders_hit, how) = inject(fault, cluster, &view, aim).await?;
         tokio::time::sleep(period).await;
         undo(cluster, how).await?;
         events.push(Event {

@@ -108,6 +108,7 @@ impl Replica {
         let raft = Raft::new(spec.replica, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(|e| ReplicaError::Raft(e.to_string()))?;
+        let restart_floor = raft.metrics().borrow().last_log_index.unwrap_or(0);
         let initialized = raft
             .is_initialized()
             .await
@@ -124,7 +125,7 @@ impl Replica {
                 Err(e) => tracing::debug!(shard = %spec.shard, error = %e, "initialize skipped"),
             }
         }
-        let read_index = ReadIndex::new(raft.clone());
+        let read_index = ReadIndex::new(raft.clone(), restart_floor);
         Ok(Self {
             spec,
             raft,

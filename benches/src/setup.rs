@@ -1,0 +1,160 @@
+//! Starting the targets: an Atoll or etcd cluster of real processes on
+//! loopback (through `atoll_jepsen::cluster`), waiting until it takes
+//! writes, preloading the keys, and pausing the idle target while the
+//! other one is measured.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use atoll_client::ClientOptions;
+use atoll_jepsen::cluster::{Cluster, ClusterSpec};
+use tokio::time::Instant;
+
+use crate::store::{AtollStore, EtcdStore, Store};
+use crate::workload::{cas_key, data_key};
+
+/// How to start the targets.
+#[derive(Clone, Debug)]
+pub struct SetupOptions {
+    /// The `atoll` binary.
+    pub atoll_bin: PathBuf,
+    /// The `etcd` binary.
+    pub etcd_bin: PathBuf,
+    /// Nodes (and islands: one node per island).
+    pub nodes: usize,
+    /// Atoll's data shards.
+    pub shards: u32,
+    /// Deadline of one operation.
+    pub op_timeout: Duration,
+    /// How long a cluster may take to accept its first write.
+    pub ready_timeout: Duration,
+}
+
+/// A running target: its processes and a store handle on it.
+pub struct Target<S> {
+    /// The processes; dropping them kills them.
+    pub cluster: Cluster,
+    /// The handle the workloads clone.
+    pub store: S,
+}
+
+impl<S> Target<S> {
+    /// Freezes (`false`) or resumes (`true`) every process, so that an idle
+    /// target does not take CPU from the measured one.
+    pub fn set_running(&self, running: bool) -> anyhow::Result<()> {
+        let signal = if running { "CONT" } else { "STOP" };
+        for i in 0..self.cluster.len() {
+            self.cluster.signal(i, signal)?;
+        }
+        Ok(())
+    }
+}
+
+/// Starts Atoll: `nodes` nodes on as many islands, replication factor 3.
+pub async fn start_atoll(dir: &Path, options: &SetupOptions) -> anyhow::Result<Target<AtollStore>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let spec = ClusterSpec::spread(options.nodes, options.nodes, options.shards);
+    let cluster = Cluster::start(&options.atoll_bin, dir, &spec)
+        .with_context(|| format!("starting {}", options.atoll_bin.display()))?;
+    let client_options = ClientOptions {
+        timeout: options.op_timeout,
+        ..Default::default()
+    };
+    let client = cluster
+        .client_with(client_options)
+        .await
+        .with_context(|| format!("connecting to Atoll (logs under {})", dir.display()))?;
+    let target = Target {
+        cluster,
+        store: AtollStore::new(client),
+    };
+    wait_ready(&target.store, options.ready_timeout)
+        .await
+        .with_context(|| format!("Atoll never took a write (logs under {})", dir.display()))?;
+    Ok(target)
+}
+
+/// Starts a `nodes`-member etcd cluster in its default durable settings.
+pub async fn start_etcd(dir: &Path, options: &SetupOptions) -> anyhow::Result<Target<EtcdStore>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let spec = ClusterSpec::spread(options.nodes, options.nodes, 1);
+    let cluster = Cluster::start_etcd(&options.etcd_bin, dir, &spec)
+        .with_context(|| format!("starting {}", options.etcd_bin.display()))?;
+    let deadline = Instant::now() + options.ready_timeout;
+    let store = loop {
+        match EtcdStore::connect(&cluster.addresses, options.op_timeout).await {
+            Ok(store) => break store,
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e.context(format!("logs under {}", dir.display())))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    let target = Target { cluster, store };
+    wait_ready(&target.store, options.ready_timeout)
+        .await
+        .with_context(|| format!("etcd never took a write (logs under {})", dir.display()))?;
+    Ok(target)
+}
+
+/// Waits until a write succeeds.
+pub async fn wait_ready<S: Store>(store: &S, patience: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + patience;
+    loop {
+        match store.put(b"bench-ready", b"1").await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Writes every data key and contended key once, `value_size` bytes each,
+/// with `concurrency` writers; each key is retried until `patience` runs
+/// out.
+pub async fn preload<S: Store>(
+    store: &S,
+    keys: u64,
+    cas_keys: u64,
+    value_size: usize,
+    concurrency: usize,
+    patience: Duration,
+) -> anyhow::Result<()> {
+    let all: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..keys)
+            .map(data_key)
+            .chain((0..cas_keys).map(cas_key))
+            .collect(),
+    );
+    let next = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + patience;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency.max(1) {
+        let (store, all, next) = (store.clone(), all.clone(), next.clone());
+        let value = vec![b'x'; value_size];
+        tasks.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some(key) = all.get(i) else {
+                    return Ok::<_, anyhow::Error>(());
+                };
+                loop {
+                    match store.put(key, &value).await {
+                        Ok(()) => break,
+                        Err(e) if Instant::now() >= deadline => {
+                            return Err(e.context("preloading keys"))
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined??;
+    }
+    Ok(())
+}

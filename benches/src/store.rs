@@ -1,0 +1,165 @@
+//! The operations a workload issues, behind one trait, with an
+//! implementation for Atoll and one for etcd, so that both targets run the
+//! same workload code.
+//!
+//! Both implementations keep the targets' default guarantees: linearizable
+//! reads, and writes acknowledged only once they are fsynced on a quorum.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context;
+use atoll_client::{BatchOp, Expect};
+use etcd_client::{Compare, CompareOp, ConnectOptions, Txn, TxnOp};
+
+/// What a compare-and-swap did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CasOutcome {
+    /// The key held the expected value and now holds the new one.
+    Swapped,
+    /// The key held something else; nothing was written.
+    Mismatch,
+}
+
+/// A key-value store under test. Cheap to clone: each client task gets a
+/// clone of its own.
+pub trait Store: Clone + Send + Sync + 'static {
+    /// The current value of `key` (linearizable), `None` if absent.
+    fn get(&self, key: &[u8]) -> impl Future<Output = anyhow::Result<Option<Vec<u8>>>> + Send;
+
+    /// Stores `value` under `key` (durable).
+    fn put(&self, key: &[u8], value: &[u8]) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// Sets `key` to `new` if it holds `expected` (`None`: if absent).
+    fn cas(
+        &self,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: &[u8],
+    ) -> impl Future<Output = anyhow::Result<CasOutcome>> + Send;
+
+    /// Stores every pair atomically. The keys share a hash tag, so that
+    /// Atoll can apply them in one shard.
+    fn batch_put(
+        &self,
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// Atoll through its Rust client: requests go straight to each shard's
+/// leader.
+#[derive(Clone, Debug)]
+pub struct AtollStore {
+    client: atoll_client::Client,
+}
+
+impl AtollStore {
+    /// Wraps a connected client.
+    pub fn new(client: atoll_client::Client) -> Self {
+        Self { client }
+    }
+}
+
+impl Store for AtollStore {
+    async fn get(&self, key: &[u8]) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(self.client.get(key).await?.map(|kv| kv.value))
+    }
+
+    async fn put(&self, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
+        self.client.put(key, value).await?;
+        Ok(())
+    }
+
+    async fn cas(
+        &self,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: &[u8],
+    ) -> anyhow::Result<CasOutcome> {
+        let expect = match expected {
+            Some(value) => Expect::Value(value.to_vec()),
+            None => Expect::Version(0),
+        };
+        match self
+            .client
+            .compare_and_swap(key, expect, Some(new.to_vec()))
+            .await
+        {
+            Ok(_) => Ok(CasOutcome::Swapped),
+            Err(atoll_client::Error::CasFailed { .. }) => Ok(CasOutcome::Mismatch),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn batch_put(&self, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> anyhow::Result<()> {
+        let ops = pairs
+            .into_iter()
+            .map(|(key, value)| BatchOp::put(key, value))
+            .collect();
+        self.client.batch(ops).await?;
+        Ok(())
+    }
+}
+
+/// etcd through `etcd-client`, connected to every member (requests are
+/// balanced over them; members forward writes to the leader).
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: etcd_client::Client,
+}
+
+impl EtcdStore {
+    /// Connects to the members at `addresses` (`host:port`).
+    pub async fn connect(addresses: &[String], timeout: Duration) -> anyhow::Result<Self> {
+        let options = ConnectOptions::new()
+            .with_timeout(timeout)
+            .with_connect_timeout(Duration::from_secs(2));
+        let endpoints: Vec<String> = addresses.iter().map(|a| format!("http://{a}")).collect();
+        let client = etcd_client::Client::connect(endpoints, Some(options))
+            .await
+            .context("connecting to etcd")?;
+        Ok(Self { client })
+    }
+}
+
+impl Store for EtcdStore {
+    async fn get(&self, key: &[u8]) -> anyhow::Result<Option<Vec<u8>>> {
+        let resp = self.client.clone().get(key, None).await?;
+        Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
+    async fn put(&self, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
+        self.client.clone().put(key, value, None).await?;
+        Ok(())
+    }
+
+    async fn cas(
+        &self,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: &[u8],
+    ) -> anyhow::Result<CasOutcome> {
+        let compare = match expected {
+            Some(value) => Compare::value(key, CompareOp::Equal, value),
+            None => Compare::create_revision(key, CompareOp::Equal, 0),
+        };
+        let txn = Txn::new()
+            .when([compare])
+            .and_then([TxnOp::put(key, new, None)]);
+        let resp = self.client.clone().txn(txn).await?;
+        Ok(if resp.succeeded() {
+            CasOutcome::Swapped
+        } else {
+            CasOutcome::Mismatch
+        })
+    }
+
+    async fn batch_put(&self, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> anyhow::Result<()> {
+        let ops: Vec<TxnOp> = pairs
+            .into_iter()
+            .map(|(key, value)| TxnOp::put(key, value, None))
+            .collect();
+        self.client.clone().txn(Txn::new().and_then(ops)).await?;
+        Ok(())
+    }
+}
