@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use atoll_proto::{ReplicaId, ShardId};
 use atoll_storage::{Engine, EngineError, GroupCommitter};
+use openraft::storage::RaftLogStorage;
 use openraft::SnapshotPolicy;
 
 use crate::log_store::LogStore;
@@ -83,8 +84,16 @@ impl Replica {
         committer: Arc<GroupCommitter>,
         pool: Arc<PeerPool>,
     ) -> Result<Self, ReplicaError> {
-        let log = LogStore::new(spec.replica, engine.clone(), committer)
+        let mut log = LogStore::new(spec.replica, engine.clone(), committer)
             .ack_before_fsync(config.ack_before_fsync);
+        // Read from the store itself: Raft's metrics are still empty when
+        // Raft::new returns.
+        let restart_floor = log
+            .get_log_state()
+            .await
+            .map_err(|e| ReplicaError::Raft(e.to_string()))?
+            .last_log_id
+            .map_or(0, |id| id.index);
         let sm = StateMachine::open(
             spec.replica,
             spec.shard,
@@ -108,7 +117,6 @@ impl Replica {
         let raft = Raft::new(spec.replica, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(|e| ReplicaError::Raft(e.to_string()))?;
-        let restart_floor = raft.metrics().borrow().last_log_index.unwrap_or(0);
         let initialized = raft
             .is_initialized()
             .await
