@@ -50,6 +50,11 @@ impl ReadIndex {
         }
     }
 
+    /// The last log index when the replica opened.
+    pub fn restart_floor(&self) -> u64 {
+        self.restart_floor
+    }
+
     /// Waits (once after a restart) until everything the log held at open
     /// is applied.
     async fn reach_restart_floor(&self) -> Result<(), RaftError<CheckIsLeaderError>> {

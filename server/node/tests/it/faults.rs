@@ -189,6 +189,15 @@ async fn a_restarted_node_keeps_its_data_and_serves_again() {
     // Restart every node in turn; the cluster keeps a majority throughout.
     for i in 0..3 {
         cluster.restart(i).await;
+        // Reads on a restarted replica wait until its whole log at open is
+        // applied: the floor must be the real last index, not zero.
+        for replica in cluster.node(i).replicas() {
+            assert!(
+                replica.read_index.restart_floor() > 0,
+                "{:?} reopened with an empty restart floor",
+                replica.spec
+            );
+        }
         cluster.wait_for_leaders().await;
         client.put(format!("after-{i}"), "x").await.unwrap();
     }
