@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use atoll_proto::keyhash::key_hash;
+use atoll_proto::limits::{MAX_BATCH_BYTES, MAX_BATCH_OPS};
 use atoll_proto::v1::cluster_client::ClusterClient;
 use atoll_proto::v1::{
     self as wire, cas_request, ClusterMap, KeyValue, Limit, StatusRequest, StatusResponse,
@@ -308,6 +309,42 @@ impl Client {
                 });
             }
         }
+        self.send_batch(shard, &ops).await
+    }
+
+    /// Stores every pair, for bulk loads. Unlike [`Client::batch`] the keys
+    /// may lie in any shards: the pairs are grouped per shard, each group is
+    /// written as atomic batches within the server's batch limits, and the
+    /// batches are sent in parallel. The whole is not atomic: on an error,
+    /// some batches may have been applied and others not.
+    pub async fn put_many(&self, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
+        // Per shard: its batches, each with its size in bytes.
+        let mut groups: std::collections::BTreeMap<ShardId, Vec<(Vec<BatchOp>, usize)>> =
+            Default::default();
+        for (key, value) in pairs {
+            let batches = groups.entry(self.shard_of(&key).await?).or_default();
+            let size = key.len() + value.len();
+            match batches.last_mut() {
+                Some((ops, bytes))
+                    if ops.len() < MAX_BATCH_OPS && *bytes + size <= MAX_BATCH_BYTES =>
+                {
+                    ops.push(BatchOp::put(key, value));
+                    *bytes += size;
+                }
+                _ => batches.push((vec![BatchOp::put(key, value)], size)),
+            }
+        }
+        let calls = groups.into_iter().flat_map(|(shard, batches)| {
+            batches
+                .into_iter()
+                .map(move |(ops, _)| async move { self.send_batch(shard, &ops).await })
+        });
+        try_join_all(calls).await?;
+        Ok(())
+    }
+
+    /// Sends `ops`, all in `shard`, as one atomic batch.
+    async fn send_batch(&self, shard: ShardId, ops: &[BatchOp]) -> Result<u64> {
         let msg = wire::BatchRequest {
             shard_id: shard.get(),
             ops: ops.iter().map(BatchOp::wire).collect(),

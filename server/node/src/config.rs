@@ -76,6 +76,9 @@ pub struct RaftConfig {
     /// outcome is unknown.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
+    /// Log entries a shard leader proposes at once; writes that arrive
+    /// while these are in flight share the next entry.
+    pub max_proposals_in_flight: usize,
 }
 
 /// Request limits.
@@ -129,6 +132,7 @@ impl Default for RaftConfig {
             snapshot_after_entries: 20_000,
             keep_entries_after_snapshot: 5_000,
             write_timeout: Duration::from_secs(5),
+            max_proposals_in_flight: 2,
         }
     }
 }
@@ -319,6 +323,11 @@ impl RaftConfig {
         if self.election_timeout_max <= self.election_timeout_min {
             return Err(ConfigError::Invalid(
                 "raft.election_timeout_max must exceed election_timeout_min".into(),
+            ));
+        }
+        if self.max_proposals_in_flight == 0 {
+            return Err(ConfigError::Invalid(
+                "raft.max_proposals_in_flight must be at least 1".into(),
             ));
         }
         if self.write_timeout.is_zero() {

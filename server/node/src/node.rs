@@ -133,6 +133,7 @@ impl Node {
             keep_entries_after_snapshot: config.raft.keep_entries_after_snapshot,
             snapshot_dir: config.data_dir.join("snapshots"),
             ack_before_fsync: config.testing.ack_before_fsync,
+            max_proposals_in_flight: config.raft.max_proposals_in_flight,
         };
         if config.testing.any() {
             tracing::warn!(testing = ?config.testing, "UNSAFE testing switches are on: this node may lose acknowledged writes or serve stale reads");
@@ -329,7 +330,7 @@ impl Node {
         };
         let client_write = write_id.is_some();
         let timeout = self.config.raft.write_timeout;
-        let result = tokio::time::timeout(timeout, replica.raft.client_write(request)).await;
+        let result = tokio::time::timeout(timeout, replica.proposer.propose(request)).await;
         let outcome = match result {
             Err(_) => {
                 return Err(ApiError::Timeout(format!(
@@ -337,7 +338,7 @@ impl Node {
                     humantime::format_duration(timeout)
                 )))
             }
-            Ok(Ok(response)) => response.data,
+            Ok(Ok(outcome)) => outcome,
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 return Err(ApiError::NotLeader {
                     leader: self.leader_hint(replica.spec.shard, f.leader_id),

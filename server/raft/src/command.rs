@@ -95,6 +95,33 @@ pub enum Command {
         #[serde(with = "serde_bytes")]
         map: Vec<u8>,
     },
+    /// Independent client writes proposed as one entry (see
+    /// [`Proposer`](crate::proposer::Proposer)): applied in order, each with
+    /// its own write id and outcome ([`Outcome::Group`]). Their keys are
+    /// pairwise disjoint, and none is itself a group or names no keys.
+    Group { writes: Vec<Proposal> },
+}
+
+/// One write of a [`Command::Group`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub write_id: Option<WriteId>,
+    pub command: Command,
+}
+
+impl Command {
+    /// The keys a data command reads or writes; `None` for commands that
+    /// name no keys (cluster map) and for groups.
+    pub fn keys(&self) -> Option<Vec<&[u8]>> {
+        match self {
+            Command::Put { key, .. } | Command::Delete { key } | Command::Cas { key, .. } => {
+                Some(vec![key.as_slice()])
+            }
+            Command::Batch { steps } => Some(steps.iter().map(BatchStep::key).collect()),
+            Command::Expire { keys } => Some(keys.iter().map(|(k, _)| k.as_slice()).collect()),
+            Command::SetClusterMap { .. } | Command::Group { .. } => None,
+        }
+    }
 }
 
 /// A key's value as a command saw it.
@@ -138,39 +165,44 @@ pub enum Outcome {
     Rejected {
         reason: String,
     },
+    /// The outcomes of a [`Command::Group`], one per write, in order.
+    Group(Vec<Outcome>),
 }
 
 impl Request {
     /// Roughly how many bytes the request takes on the wire (keys and
     /// values; fixed overheads ignored). Used to bound message sizes.
     pub fn approx_bytes(&self) -> usize {
-        let steps = |steps: &[BatchStep]| -> usize {
-            steps
-                .iter()
-                .map(|s| match s {
-                    BatchStep::Put { key, value, .. } => key.len() + value.len(),
-                    BatchStep::Delete { key } | BatchStep::Check { key, .. } => key.len(),
-                })
-                .sum()
-        };
-        32 + match &self.command {
-            Command::Put { key, value, .. } => key.len() + value.len(),
-            Command::Delete { key } => key.len(),
-            Command::Cas {
-                key,
-                expected,
-                new_value,
-                ..
-            } => {
-                let expected = match expected {
-                    Expected::Version(_) => 8,
-                    Expected::Value(v) => v.len(),
-                };
-                key.len() + expected + new_value.as_ref().map_or(0, Vec::len)
-            }
-            Command::Batch { steps: s } => steps(s),
-            Command::Expire { keys } => keys.iter().map(|(k, _)| k.len() + 8).sum(),
-            Command::SetClusterMap { map, .. } => map.len(),
+        32 + command_bytes(&self.command)
+    }
+}
+
+/// Bytes of keys and values a command carries.
+fn command_bytes(command: &Command) -> usize {
+    match command {
+        Command::Put { key, value, .. } => key.len() + value.len(),
+        Command::Delete { key } => key.len(),
+        Command::Cas {
+            key,
+            expected,
+            new_value,
+            ..
+        } => {
+            let expected = match expected {
+                Expected::Version(_) => 8,
+                Expected::Value(v) => v.len(),
+            };
+            key.len() + expected + new_value.as_ref().map_or(0, Vec::len)
         }
+        Command::Batch { steps } => steps
+            .iter()
+            .map(|s| match s {
+                BatchStep::Put { key, value, .. } => key.len() + value.len(),
+                BatchStep::Delete { key } | BatchStep::Check { key, .. } => key.len(),
+            })
+            .sum(),
+        Command::Expire { keys } => keys.iter().map(|(k, _)| k.len() + 8).sum(),
+        Command::SetClusterMap { map, .. } => map.len(),
+        Command::Group { writes } => writes.iter().map(|w| 16 + command_bytes(&w.command)).sum(),
     }
 }

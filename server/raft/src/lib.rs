@@ -12,14 +12,16 @@ pub mod codec;
 pub mod command;
 pub mod log_store;
 pub mod network;
+pub mod proposer;
 pub mod read_index;
 pub mod replica;
 pub mod service;
 pub mod state_machine;
 pub mod types;
 
-pub use command::{BatchStep, Command, Current, Expected, Outcome, Request, WriteId};
+pub use command::{BatchStep, Command, Current, Expected, Outcome, Proposal, Request, WriteId};
 pub use network::{NetworkFaults, PeerDirectory, PeerPool};
+pub use proposer::Proposer;
 pub use read_index::ReadIndex;
 pub use replica::{Replica, ReplicaConfig, ReplicaSpec};
 pub use service::{RaftService, ReplicaDirectory};

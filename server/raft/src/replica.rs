@@ -1,5 +1,6 @@
 //! One replica: an openraft `Raft` over the node's engine, plus what the
-//! request path needs next to it (the ReadIndex batcher).
+//! request path needs next to it (the ReadIndex batcher and the write
+//! proposer).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use openraft::SnapshotPolicy;
 
 use crate::log_store::LogStore;
 use crate::network::{NetworkFactory, PeerPool};
+use crate::proposer::Proposer;
 use crate::read_index::ReadIndex;
 use crate::state_machine::{ShardKind, StateMachine};
 use crate::types::{Raft, RaftMetrics, ReplicaNode};
@@ -31,6 +33,8 @@ pub struct ReplicaConfig {
     pub snapshot_dir: std::path::PathBuf,
     /// Test-only and unsafe: acknowledge log appends before the WAL sync.
     pub ack_before_fsync: bool,
+    /// Entries the proposer keeps in Raft at once (see [`Proposer`]).
+    pub max_proposals_in_flight: usize,
 }
 
 /// What a replica is: its shard, id, kind and the shard's initial members.
@@ -63,6 +67,7 @@ pub struct Replica {
     pub spec: ReplicaSpec,
     pub raft: Raft,
     pub read_index: ReadIndex,
+    pub proposer: Proposer,
 }
 
 impl std::fmt::Debug for Replica {
@@ -134,10 +139,12 @@ impl Replica {
             }
         }
         let read_index = ReadIndex::new(raft.clone(), restart_floor);
+        let proposer = Proposer::new(raft.clone(), config.max_proposals_in_flight);
         Ok(Self {
             spec,
             raft,
             read_index,
+            proposer,
         })
     }
 

@@ -10,7 +10,7 @@ use atoll_proto::keyhash::key_hash;
 use atoll_storage::keys::data_key_with_hash;
 use atoll_storage::{Cf, Engine, EngineError, Record, WriteBatch};
 
-use crate::command::{BatchStep, Command, Current, Expected, Outcome, Request};
+use crate::command::{BatchStep, Command, Current, Expected, Outcome};
 
 /// The writes of one `apply` call.
 pub struct Applier<'a> {
@@ -82,11 +82,16 @@ impl<'a> Applier<'a> {
             .then(|| data_key_with_hash(hash, key))
     }
 
-    /// Applies one data command at log index `index`.
-    pub fn apply(&mut self, index: u64, req: &Request) -> Result<Outcome, EngineError> {
-        let now = req.now_ms;
-        let Some(keys) = keys_of(&req.command) else {
-            return Ok(meta_only());
+    /// Applies one data command at log index `index`, proposed at `now`
+    /// (Unix ms).
+    pub fn apply(
+        &mut self,
+        index: u64,
+        now: u64,
+        command: &Command,
+    ) -> Result<Outcome, EngineError> {
+        let Some(keys) = command.keys() else {
+            return Ok(not_data(command));
         };
         if let Some(stray) = keys.iter().find(|k| self.data_key(k).is_none()) {
             return Ok(Outcome::Rejected {
@@ -98,7 +103,7 @@ impl<'a> Applier<'a> {
         }
         let dkey = |this: &Self, key: &[u8]| this.data_key(key).unwrap_or_default();
 
-        match &req.command {
+        match command {
             Command::Put { key, value, ttl_ms } => {
                 let record = Record {
                     version: index,
@@ -199,25 +204,18 @@ impl<'a> Applier<'a> {
                 }
                 Ok(Outcome::Expired { removed })
             }
-            Command::SetClusterMap { .. } => Ok(meta_only()),
+            Command::SetClusterMap { .. } | Command::Group { .. } => Ok(not_data(command)),
         }
     }
 }
 
-fn meta_only() -> Outcome {
+/// The outcome of a command that is not one data command.
+fn not_data(command: &Command) -> Outcome {
+    let reason = match command {
+        Command::Group { .. } => "a group of writes cannot hold another group",
+        _ => "cluster map commands go to the meta shard",
+    };
     Outcome::Rejected {
-        reason: "cluster map commands go to the meta shard".into(),
-    }
-}
-
-/// The keys a data command touches; `None` for meta commands.
-fn keys_of(command: &Command) -> Option<Vec<&[u8]>> {
-    match command {
-        Command::Put { key, .. } | Command::Delete { key } | Command::Cas { key, .. } => {
-            Some(vec![key.as_slice()])
-        }
-        Command::Batch { steps } => Some(steps.iter().map(BatchStep::key).collect()),
-        Command::Expire { keys } => Some(keys.iter().map(|(k, _)| k.as_slice()).collect()),
-        Command::SetClusterMap { .. } => None,
+        reason: reason.into(),
     }
 }

@@ -23,7 +23,7 @@ pub use self::dedup::{DedupRow, DedupTable};
 pub use self::meta::read_cluster_map;
 use self::snapshot::Item;
 use crate::codec::{encode, read_err, write_err};
-use crate::command::{Command, Outcome};
+use crate::command::{Command, Outcome, WriteId};
 use crate::types::{Entry, LogId, Snapshot, StorageError, StoredMembership, TypeConfig};
 
 /// The last applied log id and membership, stored with every applied batch.
@@ -118,38 +118,22 @@ impl StateMachine {
                     outcomes.push(Outcome::Done);
                 }
                 EntryPayload::Normal(req) => {
-                    if let Some(first) = req.write_id.and_then(|id| self.dedup.get(&id)) {
-                        outcomes.push(first.clone());
-                        continue;
-                    }
-                    let outcome = match (&req.command, self.kind) {
-                        (
-                            Command::SetClusterMap {
-                                expected_version,
-                                map,
-                            },
-                            ShardKind::Meta,
-                        ) => meta::apply_set_map(
-                            self.replica,
-                            &mut self.map_version,
-                            *expected_version,
-                            map,
-                            &mut applier.batch,
+                    let index = log_id.index;
+                    let outcome = match &req.command {
+                        Command::Group { writes } => Outcome::Group(
+                            writes
+                                .iter()
+                                .map(|w| {
+                                    let write = (w.write_id, req.now_ms, &w.command);
+                                    self.apply_write(&mut applier, index, write)
+                                })
+                                .collect::<Result<_, _>>()?,
                         ),
-                        (_, ShardKind::Meta) => Outcome::Rejected {
-                            reason: "data commands go to data shards".into(),
-                        },
-                        (_, ShardKind::Data { .. }) => applier.apply(log_id.index, &req)?,
+                        command => {
+                            let write = (req.write_id, req.now_ms, command);
+                            self.apply_write(&mut applier, index, write)?
+                        }
                     };
-                    if let Some(id) = req.write_id {
-                        let row = DedupRow {
-                            id,
-                            index: log_id.index,
-                            now_ms: req.now_ms,
-                            outcome: outcome.clone(),
-                        };
-                        self.dedup.insert(self.replica, row, &mut applier.batch)?;
-                    }
                     outcomes.push(outcome);
                 }
             }
@@ -158,6 +142,49 @@ impl StateMachine {
         batch.put(Cf::ApplyState, self.applied_key(), encode(&self.applied)?);
         self.engine.write(batch, false)?;
         Ok(outcomes)
+    }
+
+    /// Applies one write (its id, proposal time and command) of the entry at
+    /// `index`, unless its id shows it was applied before: then it answers
+    /// with the first outcome.
+    fn apply_write(
+        &mut self,
+        applier: &mut apply::Applier<'_>,
+        index: u64,
+        (write_id, now_ms, command): (Option<WriteId>, u64, &Command),
+    ) -> Result<Outcome, EngineError> {
+        if let Some(first) = write_id.and_then(|id| self.dedup.get(&id)) {
+            return Ok(first.clone());
+        }
+        let outcome = match (command, self.kind) {
+            (
+                Command::SetClusterMap {
+                    expected_version,
+                    map,
+                },
+                ShardKind::Meta,
+            ) => meta::apply_set_map(
+                self.replica,
+                &mut self.map_version,
+                *expected_version,
+                map,
+                &mut applier.batch,
+            ),
+            (_, ShardKind::Meta) => Outcome::Rejected {
+                reason: "data commands go to data shards".into(),
+            },
+            (_, ShardKind::Data { .. }) => applier.apply(index, now_ms, command)?,
+        };
+        if let Some(id) = write_id {
+            let row = DedupRow {
+                id,
+                index,
+                now_ms,
+                outcome: outcome.clone(),
+            };
+            self.dedup.insert(self.replica, row, &mut applier.batch)?;
+        }
+        Ok(outcome)
     }
 
     /// Replaces this replica's state with a snapshot's, in one write batch.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use atoll_proto::{ReplicaId, ShardId};
 use atoll_raft::state_machine::StateMachine;
 use atoll_raft::types::{Entry, LogId};
-use atoll_raft::{BatchStep, Command, Expected, Outcome, Request, ShardKind, WriteId};
+use atoll_raft::{BatchStep, Command, Expected, Outcome, Proposal, Request, ShardKind, WriteId};
 use atoll_storage::{Engine, MemEngine};
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, EntryPayload};
@@ -228,4 +228,101 @@ async fn keys_outside_the_shard_are_rejected() {
             .unwrap(),
         None
     );
+}
+
+fn group(writes: Vec<(Option<(u64, u64)>, Command)>) -> Command {
+    Command::Group {
+        writes: writes
+            .into_iter()
+            .map(|(id, command)| Proposal {
+                write_id: id.map(|(client_id, seq)| WriteId { client_id, seq }),
+                command,
+            })
+            .collect(),
+    }
+}
+
+#[tokio::test]
+async fn a_group_applies_each_write_with_its_own_outcome_and_dedup() {
+    let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+    let mut sm = open(&engine);
+    sm.apply(vec![entry(1, Some((5, 1)), 0, put("a", "1"))])
+        .await
+        .unwrap();
+    let cas_b = Command::Cas {
+        key: b"b".to_vec(),
+        expected: Expected::Version(7),
+        new_value: Some(b"x".to_vec()),
+        ttl_ms: 0,
+    };
+    let out = sm
+        .apply(vec![entry(
+            2,
+            None,
+            0,
+            group(vec![
+                // A retry of the write applied at index 1: not applied again.
+                (Some((5, 1)), put("a", "retried")),
+                (Some((5, 2)), put("c", "3")),
+                (Some((6, 1)), cas_b),
+                (None, Command::Delete { key: b"d".to_vec() }),
+            ]),
+        )])
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![Outcome::Group(vec![
+            Outcome::Written { version: 1 },
+            Outcome::Written { version: 2 },
+            Outcome::CasFailed {
+                key: b"b".to_vec(),
+                current: None
+            },
+            Outcome::Deleted {
+                deleted: false,
+                version: 2
+            },
+        ])]
+    );
+    let value = |key: &[u8]| {
+        engine
+            .get(atoll_storage::Cf::Data, &atoll_storage::keys::data_key(key))
+            .unwrap()
+            .map(|stored| atoll_storage::Record::decode(&stored).unwrap())
+    };
+    assert_eq!(
+        value(b"a").unwrap().value,
+        b"1",
+        "the retry changed nothing"
+    );
+    assert_eq!(value(b"c").unwrap().version, 2);
+    // Each write of the group is remembered on its own: retried alone in a
+    // later entry, it answers with its outcome from the group.
+    let out = sm
+        .apply(vec![entry(3, Some((5, 2)), 0, put("c", "again"))])
+        .await
+        .unwrap();
+    assert_eq!(out, vec![Outcome::Written { version: 2 }]);
+}
+
+#[tokio::test]
+async fn a_group_inside_a_group_is_rejected_alone() {
+    let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+    let mut sm = open(&engine);
+    let inner = group(vec![(None, put("x", "1"))]);
+    let out = sm
+        .apply(vec![entry(
+            1,
+            None,
+            0,
+            group(vec![(None, inner), (None, put("y", "2"))]),
+        )])
+        .await
+        .unwrap();
+    let Outcome::Group(outcomes) = &out[0] else {
+        panic!("a group's outcome: {out:?}");
+    };
+    assert!(matches!(outcomes[0], Outcome::Rejected { .. }));
+    assert_eq!(outcomes[1], Outcome::Written { version: 1 });
 }

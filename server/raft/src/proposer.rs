@@ -1,0 +1,277 @@
+//! Client writes of one replica proposed together: concurrent writes whose
+//! keys are disjoint share one log entry ([`Command::Group`]).
+//!
+//! openraft 0.9 appends every `client_write` as its own entry and its core
+//! waits for that entry's fsync before it does anything else, so a replica
+//! that proposes each write alone makes one fsync per write, one after the
+//! other. The proposer keeps at most `max_in_flight` entries in openraft at
+//! once; writes that arrive meanwhile wait in a queue, and the next entry
+//! takes as many of them as fit.
+//!
+//! A group holds each key at most once, so a key's version (the index of
+//! the entry that wrote it) still names one value, as a revision does in
+//! etcd. Writes leave the queue in arrival order: a write whose keys overlap
+//! the group being formed closes that group and starts the next one.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+
+use crate::command::{Command, Outcome, Proposal, Request};
+use crate::types::{ClientWriteError, Raft, RaftError};
+
+/// Most writes in one group.
+pub const MAX_GROUP_WRITES: usize = 256;
+/// Most bytes (keys and values, roughly) in one group; a single larger
+/// write still goes alone.
+pub const MAX_GROUP_BYTES: usize = 512 * 1024;
+
+/// Why a proposed write has no outcome.
+pub type ProposeError = RaftError<ClientWriteError>;
+
+struct Pending {
+    request: Request,
+    reply: oneshot::Sender<Result<Outcome, ProposeError>>,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Pending>,
+    /// Tasks proposing groups; each has one entry in openraft at a time.
+    runners: usize,
+}
+
+/// Groups the writes of one replica into log entries.
+#[derive(Clone)]
+pub struct Proposer {
+    raft: Raft,
+    state: Arc<Mutex<State>>,
+    max_in_flight: usize,
+    /// Entries proposed, and the writes they carried.
+    counts: Arc<[AtomicU64; 2]>,
+}
+
+impl Proposer {
+    /// A proposer for `raft` with at most `max_in_flight` (at least 1)
+    /// entries proposed and not yet applied.
+    pub fn new(raft: Raft, max_in_flight: usize) -> Self {
+        Self {
+            raft,
+            state: Arc::new(Mutex::new(State::default())),
+            max_in_flight: max_in_flight.max(1),
+            counts: Arc::new([AtomicU64::new(0), AtomicU64::new(0)]),
+        }
+    }
+
+    /// Entries proposed since start, and the writes they carried.
+    pub fn stats(&self) -> (u64, u64) {
+        let [entries, writes] = &*self.counts;
+        (
+            entries.load(Ordering::Relaxed),
+            writes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Proposes `request` and waits until it is applied; returns its own
+    /// outcome, whether it went alone or in a group.
+    pub async fn propose(&self, request: Request) -> Result<Outcome, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        let start_runner = {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.queue.push_back(Pending { request, reply });
+            let start = state.runners < self.max_in_flight;
+            if start {
+                state.runners += 1;
+            }
+            start
+        };
+        if start_runner {
+            let this = self.clone();
+            tokio::spawn(async move { this.run().await });
+        }
+        rx.await.unwrap_or(Err(stopped()))
+    }
+
+    /// Proposes groups until the queue is empty.
+    async fn run(&self) {
+        loop {
+            let group = {
+                let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                let group = take_group(&mut state.queue);
+                if group.is_empty() {
+                    state.runners -= 1;
+                    return;
+                }
+                group
+            };
+            self.submit(group).await;
+        }
+    }
+
+    async fn submit(&self, mut group: Vec<Pending>) {
+        let [entries, writes] = &*self.counts;
+        entries.fetch_add(1, Ordering::Relaxed);
+        writes.fetch_add(group.len() as u64, Ordering::Relaxed);
+        if group.len() == 1 {
+            let Some(Pending { request, reply }) = group.pop() else {
+                return;
+            };
+            let result = self.raft.client_write(request).await.map(|r| r.data);
+            let _ = reply.send(result);
+            return;
+        }
+        let now_ms = group.iter().map(|p| p.request.now_ms).max().unwrap_or(0);
+        let mut replies = Vec::with_capacity(group.len());
+        let writes = group
+            .into_iter()
+            .map(|Pending { request, reply }| {
+                replies.push(reply);
+                Proposal {
+                    write_id: request.write_id,
+                    command: request.command,
+                }
+            })
+            .collect();
+        let request = Request {
+            write_id: None,
+            now_ms,
+            command: Command::Group { writes },
+        };
+        match self.raft.client_write(request).await.map(|r| r.data) {
+            Ok(Outcome::Group(outcomes)) if outcomes.len() == replies.len() => {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Ok(other) => {
+                tracing::error!(outcome = ?other, writes = replies.len(), "a group of writes was answered with the wrong outcome");
+                for reply in replies {
+                    let _ = reply.send(Err(RaftError::Fatal(openraft::error::Fatal::Panicked)));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn stopped() -> ProposeError {
+    RaftError::Fatal(openraft::error::Fatal::Stopped)
+}
+
+/// Takes the next group off the front of `queue`: one write that cannot
+/// be grouped (it names no keys), or the longest run of groupable writes
+/// with pairwise disjoint keys within the size limits.
+fn take_group(queue: &mut VecDeque<Pending>) -> Vec<Pending> {
+    let mut group = Vec::new();
+    let mut keys: HashSet<Vec<u8>> = HashSet::new();
+    let mut bytes = 0;
+    while let Some(next) = queue.front() {
+        let Some(next_keys) = next.request.command.keys() else {
+            if group.is_empty() {
+                group.extend(queue.pop_front());
+            }
+            break;
+        };
+        let size = next.request.approx_bytes();
+        if !group.is_empty()
+            && (group.len() >= MAX_GROUP_WRITES
+                || bytes + size > MAX_GROUP_BYTES
+                || next_keys.iter().any(|k| keys.contains(*k)))
+        {
+            break;
+        }
+        keys.extend(next_keys.into_iter().map(<[u8]>::to_vec));
+        bytes += size;
+        group.extend(queue.pop_front());
+    }
+    group
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::WriteId;
+
+    fn pending(command: Command) -> Pending {
+        let (reply, _) = oneshot::channel();
+        Pending {
+            request: Request {
+                write_id: Some(WriteId {
+                    client_id: 1,
+                    seq: 1,
+                }),
+                now_ms: 0,
+                command,
+            },
+            reply,
+        }
+    }
+
+    fn put(key: &str) -> Command {
+        Command::Put {
+            key: key.into(),
+            value: b"v".to_vec(),
+            ttl_ms: 0,
+        }
+    }
+
+    fn sizes(mut queue: VecDeque<Pending>) -> Vec<usize> {
+        let mut out = Vec::new();
+        loop {
+            let group = take_group(&mut queue);
+            if group.is_empty() {
+                return out;
+            }
+            out.push(group.len());
+        }
+    }
+
+    #[test]
+    fn writes_to_disjoint_keys_share_a_group() {
+        let queue = ["a", "b", "c"].map(|k| pending(put(k))).into();
+        assert_eq!(sizes(queue), vec![3]);
+    }
+
+    #[test]
+    fn a_key_written_twice_starts_the_next_group_in_arrival_order() {
+        let queue: VecDeque<_> = ["a", "b", "a", "c", "c"].map(|k| pending(put(k))).into();
+        assert_eq!(sizes(queue), vec![2, 2, 1]);
+    }
+
+    #[test]
+    fn a_command_without_keys_goes_alone() {
+        let map = || Command::SetClusterMap {
+            expected_version: 1,
+            map: vec![],
+        };
+        let queue: VecDeque<_> = vec![
+            pending(put("a")),
+            pending(map()),
+            pending(map()),
+            pending(put("b")),
+        ]
+        .into();
+        assert_eq!(sizes(queue), vec![1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn groups_stop_at_the_write_and_byte_limits() {
+        let queue: VecDeque<_> = (0..MAX_GROUP_WRITES + 1)
+            .map(|i| pending(put(&i.to_string())))
+            .collect();
+        assert_eq!(sizes(queue), vec![MAX_GROUP_WRITES, 1]);
+        let big = |k: &str| Command::Put {
+            key: k.into(),
+            value: vec![0; MAX_GROUP_BYTES / 2],
+            ttl_ms: 0,
+        };
+        let queue: VecDeque<_> = ["a", "b", "c"].map(|k| pending(big(k))).into();
+        assert_eq!(sizes(queue), vec![1, 1, 1]);
+    }
+}
