@@ -4,9 +4,10 @@
 //! loopback), preloads the keys, runs each workload for a warm-up and a
 //! measured window, and reports latency percentiles and throughput as a
 //! markdown table, JSON lines and, when both targets ran, an Atoll/etcd
-//! ratio table. With `--target both` the targets alternate round by round
-//! and the idle one is frozen (SIGSTOP) so that it takes no CPU.
+//! ratio table. With `--target both` the targets alternate round by round;
+//! the idle one stays up (or is frozen, with `--freeze-idle`).
 
+mod plot;
 mod setup;
 mod stats;
 mod store;
@@ -21,7 +22,7 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::setup::{SetupOptions, Target};
-use crate::stats::{Measured, RunInfo};
+use crate::stats::{Measured, Memory, RunInfo};
 use crate::store::{AtollStore, EtcdStore, Store};
 use crate::workload::{Dist, Params, Workload};
 
@@ -77,6 +78,12 @@ struct Args {
     /// then etcd.
     #[arg(long, default_value_t = 1)]
     rounds: u32,
+    /// With `--target both` and a closed loop: after each workload's closed
+    /// rounds, run as many open-loop rounds on both targets at this
+    /// fraction of the lower of their two throughputs, and compare p99 at
+    /// that equal offered load.
+    #[arg(long)]
+    equal_load: Option<f64>,
     /// Keys per batch, for the `batch` workload.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
@@ -102,9 +109,16 @@ struct Args {
     /// Keep the clusters' data dirs and logs.
     #[arg(long)]
     keep_data: bool,
-    /// The Atoll server binary.
-    #[arg(long, default_value = "/var/tmp/atoll-target/debug/atoll")]
-    atoll_bin: PathBuf,
+    /// With `--target both`, freeze (SIGSTOP) the idle cluster while the
+    /// other is measured. Off by default: a frozen Raft cluster re-elects
+    /// every leader when it wakes, which disturbs the next run more than
+    /// its idle heartbeats would.
+    #[arg(long)]
+    freeze_idle: bool,
+    /// The Atoll server binary. Default: `atoll` next to this binary, so a
+    /// release build of the bench measures a release build of the server.
+    #[arg(long)]
+    atoll_bin: Option<PathBuf>,
     /// The etcd binary.
     #[arg(long, default_value = "/usr/bin/etcd")]
     etcd_bin: PathBuf,
@@ -126,6 +140,14 @@ impl Args {
         }
         if self.duration.is_zero() {
             bail!("--duration must be positive");
+        }
+        if let Some(fraction) = self.equal_load {
+            if !(fraction > 0.0 && fraction <= 1.0) {
+                bail!("--equal-load must be a fraction in (0, 1]");
+            }
+            if self.target != TargetArg::Both || self.rate.is_some() {
+                bail!("--equal-load needs --target both and a closed loop (no --rate)");
+            }
         }
         Ok(())
     }
@@ -189,15 +211,22 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
 }
 
 async fn bench_in(args: &Args, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let atoll_bin = match &args.atoll_bin {
+        Some(bin) => bin.clone(),
+        None => std::env::current_exe()
+            .context("locating atoll-bench")?
+            .with_file_name("atoll"),
+    };
     let options = SetupOptions {
-        atoll_bin: args.atoll_bin.clone(),
+        atoll_bin,
         etcd_bin: args.etcd_bin.clone(),
         nodes: args.nodes,
         shards: args.shards,
         op_timeout: args.op_timeout,
         ready_timeout: Duration::from_secs(60),
     };
-    let both = args.target == TargetArg::Both;
+    let both = args.target == TargetArg::Both && args.freeze_idle;
+    let mut memory = Vec::new();
     let mut targets = Targets {
         atoll: None,
         etcd: None,
@@ -207,8 +236,16 @@ async fn bench_in(args: &Args, data_dir: &std::path::Path) -> anyhow::Result<()>
             "starting Atoll ({} nodes, {} shards)",
             args.nodes, args.shards
         );
-        let atoll = setup::start_atoll(&data_dir.join("atoll"), &options).await?;
+        let dir = data_dir.join("atoll");
+        let atoll = setup::start_atoll(&dir, &options).await?;
         preload_target(args, "Atoll", &atoll.store).await?;
+        memory.push(Memory::measure(
+            "atoll",
+            args.keys + args.cas_keys,
+            args.value_size,
+            &atoll.cluster,
+            &dir,
+        ));
         if both {
             atoll.set_running(false)?;
         }
@@ -216,8 +253,16 @@ async fn bench_in(args: &Args, data_dir: &std::path::Path) -> anyhow::Result<()>
     }
     if matches!(args.target, TargetArg::Etcd | TargetArg::Both) {
         eprintln!("starting etcd ({} members)", args.nodes);
-        let etcd = setup::start_etcd(&data_dir.join("etcd"), &options).await?;
+        let dir = data_dir.join("etcd");
+        let etcd = setup::start_etcd(&dir, &options).await?;
         preload_target(args, "etcd", &etcd.store).await?;
+        memory.push(Memory::measure(
+            "etcd",
+            args.keys + args.cas_keys,
+            args.value_size,
+            &etcd.cluster,
+            &dir,
+        ));
         if both {
             etcd.set_running(false)?;
         }
@@ -228,29 +273,64 @@ async fn bench_in(args: &Args, data_dir: &std::path::Path) -> anyhow::Result<()>
     let params = args.params();
     let mut runs = Vec::new();
     for &workload in &args.workloads {
-        for round in 1..=args.rounds {
-            if let Some(atoll) = &targets.atoll {
-                let run = measure(args, &params, "atoll", atoll, workload, round, both).await?;
-                stats::append_jsonl(&jsonl, &run.result)?;
-                runs.push(run);
-            }
-            if let Some(etcd) = &targets.etcd {
-                let run = measure(args, &params, "etcd", etcd, workload, round, both).await?;
-                stats::append_jsonl(&jsonl, &run.result)?;
-                runs.push(run);
-            }
+        let closed = run_rounds(args, &params, &targets, workload, &jsonl).await?;
+        let Some(fraction) = args.equal_load else {
+            runs.extend(closed);
+            continue;
+        };
+        // The lower of the two closed-loop throughputs, over all rounds.
+        let throughput = |target: &str| {
+            let of: Vec<f64> = closed
+                .iter()
+                .filter(|m| m.result.target == target)
+                .map(|m| m.result.throughput_ops_s)
+                .collect();
+            of.iter().sum::<f64>() / of.len().max(1) as f64
+        };
+        let rate = fraction * throughput("atoll").min(throughput("etcd"));
+        runs.extend(closed);
+        if rate < 1.0 {
+            eprintln!("{workload}: no throughput to derive an equal offered load from");
+            continue;
         }
+        eprintln!("{workload}: equal offered load of {rate:.0} ops/s on both targets");
+        let open = Params {
+            rate: Some(rate),
+            ..params.clone()
+        };
+        runs.extend(run_rounds(args, &open, &targets, workload, &jsonl).await?);
     }
 
     let mut report = format!("## Runs\n\n{}", stats::markdown_table(&runs));
+    report.push_str(&format!(
+        "\n## Memory after preloading\n\n{}",
+        stats::memory_table(&memory)
+    ));
+    for m in &memory {
+        stats::append_jsonl(&args.out.join("memory.jsonl"), m)?;
+    }
+    for &workload in &args.workloads {
+        let name = workload.to_string();
+        let lines: Vec<plot::Line<'_>> = runs
+            .iter()
+            .filter(|m| m.result.workload == name)
+            .map(|m| plot::Line {
+                label: format!("{} r{}", m.result.target, m.result.round),
+                target: m.result.target.as_str(),
+                points: &m.result.series,
+            })
+            .collect();
+        let title = format!("{name}: {} clients, {} keys", args.clients, args.keys);
+        let path = args.out.join(format!("{name}.svg"));
+        std::fs::write(&path, plot::svg(&title, &lines))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     let ratios = stats::ratio_table(&runs)?;
     if !ratios.is_empty() {
-        let basis = if args.rate.is_some() {
-            "equal offered load"
-        } else {
-            "closed loop, equal clients"
-        };
-        report.push_str(&format!("\n## Atoll / etcd ({basis})\n\n{ratios}"));
+        report.push_str(&format!(
+            "\n## Atoll / etcd\n\nThroughput from the closed-loop runs ({} clients each); p99 from the open-loop runs at equal offered load where there are any, else from the closed-loop runs.\n\n{ratios}",
+            args.clients
+        ));
     }
     println!("\n{report}");
     let md = args.out.join("results.md");
@@ -261,6 +341,31 @@ async fn bench_in(args: &Args, data_dir: &std::path::Path) -> anyhow::Result<()>
         md.display()
     );
     Ok(())
+}
+
+/// Every round of `workload` with `params` on each running target, Atoll
+/// first in each round; each run is appended to `jsonl` as it ends.
+async fn run_rounds(
+    args: &Args,
+    params: &Params,
+    targets: &Targets,
+    workload: Workload,
+    jsonl: &std::path::Path,
+) -> anyhow::Result<Vec<Measured>> {
+    let both = targets.atoll.is_some() && targets.etcd.is_some() && args.freeze_idle;
+    let mut runs = Vec::new();
+    for round in 1..=args.rounds {
+        if let Some(atoll) = &targets.atoll {
+            runs.push(measure(args, params, "atoll", atoll, workload, round, both).await?);
+        }
+        if let Some(etcd) = &targets.etcd {
+            runs.push(measure(args, params, "etcd", etcd, workload, round, both).await?);
+        }
+    }
+    for run in &runs {
+        stats::append_jsonl(jsonl, &run.result)?;
+    }
+    Ok(runs)
 }
 
 async fn preload_target<S: Store>(args: &Args, name: &str, store: &S) -> anyhow::Result<()> {
@@ -287,13 +392,22 @@ async fn measure<S: Store>(
     round: u32,
     freeze_when_idle: bool,
 ) -> anyhow::Result<Measured> {
+    // Start every run with no dirty page cache: otherwise the previous
+    // run's or the other target's writeback lands in this run's fsyncs
+    // (seen: a 2 s stall of Atoll's leaders right after etcd's preload).
+    match std::process::Command::new("sync").status() {
+        Ok(status) if status.success() => {}
+        other => eprintln!("warning: sync failed ({other:?}); dirty pages may slow this run"),
+    }
     if freeze_when_idle {
         target.set_running(true)?;
         // A frozen Raft group may elect anew when it wakes up.
         setup::wait_ready(&target.store, Duration::from_secs(30)).await?;
     }
     let progress = progress_bar(&format!("{name} {workload} r{round}"));
+    let before = target.store.counters().await;
     let tally = workload::run(&target.store, workload, params, &progress).await;
+    let after = target.store.counters().await;
     progress.finish_and_clear();
     if freeze_when_idle {
         target.set_running(false)?;
@@ -305,11 +419,12 @@ async fn measure<S: Store>(
             workload: workload.to_string(),
             round,
             clients: args.clients,
-            rate: args.rate,
+            rate: params.rate,
             keys: args.keys,
             dist: args.dist,
             value_size: args.value_size,
             duration: args.duration,
+            counters: before.zip(after).map(|(b, a)| b.until(a)),
         },
         tally,
     );

@@ -13,7 +13,7 @@ use atoll_client::ClientOptions;
 use atoll_jepsen::cluster::{Cluster, ClusterSpec};
 use tokio::time::Instant;
 
-use crate::store::{AtollStore, EtcdStore, Store};
+use crate::store::{AtollStore, EtcdStore, Store, LOAD_CHUNK};
 use crate::workload::{cas_key, data_key};
 
 /// How to start the targets.
@@ -113,8 +113,8 @@ pub async fn wait_ready<S: Store>(store: &S, patience: Duration) -> anyhow::Resu
 }
 
 /// Writes every data key and contended key once, `value_size` bytes each,
-/// with `concurrency` writers; each key is retried until `patience` runs
-/// out.
+/// in chunks of [`LOAD_CHUNK`] keys with `concurrency` writers; each chunk
+/// is retried until `patience` runs out.
 pub async fn preload<S: Store>(
     store: &S,
     keys: u64,
@@ -137,12 +137,16 @@ pub async fn preload<S: Store>(
         let value = vec![b'x'; value_size];
         tasks.spawn(async move {
             loop {
-                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                let Some(key) = all.get(i) else {
+                let from = next.fetch_add(LOAD_CHUNK as u64, Ordering::Relaxed) as usize;
+                let Some(chunk) = all.get(from..(from + LOAD_CHUNK).min(all.len())) else {
                     return Ok::<_, anyhow::Error>(());
                 };
+                if chunk.is_empty() {
+                    return Ok(());
+                }
+                let pairs: Vec<_> = chunk.iter().map(|k| (k.clone(), value.clone())).collect();
                 loop {
-                    match store.put(key, &value).await {
+                    match store.load(pairs.clone()).await {
                         Ok(()) => break,
                         Err(e) if Instant::now() >= deadline => {
                             return Err(e.context("preloading keys"))
@@ -157,4 +161,34 @@ pub async fn preload<S: Store>(
         joined??;
     }
     Ok(())
+}
+
+/// The resident memory of each running process of `cluster`, in KiB
+/// (`VmRSS` from `/proc`); `None` for a node that is not running.
+pub fn resident_kib(cluster: &Cluster) -> Vec<Option<u64>> {
+    (0..cluster.len())
+        .map(|i| {
+            let status =
+                std::fs::read_to_string(format!("/proc/{}/status", cluster.pid(i)?)).ok()?;
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .collect()
+}
+
+/// The bytes of every file under `dir` (a cluster's data on disk).
+pub fn disk_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(t) if t.is_dir() => disk_bytes(&entry.path()),
+            Ok(t) if t.is_file() => entry.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
 }

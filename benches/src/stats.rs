@@ -11,6 +11,8 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::plot::{self, Point};
+use crate::store::Counters;
 use crate::workload::{Dist, Tally};
 
 /// The record of one measured run, as written to `results.jsonl`.
@@ -56,6 +58,16 @@ pub struct RunResult {
     pub p999_us: u64,
     /// Highest latency, microseconds.
     pub max_us: u64,
+    /// 99th percentile latency of reads, microseconds, if any ran.
+    pub read_p99_us: Option<u64>,
+    /// 99th percentile latency of writes, microseconds, if any ran.
+    pub write_p99_us: Option<u64>,
+    /// Writes per log entry on the shard leaders (Atoll only).
+    pub writes_per_entry: Option<f64>,
+    /// Log appends per WAL sync on the nodes (Atoll only).
+    pub appends_per_sync: Option<f64>,
+    /// Throughput and p99 second by second.
+    pub series: Vec<Point>,
     /// The first error, if any.
     pub first_error: Option<String>,
 }
@@ -90,6 +102,8 @@ pub struct RunInfo {
     pub value_size: usize,
     /// Measured time.
     pub duration: Duration,
+    /// The target's counters over the run (warm-up included), if it has them.
+    pub counters: Option<Counters>,
 }
 
 impl Measured {
@@ -97,6 +111,8 @@ impl Measured {
     pub fn new(info: RunInfo, tally: Tally) -> Self {
         let hist = tally.hist;
         let ops = hist.len();
+        let p99 = |h: &Histogram<u64>| (!h.is_empty()).then(|| h.value_at_quantile(0.99));
+        let seconds = u32::try_from(info.duration.as_millis().div_ceil(1000)).unwrap_or(u32::MAX);
         let secs = info.duration.as_secs_f64().max(1e-9);
         let unix_time_s = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -122,20 +138,99 @@ impl Measured {
             p99_us: hist.value_at_quantile(0.99),
             p999_us: hist.value_at_quantile(0.999),
             max_us: hist.max(),
+            writes_per_entry: info
+                .counters
+                .filter(|c| c.entries > 0)
+                .map(|c| c.writes as f64 / c.entries as f64),
+            appends_per_sync: info
+                .counters
+                .filter(|c| c.syncs > 0)
+                .map(|c| c.synced_appends as f64 / c.syncs as f64),
+            read_p99_us: p99(&tally.reads),
+            write_p99_us: p99(&tally.writes),
+            series: plot::series(&tally.samples, seconds),
             first_error: tally.first_error,
         };
         Self { result, hist }
     }
 }
 
-/// Appends `result` as one JSON line to `path`.
-pub fn append_jsonl(path: &Path, result: &RunResult) -> anyhow::Result<()> {
+/// A target's resident memory and disk use once its keys are loaded.
+#[derive(Clone, Debug, Serialize)]
+pub struct Memory {
+    /// `atoll` or `etcd`.
+    pub target: String,
+    /// Keys loaded (data and contended keys).
+    pub keys: u64,
+    /// Bytes per value.
+    pub value_size: usize,
+    /// Resident memory of each node, KiB (`None`: not running).
+    pub rss_kib: Vec<Option<u64>>,
+    /// Bytes of the whole cluster's data dirs.
+    pub disk_bytes: u64,
+}
+
+impl Memory {
+    /// Reads the resident memory of `cluster`'s processes and the size of
+    /// its data under `dir`.
+    pub fn measure(
+        target: &str,
+        keys: u64,
+        value_size: usize,
+        cluster: &atoll_jepsen::cluster::Cluster,
+        dir: &Path,
+    ) -> Self {
+        Self {
+            target: target.to_string(),
+            keys,
+            value_size,
+            rss_kib: crate::setup::resident_kib(cluster),
+            disk_bytes: crate::setup::disk_bytes(dir),
+        }
+    }
+}
+
+/// One row per target: resident memory per node and data on disk.
+pub fn memory_table(memory: &[Memory]) -> String {
+    let mut out = String::from(
+        "| target | keys | value bytes | RSS per node MiB | RSS mean MiB | data on disk MiB |\n\
+         |---|---:|---:|---|---:|---:|\n",
+    );
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    for m in memory {
+        let per_node: Vec<String> = m
+            .rss_kib
+            .iter()
+            .map(|r| r.map_or("-".to_string(), |kib| format!("{:.0}", mib(kib))))
+            .collect();
+        let known: Vec<u64> = m.rss_kib.iter().flatten().copied().collect();
+        let mean = if known.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{:.0}", mib(known.iter().sum::<u64>()) / known.len() as f64)
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {:.0} |",
+            m.target,
+            m.keys,
+            m.value_size,
+            per_node.join(", "),
+            mean,
+            m.disk_bytes as f64 / (1024.0 * 1024.0),
+        );
+    }
+    out
+}
+
+/// Appends `record` as one JSON line to `path`.
+pub fn append_jsonl<T: Serialize>(path: &Path, record: &T) -> anyhow::Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
-    let line = serde_json::to_string(result)?;
+    let line = serde_json::to_string(record)?;
     writeln!(file, "{line}").with_context(|| format!("writing {}", path.display()))
 }
 
@@ -146,16 +241,17 @@ fn ms(us: u64) -> String {
 /// One row per run.
 pub fn markdown_table(runs: &[Measured]) -> String {
     let mut out = String::from(
-        "| target | workload | round | clients | offered ops/s | ops/s | p50 ms | p99 ms | p99.9 ms | max ms | errors | cas conflicts |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| target | workload | round | clients | offered ops/s | ops/s | p50 ms | p99 ms | p99.9 ms | max ms | read p99 ms | write p99 ms | errors | cas conflicts | writes/entry | appends/sync |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in runs.iter().map(|m| &m.result) {
         let offered = r
             .offered_ops_s
             .map_or("closed".to_string(), |o| format!("{o:.0}"));
-        let _ = writeln!(
+        let _ =
+            writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.target,
             r.workload,
             r.round,
@@ -166,14 +262,18 @@ pub fn markdown_table(runs: &[Measured]) -> String {
             ms(r.p99_us),
             ms(r.p999_us),
             ms(r.max_us),
+            r.read_p99_us.map_or("-".to_string(), ms),
+            r.write_p99_us.map_or("-".to_string(), ms),
             r.errors,
             r.cas_conflicts,
+            r.writes_per_entry.map_or("-".to_string(), |v| format!("{v:.1}")),
+            r.appends_per_sync.map_or("-".to_string(), |v| format!("{v:.1}")),
         );
     }
     out
 }
 
-/// Every round of one target and workload, merged.
+/// Every round of one target and workload under one load, merged.
 struct Merged {
     ops: u64,
     secs: f64,
@@ -186,50 +286,79 @@ impl Merged {
     }
 }
 
+/// The runs of one workload: per target, closed loop and open loop merged
+/// apart.
+#[derive(Default)]
+struct ByLoad<'a> {
+    closed: BTreeMap<&'a str, Merged>,
+    open: BTreeMap<&'a str, Merged>,
+    offered: Option<f64>,
+}
+
 /// Per workload: every round of a target merged, then Atoll divided by
-/// etcd for throughput and p99 (above 1: Atoll has more throughput, or a
-/// higher p99). Empty unless both targets ran.
+/// etcd: throughput from the closed-loop runs, p99 from the open-loop runs
+/// (equal offered load) where there are any, else from the closed-loop
+/// runs. Above 1: Atoll has more throughput, or a higher p99. Empty unless
+/// both targets ran.
 pub fn ratio_table(runs: &[Measured]) -> anyhow::Result<String> {
-    let mut merged: BTreeMap<&str, BTreeMap<&str, Merged>> = BTreeMap::new();
+    let mut merged: BTreeMap<&str, ByLoad<'_>> = BTreeMap::new();
     for m in runs {
         let r = &m.result;
-        let entry = merged
-            .entry(r.workload.as_str())
-            .or_default()
-            .entry(r.target.as_str())
-            .or_insert(Merged {
+        let by_load = merged.entry(r.workload.as_str()).or_default();
+        let side = match r.offered_ops_s {
+            Some(rate) => {
+                by_load.offered = Some(rate);
+                &mut by_load.open
+            }
+            None => &mut by_load.closed,
+        };
+        let entry = match side.entry(r.target.as_str()) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => e.insert(Merged {
                 ops: 0,
                 secs: 0.0,
                 hist: crate::workload::new_histogram()?,
-            });
+            }),
+        };
         entry.ops += r.ops;
         entry.secs += r.duration_s;
         entry.hist.add(&m.hist)?;
     }
     let mut out = String::from(
-        "| workload | atoll ops/s | etcd ops/s | throughput atoll/etcd | atoll p99 ms | etcd p99 ms | p99 atoll/etcd |\n\
-         |---|---:|---:|---:|---:|---:|---:|\n",
+        "| workload | atoll ops/s | etcd ops/s | throughput atoll/etcd | p99 at ops/s | atoll p99 ms | etcd p99 ms | p99 atoll/etcd |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
+    let ratio = |a: f64, b: f64| {
+        if b > 0.0 {
+            format!("{:.2}", a / b)
+        } else {
+            "n/a".to_string()
+        }
+    };
     let mut rows = 0;
-    for (workload, targets) in &merged {
-        let (Some(atoll), Some(etcd)) = (targets.get("atoll"), targets.get("etcd")) else {
-            continue;
+    for (workload, by_load) in &merged {
+        let pair = |side: &BTreeMap<&str, Merged>| -> Option<(f64, f64, u64, u64)> {
+            let (atoll, etcd) = (side.get("atoll")?, side.get("etcd")?);
+            Some((
+                atoll.throughput(),
+                etcd.throughput(),
+                atoll.hist.value_at_quantile(0.99),
+                etcd.hist.value_at_quantile(0.99),
+            ))
         };
-        let (a_tput, e_tput) = (atoll.throughput(), etcd.throughput());
-        let (a_p99, e_p99) = (
-            atoll.hist.value_at_quantile(0.99),
-            etcd.hist.value_at_quantile(0.99),
-        );
-        let ratio = |a: f64, b: f64| {
-            if b > 0.0 {
-                format!("{:.2}", a / b)
-            } else {
-                "n/a".to_string()
-            }
+        let (closed, open) = (pair(&by_load.closed), pair(&by_load.open));
+        let basis = match (open, by_load.offered) {
+            (Some(_), Some(offered)) => format!("{offered:.0}"),
+            _ => "closed".to_string(),
+        };
+        let (Some((a_tput, e_tput, _, _)), Some((_, _, a_p99, e_p99))) =
+            (closed.or(open), open.or(closed))
+        else {
+            continue;
         };
         let _ = writeln!(
             out,
-            "| {workload} | {a_tput:.0} | {e_tput:.0} | {} | {} | {} | {} |",
+            "| {workload} | {a_tput:.0} | {e_tput:.0} | {} | {basis} | {} | {} | {} |",
             ratio(a_tput, e_tput),
             ms(a_p99),
             ms(e_p99),

@@ -44,7 +44,47 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         pairs: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// The target's own counters of how it batched work, where it has
+    /// them (Atoll does, etcd does not).
+    fn counters(&self) -> impl Future<Output = Option<Counters>> + Send;
+
+    /// Stores every pair, for preloading: the keys may lie anywhere and the
+    /// whole need not be atomic. At most [`LOAD_CHUNK`] pairs per call.
+    fn load(
+        &self,
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
+
+/// Server counters summed over a cluster, since its nodes started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Log entries proposed for writes.
+    pub entries: u64,
+    /// The writes those entries carried.
+    pub writes: u64,
+    /// WAL syncs.
+    pub syncs: u64,
+    /// Log appends those syncs made durable.
+    pub synced_appends: u64,
+}
+
+impl Counters {
+    /// What happened between `self` and the later `after`.
+    pub fn until(self, after: Counters) -> Counters {
+        Counters {
+            entries: after.entries.saturating_sub(self.entries),
+            writes: after.writes.saturating_sub(self.writes),
+            syncs: after.syncs.saturating_sub(self.syncs),
+            synced_appends: after.synced_appends.saturating_sub(self.synced_appends),
+        }
+    }
+}
+
+/// Most pairs per [`Store::load`] call: under etcd's default limit of 128
+/// operations per transaction.
+pub const LOAD_CHUNK: usize = 100;
 
 /// Atoll through its Rust client: requests go straight to each shard's
 /// leader.
@@ -98,6 +138,25 @@ impl Store for AtollStore {
             .collect();
         self.client.batch(ops).await?;
         Ok(())
+    }
+
+    async fn load(&self, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> anyhow::Result<()> {
+        self.client.put_many(pairs).await?;
+        Ok(())
+    }
+
+    async fn counters(&self) -> Option<Counters> {
+        let status = self.client.cluster_status().await.ok()?;
+        let mut sum = Counters::default();
+        for node in status.nodes.iter().filter_map(|n| n.status.as_ref()) {
+            sum.syncs += node.wal_syncs;
+            sum.synced_appends += node.wal_synced_appends;
+            for replica in &node.replicas {
+                sum.entries += replica.proposed_entries;
+                sum.writes += replica.proposed_writes;
+            }
+        }
+        Some(sum)
     }
 }
 
@@ -161,5 +220,13 @@ impl Store for EtcdStore {
             .collect();
         self.client.clone().txn(Txn::new().and_then(ops)).await?;
         Ok(())
+    }
+
+    async fn load(&self, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> anyhow::Result<()> {
+        self.batch_put(pairs).await
+    }
+
+    async fn counters(&self) -> Option<Counters> {
+        None
     }
 }

@@ -184,6 +184,13 @@ pub struct Tally {
     /// Latencies of successful operations started in the measured window,
     /// in microseconds.
     pub hist: Histogram<u64>,
+    /// The same, reads only (`get`).
+    pub reads: Histogram<u64>,
+    /// The same, writes only (put, compare-and-swap loop, batch).
+    pub writes: Histogram<u64>,
+    /// Every successful measured operation as (start, in ms since the
+    /// measured window began; latency in µs), for the per-second charts.
+    pub samples: Vec<(u32, u32)>,
     /// Failed operations started in the measured window.
     pub errors: u64,
     /// Compare-and-swap mismatches (each followed by a retry).
@@ -199,6 +206,9 @@ impl Tally {
     fn new() -> anyhow::Result<Self> {
         Ok(Self {
             hist: new_histogram()?,
+            reads: new_histogram()?,
+            writes: new_histogram()?,
+            samples: Vec::new(),
             errors: 0,
             conflicts: 0,
             abandoned: 0,
@@ -208,6 +218,9 @@ impl Tally {
 
     fn merge(&mut self, other: Tally) -> anyhow::Result<()> {
         self.hist.add(&other.hist)?;
+        self.reads.add(&other.reads)?;
+        self.writes.add(&other.writes)?;
+        self.samples.extend(other.samples);
         self.errors += other.errors;
         self.conflicts += other.conflicts;
         self.abandoned += other.abandoned;
@@ -280,6 +293,8 @@ pub async fn run<S: Store>(
 /// How one operation went, when it did not fail.
 #[derive(Debug, Default)]
 struct OpDone {
+    /// It was a read (a `get`); otherwise a write.
+    read: bool,
     /// Compare-and-swap mismatches it went through.
     conflicts: u64,
     /// It was a compare-and-swap loop still retrying at the end of the run.
@@ -339,9 +354,19 @@ impl<S: Store> ClientTask<S> {
                     if done.abandoned {
                         tally.abandoned += 1;
                     } else {
-                        tally
-                            .hist
-                            .saturating_record((latency.as_micros() as u64).max(1));
+                        let us = (latency.as_micros() as u64).max(1);
+                        tally.hist.saturating_record(us);
+                        let by_kind = if done.read {
+                            &mut tally.reads
+                        } else {
+                            &mut tally.writes
+                        };
+                        by_kind.saturating_record(us);
+                        let start_ms = (intended - measure_from).as_millis();
+                        tally.samples.push((
+                            u32::try_from(start_ms).unwrap_or(u32::MAX),
+                            u32::try_from(us).unwrap_or(u32::MAX),
+                        ));
                     }
                 }
                 Ok(_) => {}
@@ -374,12 +399,16 @@ impl<S: Store> ClientTask<S> {
         match self.workload {
             Workload::A | Workload::B | Workload::C | Workload::W => {
                 let key = data_key(self.chooser.pick(rng));
-                if rng.random_bool(self.workload.read_fraction()) {
+                let read = rng.random_bool(self.workload.read_fraction());
+                if read {
                     store.get(&key).await?;
                 } else {
                     store.put(&key, &value(buf, self.task, seq)).await?;
                 }
-                Ok(OpDone::default())
+                Ok(OpDone {
+                    read,
+                    ..OpDone::default()
+                })
             }
             Workload::Cas => {
                 let key = cas_key(self.chooser.pick(rng));
@@ -391,7 +420,7 @@ impl<S: Store> ClientTask<S> {
                         CasOutcome::Swapped => {
                             return Ok(OpDone {
                                 conflicts,
-                                abandoned: false,
+                                ..OpDone::default()
                             })
                         }
                         CasOutcome::Mismatch => conflicts += 1,
@@ -400,6 +429,7 @@ impl<S: Store> ClientTask<S> {
                         return Ok(OpDone {
                             conflicts,
                             abandoned: true,
+                            ..OpDone::default()
                         });
                     }
                 }

@@ -339,12 +339,17 @@ impl Cluster {
         std::fs::write(file, format!("{clock}\n"))
     }
 
+    /// The process id of node `i`, if it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.procs[i].child.as_ref().map(|child| child.id())
+    }
+
     /// Sends `signal` (e.g. `STOP`, `CONT`) to node `i`, if it runs.
     pub fn signal(&self, i: usize, signal: &str) -> io::Result<()> {
-        if let Some(child) = &self.procs[i].child {
+        if let Some(pid) = self.pid(i) {
             let status = Command::new("kill")
                 .arg(format!("-{signal}"))
-                .arg(child.id().to_string())
+                .arg(pid.to_string())
                 .status()?;
             if !status.success() {
                 return Err(io::Error::other(format!(
