@@ -96,6 +96,10 @@ struct Args {
     /// Nodes per cluster (one island each for Atoll).
     #[arg(long, default_value_t = 3)]
     nodes: usize,
+    /// A setting of Atoll's `[raft]` config section, as TOML (e.g.
+    /// `max_proposals_in_flight=1`); repeatable. Default: Atoll's defaults.
+    #[arg(long)]
+    atoll_raft: Vec<String>,
     /// Deadline of one operation, retries included.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     op_timeout: Duration,
@@ -222,6 +226,7 @@ async fn bench_in(args: &Args, data_dir: &std::path::Path) -> anyhow::Result<()>
         etcd_bin: args.etcd_bin.clone(),
         nodes: args.nodes,
         shards: args.shards,
+        atoll_raft: args.atoll_raft.clone(),
         op_timeout: args.op_timeout,
         ready_timeout: Duration::from_secs(60),
     };

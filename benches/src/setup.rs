@@ -27,6 +27,8 @@ pub struct SetupOptions {
     pub nodes: usize,
     /// Atoll's data shards.
     pub shards: u32,
+    /// Lines of Atoll's `[raft]` config section (empty: its defaults).
+    pub atoll_raft: Vec<String>,
     /// Deadline of one operation.
     pub op_timeout: Duration,
     /// How long a cluster may take to accept its first write.
@@ -56,7 +58,10 @@ impl<S> Target<S> {
 /// Starts Atoll: `nodes` nodes on as many islands, replication factor 3.
 pub async fn start_atoll(dir: &Path, options: &SetupOptions) -> anyhow::Result<Target<AtollStore>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let spec = ClusterSpec::spread(options.nodes, options.nodes, options.shards);
+    let spec = ClusterSpec {
+        raft: options.atoll_raft.clone(),
+        ..ClusterSpec::spread(options.nodes, options.nodes, options.shards)
+    };
     let cluster = Cluster::start(&options.atoll_bin, dir, &spec)
         .with_context(|| format!("starting {}", options.atoll_bin.display()))?;
     let client_options = ClientOptions {

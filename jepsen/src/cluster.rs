@@ -34,6 +34,9 @@ pub struct ClusterSpec {
     pub shards: u32,
     /// Lines for each node's `[testing]` config section (planted bugs).
     pub testing: Vec<String>,
+    /// Lines for each node's `[raft]` config section; empty for Atoll's
+    /// defaults. [`ClusterSpec::spread`] sets [`FAST_RAFT`].
+    pub raft: Vec<String>,
     /// Where the nodes listen.
     pub network: Network,
     /// The `atoll-lazyfs` binary: when set, each node's data dir is a
@@ -45,6 +48,14 @@ pub struct ClusterSpec {
     /// second ([`Cluster::set_clock`]); the monotonic clock is left alone.
     pub faketime: Option<PathBuf>,
 }
+
+/// Raft timings a little faster than Atoll's defaults, so that fault runs
+/// see more elections per minute.
+pub const FAST_RAFT: [&str; 3] = [
+    "heartbeat = \"100ms\"",
+    "election_timeout_min = \"800ms\"",
+    "election_timeout_max = \"1600ms\"",
+];
 
 impl ClusterSpec {
     /// `nodes` nodes spread round-robin over `islands` islands named
@@ -58,6 +69,7 @@ impl ClusterSpec {
             islands,
             shards,
             testing: Vec::new(),
+            raft: FAST_RAFT.map(String::from).to_vec(),
             network: Network::Loopback,
             lazyfs: None,
             faketime: None,
@@ -113,10 +125,11 @@ impl Cluster {
             let config = dir.join(format!("node-{}.toml", i + 1));
             let text = format!(
                 "node_id = {}\nisland = \"{island}\"\nlisten = \"{address}\"\ndata_dir = \"{}\"\n\n\
-                 [raft]\nheartbeat = \"100ms\"\nelection_timeout_min = \"800ms\"\nelection_timeout_max = \"1600ms\"\n\n\
+                 [raft]\n{}\n\n\
                  [testing]\n{}\n\n[cluster]\ninitial_shards = {}\nreplication_factor = 3\n\n{initial}",
                 i + 1,
                 dir.join(format!("node-{}", i + 1)).display(),
+                spec.raft.join("\n"),
                 spec.testing.join("\n"),
                 spec.shards,
             );

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use atoll_client::{Client, Consistency, Error};
-use atoll_jepsen::cluster::{Cluster, ClusterSpec};
+use atoll_jepsen::cluster::{Cluster, ClusterSpec, FAST_RAFT};
 
 /// `atoll server` processes in a temp dir (see `atoll_jepsen::cluster`).
 struct ProcCluster {
@@ -45,6 +45,7 @@ impl ProcCluster {
             islands: islands.iter().map(|s| s.to_string()).collect(),
             shards,
             testing: vec![],
+            raft: FAST_RAFT.map(String::from).to_vec(),
             network: Default::default(),
             lazyfs: None,
             faketime: None,
