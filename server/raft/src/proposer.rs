@@ -166,12 +166,18 @@ fn stopped() -> ProposeError {
 
 /// Takes the next group off the front of `queue`: one write that cannot
 /// be grouped (it names no keys), or the longest run of groupable writes
-/// with pairwise disjoint keys within the size limits.
+/// with pairwise disjoint keys within the size limits. Writes whose caller
+/// stopped waiting (its deadline passed, and it was told the outcome is
+/// unknown) are dropped unproposed.
 fn take_group(queue: &mut VecDeque<Pending>) -> Vec<Pending> {
     let mut group = Vec::new();
     let mut keys: HashSet<Vec<u8>> = HashSet::new();
     let mut bytes = 0;
     while let Some(next) = queue.front() {
+        if next.reply.is_closed() {
+            queue.pop_front();
+            continue;
+        }
         let Some(next_keys) = next.request.command.keys() else {
             if group.is_empty() {
                 group.extend(queue.pop_front());
@@ -198,19 +204,26 @@ mod tests {
     use super::*;
     use crate::command::WriteId;
 
-    fn pending(command: Command) -> Pending {
-        let (reply, _) = oneshot::channel();
-        Pending {
-            request: Request {
-                write_id: Some(WriteId {
-                    client_id: 1,
-                    seq: 1,
-                }),
-                now_ms: 0,
-                command,
-            },
-            reply,
-        }
+    type Receiver = oneshot::Receiver<Result<Outcome, ProposeError>>;
+
+    /// A queued write, and the receiver its caller waits on.
+    fn waiting(command: Command) -> (Pending, Receiver) {
+        let (reply, rx) = oneshot::channel();
+        let request = Request {
+            write_id: Some(WriteId {
+                client_id: 1,
+                seq: 1,
+            }),
+            now_ms: 0,
+            command,
+        };
+        (Pending { request, reply }, rx)
+    }
+
+    /// Group sizes of a queue of `commands` whose callers all wait.
+    fn sizes_of(commands: Vec<Command>) -> Vec<usize> {
+        let (queue, _receivers): (VecDeque<_>, Vec<_>) = commands.into_iter().map(waiting).unzip();
+        sizes(queue)
     }
 
     fn put(key: &str) -> Command {
@@ -234,14 +247,13 @@ mod tests {
 
     #[test]
     fn writes_to_disjoint_keys_share_a_group() {
-        let queue = ["a", "b", "c"].map(|k| pending(put(k))).into();
-        assert_eq!(sizes(queue), vec![3]);
+        assert_eq!(sizes_of(["a", "b", "c"].map(put).to_vec()), vec![3]);
     }
 
     #[test]
     fn a_key_written_twice_starts_the_next_group_in_arrival_order() {
-        let queue: VecDeque<_> = ["a", "b", "a", "c", "c"].map(|k| pending(put(k))).into();
-        assert_eq!(sizes(queue), vec![2, 2, 1]);
+        let commands = ["a", "b", "a", "c", "c"].map(put).to_vec();
+        assert_eq!(sizes_of(commands), vec![2, 2, 1]);
     }
 
     #[test]
@@ -250,28 +262,36 @@ mod tests {
             expected_version: 1,
             map: vec![],
         };
-        let queue: VecDeque<_> = vec![
-            pending(put("a")),
-            pending(map()),
-            pending(map()),
-            pending(put("b")),
-        ]
-        .into();
-        assert_eq!(sizes(queue), vec![1, 1, 1, 1]);
+        assert_eq!(
+            sizes_of(vec![put("a"), map(), map(), put("b")]),
+            vec![1, 1, 1, 1]
+        );
     }
 
     #[test]
     fn groups_stop_at_the_write_and_byte_limits() {
-        let queue: VecDeque<_> = (0..MAX_GROUP_WRITES + 1)
-            .map(|i| pending(put(&i.to_string())))
+        let many = (0..MAX_GROUP_WRITES + 1)
+            .map(|i| put(&i.to_string()))
             .collect();
-        assert_eq!(sizes(queue), vec![MAX_GROUP_WRITES, 1]);
+        assert_eq!(sizes_of(many), vec![MAX_GROUP_WRITES, 1]);
         let big = |k: &str| Command::Put {
             key: k.into(),
             value: vec![0; MAX_GROUP_BYTES / 2],
             ttl_ms: 0,
         };
-        let queue: VecDeque<_> = ["a", "b", "c"].map(|k| pending(big(k))).into();
-        assert_eq!(sizes(queue), vec![1, 1, 1]);
+        assert_eq!(sizes_of(["a", "b", "c"].map(big).to_vec()), vec![1, 1, 1]);
+    }
+
+    #[test]
+    fn writes_nobody_waits_for_are_not_proposed() {
+        let (first, _first_rx) = waiting(put("a"));
+        let (abandoned, abandoned_rx) = waiting(put("a"));
+        let (last, _last_rx) = waiting(put("b"));
+        drop(abandoned_rx);
+        let mut queue: VecDeque<_> = vec![first, abandoned, last].into();
+        let group = take_group(&mut queue);
+        let keys: Vec<_> = group.iter().map(|p| p.request.command.keys()).collect();
+        assert_eq!(keys, vec![Some(vec![&b"a"[..]]), Some(vec![&b"b"[..]])]);
+        assert!(queue.is_empty());
     }
 }
