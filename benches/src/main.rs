@@ -230,7 +230,6 @@ async fn bench_in(args: &Args, data_dir: &std::path::Path) -> anyhow::Result<()>
         op_timeout: args.op_timeout,
         ready_timeout: Duration::from_secs(60),
     };
-    let both = args.target == TargetArg::Both && args.freeze_idle;
     let mut memory = Vec::new();
     let mut targets = Targets {
         atoll: None,
@@ -243,34 +242,14 @@ async fn bench_in(args: &Args, data_dir: &std::path::Path) -> anyhow::Result<()>
         );
         let dir = data_dir.join("atoll");
         let atoll = setup::start_atoll(&dir, &options).await?;
-        preload_target(args, "Atoll", &atoll.store).await?;
-        memory.push(Memory::measure(
-            "atoll",
-            args.keys + args.cas_keys,
-            args.value_size,
-            &atoll.cluster,
-            &dir,
-        ));
-        if both {
-            atoll.set_running(false)?;
-        }
+        memory.push(prepare(args, "atoll", &atoll, &dir).await?);
         targets.atoll = Some(atoll);
     }
     if matches!(args.target, TargetArg::Etcd | TargetArg::Both) {
         eprintln!("starting etcd ({} members)", args.nodes);
         let dir = data_dir.join("etcd");
         let etcd = setup::start_etcd(&dir, &options).await?;
-        preload_target(args, "etcd", &etcd.store).await?;
-        memory.push(Memory::measure(
-            "etcd",
-            args.keys + args.cas_keys,
-            args.value_size,
-            &etcd.cluster,
-            &dir,
-        ));
-        if both {
-            etcd.set_running(false)?;
-        }
+        memory.push(prepare(args, "etcd", &etcd, &dir).await?);
         targets.etcd = Some(etcd);
     }
 
@@ -357,14 +336,14 @@ async fn run_rounds(
     workload: Workload,
     jsonl: &std::path::Path,
 ) -> anyhow::Result<Vec<Measured>> {
-    let both = targets.atoll.is_some() && targets.etcd.is_some() && args.freeze_idle;
+    let freeze = freezes_idle(args);
     let mut runs = Vec::new();
     for round in 1..=args.rounds {
         if let Some(atoll) = &targets.atoll {
-            runs.push(measure(args, params, "atoll", atoll, workload, round, both).await?);
+            runs.push(measure(args, params, "atoll", atoll, workload, round, freeze).await?);
         }
         if let Some(etcd) = &targets.etcd {
-            runs.push(measure(args, params, "etcd", etcd, workload, round, both).await?);
+            runs.push(measure(args, params, "etcd", etcd, workload, round, freeze).await?);
         }
     }
     for run in &runs {
@@ -373,17 +352,35 @@ async fn run_rounds(
     Ok(runs)
 }
 
-async fn preload_target<S: Store>(args: &Args, name: &str, store: &S) -> anyhow::Result<()> {
-    eprintln!("preloading {} keys into {name}", args.keys + args.cas_keys);
+/// Whether the idle target is frozen while the other one is measured.
+fn freezes_idle(args: &Args) -> bool {
+    args.target == TargetArg::Both && args.freeze_idle
+}
+
+/// Preloads a started target (data dirs under `dir`), measures its memory,
+/// and freezes it if it is to wait frozen for its turn.
+async fn prepare<S: Store>(
+    args: &Args,
+    name: &str,
+    target: &Target<S>,
+    dir: &std::path::Path,
+) -> anyhow::Result<Memory> {
+    let keys = args.keys + args.cas_keys;
+    eprintln!("preloading {keys} keys into {name}");
     setup::preload(
-        store,
+        &target.store,
         args.keys,
         args.cas_keys,
         args.value_size,
         64,
         Duration::from_secs(120),
     )
-    .await
+    .await?;
+    let memory = Memory::measure(name, keys, args.value_size, &target.cluster, dir);
+    if freezes_idle(args) {
+        target.set_running(false)?;
+    }
+    Ok(memory)
 }
 
 /// One measured run of `workload` on one target, resuming it first and

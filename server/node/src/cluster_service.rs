@@ -44,7 +44,7 @@ pub fn node_status(node: &Node) -> wire::NodeStatusResponse {
         .iter()
         .map(|r| {
             let m = r.metrics();
-            let (proposed_entries, proposed_writes) = r.proposer.stats();
+            let proposed = r.proposer.stats();
             wire::ReplicaStatus {
                 shard_id: r.spec.shard.get(),
                 replica_id: r.spec.replica.get(),
@@ -55,8 +55,8 @@ pub fn node_status(node: &Node) -> wire::NodeStatusResponse {
                 last_applied_index: m.last_applied.map_or(0, |l| l.index),
                 snapshot_index: m.snapshot.map_or(0, |l| l.index),
                 purged_index: m.purged.map_or(0, |l| l.index),
-                proposed_entries,
-                proposed_writes,
+                proposed_entries: proposed.entries.load(Ordering::Relaxed),
+                proposed_writes: proposed.writes.load(Ordering::Relaxed),
             }
         })
         .collect();

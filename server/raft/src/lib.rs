@@ -21,7 +21,7 @@ pub mod types;
 
 pub use command::{BatchStep, Command, Current, Expected, Outcome, Proposal, Request, WriteId};
 pub use network::{NetworkFaults, PeerDirectory, PeerPool};
-pub use proposer::Proposer;
+pub use proposer::{Proposer, ProposerStats};
 pub use read_index::ReadIndex;
 pub use replica::{Replica, ReplicaConfig, ReplicaSpec};
 pub use service::{RaftService, ReplicaDirectory};

@@ -14,6 +14,7 @@
 //! the group being formed closes that group and starts the next one.
 
 use std::collections::{HashSet, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -43,14 +44,22 @@ struct State {
     runners: usize,
 }
 
+/// Counters of a proposer, for status and benchmarks.
+#[derive(Debug, Default)]
+pub struct ProposerStats {
+    /// Log entries proposed.
+    pub entries: AtomicU64,
+    /// The writes they carried; `writes / entries` is the mean group size.
+    pub writes: AtomicU64,
+}
+
 /// Groups the writes of one replica into log entries.
 #[derive(Clone)]
 pub struct Proposer {
     raft: Raft,
     state: Arc<Mutex<State>>,
     max_in_flight: usize,
-    /// Entries proposed, and the writes they carried.
-    counts: Arc<[AtomicU64; 2]>,
+    stats: Arc<ProposerStats>,
 }
 
 impl Proposer {
@@ -61,17 +70,13 @@ impl Proposer {
             raft,
             state: Arc::new(Mutex::new(State::default())),
             max_in_flight: max_in_flight.max(1),
-            counts: Arc::new([AtomicU64::new(0), AtomicU64::new(0)]),
+            stats: Arc::default(),
         }
     }
 
-    /// Entries proposed since start, and the writes they carried.
-    pub fn stats(&self) -> (u64, u64) {
-        let [entries, writes] = &*self.counts;
-        (
-            entries.load(Ordering::Relaxed),
-            writes.load(Ordering::Relaxed),
-        )
+    /// What the proposer did since the replica started.
+    pub fn stats(&self) -> &ProposerStats {
+        &self.stats
     }
 
     /// Proposes `request` and waits until it is applied; returns its own
@@ -111,9 +116,9 @@ impl Proposer {
     }
 
     async fn submit(&self, mut group: Vec<Pending>) {
-        let [entries, writes] = &*self.counts;
-        entries.fetch_add(1, Ordering::Relaxed);
-        writes.fetch_add(group.len() as u64, Ordering::Relaxed);
+        self.stats.entries.fetch_add(1, Ordering::Relaxed);
+        let writes = group.len() as u64;
+        self.stats.writes.fetch_add(writes, Ordering::Relaxed);
         if group.len() == 1 {
             let Some(Pending { request, reply }) = group.pop() else {
                 return;
@@ -169,9 +174,13 @@ fn stopped() -> ProposeError {
 /// with pairwise disjoint keys within the size limits. Writes whose caller
 /// stopped waiting (its deadline passed, and it was told the outcome is
 /// unknown) are dropped unproposed.
+///
+/// Keys are compared by a 64-bit hash, so that forming a group copies no
+/// key: two keys with the same hash only end a group early.
 fn take_group(queue: &mut VecDeque<Pending>) -> Vec<Pending> {
     let mut group = Vec::new();
-    let mut keys: HashSet<Vec<u8>> = HashSet::new();
+    let hasher = RandomState::new();
+    let mut keys: HashSet<u64> = HashSet::new();
     let mut bytes = 0;
     while let Some(next) = queue.front() {
         if next.reply.is_closed() {
@@ -185,14 +194,15 @@ fn take_group(queue: &mut VecDeque<Pending>) -> Vec<Pending> {
             break;
         };
         let size = next.request.approx_bytes();
+        let hashes: Vec<u64> = next_keys.iter().map(|k| hasher.hash_one(k)).collect();
         if !group.is_empty()
             && (group.len() >= MAX_GROUP_WRITES
                 || bytes + size > MAX_GROUP_BYTES
-                || next_keys.iter().any(|k| keys.contains(*k)))
+                || hashes.iter().any(|h| keys.contains(h)))
         {
             break;
         }
-        keys.extend(next_keys.into_iter().map(<[u8]>::to_vec));
+        keys.extend(hashes);
         bytes += size;
         group.extend(queue.pop_front());
     }

@@ -124,15 +124,23 @@ impl StateMachine {
                             writes
                                 .iter()
                                 .map(|w| {
-                                    let write = (w.write_id, req.now_ms, &w.command);
-                                    self.apply_write(&mut applier, index, write)
+                                    self.apply_write(
+                                        &mut applier,
+                                        index,
+                                        w.write_id,
+                                        req.now_ms,
+                                        &w.command,
+                                    )
                                 })
                                 .collect::<Result<_, _>>()?,
                         ),
-                        command => {
-                            let write = (req.write_id, req.now_ms, command);
-                            self.apply_write(&mut applier, index, write)?
-                        }
+                        command => self.apply_write(
+                            &mut applier,
+                            index,
+                            req.write_id,
+                            req.now_ms,
+                            command,
+                        )?,
                     };
                     outcomes.push(outcome);
                 }
@@ -144,14 +152,16 @@ impl StateMachine {
         Ok(outcomes)
     }
 
-    /// Applies one write (its id, proposal time and command) of the entry at
-    /// `index`, unless its id shows it was applied before: then it answers
-    /// with the first outcome.
+    /// Applies one write of the entry at `index`, proposed at `now_ms`,
+    /// unless its id shows it was applied before: then it answers with the
+    /// first outcome.
     fn apply_write(
         &mut self,
         applier: &mut apply::Applier<'_>,
         index: u64,
-        (write_id, now_ms, command): (Option<WriteId>, u64, &Command),
+        write_id: Option<WriteId>,
+        now_ms: u64,
+        command: &Command,
     ) -> Result<Outcome, EngineError> {
         if let Some(first) = write_id.and_then(|id| self.dedup.get(&id)) {
             return Ok(first.clone());
