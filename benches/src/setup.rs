@@ -79,7 +79,33 @@ pub async fn start_atoll(dir: &Path, options: &SetupOptions) -> anyhow::Result<T
     wait_ready(&target.store, options.ready_timeout)
         .await
         .with_context(|| format!("Atoll never took a write (logs under {})", dir.display()))?;
+    wait_leaders_settled(&target.store, options.ready_timeout).await;
     Ok(target)
+}
+
+/// Waits until every shard is led by its preferred replica. A new cluster's
+/// first leaders are wherever the first elections put them; a few seconds
+/// later each preferred replica takes over, and each takeover stalls its
+/// shard for about an election timeout. Measuring starts after that.
+async fn wait_leaders_settled(store: &AtollStore, patience: Duration) {
+    let deadline = Instant::now() + patience;
+    loop {
+        match store.leaders_settled().await {
+            Ok(true) => return,
+            Ok(false) | Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await
+            }
+            Ok(false) => break,
+            Err(e) => {
+                eprintln!("cannot read Atoll's leaders: {e:#}");
+                return;
+            }
+        }
+    }
+    eprintln!(
+        "some shards are not led by their preferred replica after {}; measuring anyway",
+        humantime::format_duration(patience)
+    );
 }
 
 /// Starts a `nodes`-member etcd cluster in its default durable settings.

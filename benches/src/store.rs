@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use atoll_client::{BatchOp, Expect};
+use atoll_proto::v1::ReplicaRole;
 use etcd_client::{Compare, CompareOp, ConnectOptions, Txn, TxnOp};
 
 /// What a compare-and-swap did.
@@ -94,6 +95,25 @@ pub struct AtollStore {
 }
 
 impl AtollStore {
+    /// Whether every shard is led by its preferred replica (the first of
+    /// its replicas in the map), where the node's leader balancing puts it.
+    pub async fn leaders_settled(&self) -> anyhow::Result<bool> {
+        let status = self.client.cluster_status().await?;
+        let map = status.map.context("the status has no cluster map")?;
+        let mut leaders = std::collections::HashMap::new();
+        for node in status.nodes.iter().filter_map(|n| n.status.as_ref()) {
+            for replica in &node.replicas {
+                if replica.role == ReplicaRole::Leader as i32 {
+                    leaders.insert(replica.shard_id, replica.replica_id);
+                }
+            }
+        }
+        Ok(map.shards.iter().all(|shard| {
+            let preferred = shard.replicas.first().map(|r| r.replica_id);
+            preferred.is_some() && leaders.get(&shard.id).copied() == preferred
+        }))
+    }
+
     /// Wraps a connected client.
     pub fn new(client: atoll_client::Client) -> Self {
         Self { client }
