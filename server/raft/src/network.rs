@@ -197,12 +197,12 @@ pub fn unpack<T: DeserializeOwned>(msg: &RaftMessage) -> Result<T, String> {
 type RpcResult<T> = Result<T, RPCError<ReplicaId, ReplicaNode, RaftError>>;
 
 impl Network {
-    async fn call<Req, Resp, F, Fut>(
-        &self,
-        req: &Req,
-        option: &RPCOption,
-        send: F,
-    ) -> RpcResult<Resp>
+    /// Sends one call. No timeout of our own: openraft puts the call's TTL
+    /// around every AppendEntries and Vote, and an answer slower than that
+    /// (a follower's fsync stalled by the disk) must read as that timeout,
+    /// after which openraft simply sends again. Reported as an unreachable
+    /// peer, it would make openraft back off from the peer for 500 ms.
+    async fn call<Req, Resp, F, Fut>(&self, req: &Req, send: F) -> RpcResult<Resp>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -216,14 +216,9 @@ impl Network {
         let msg = message(self.shard, self.target, req)
             .map_err(|e| RPCError::Network(NetworkError::new(&PeerError(e))))?;
         let client = RaftClient::new(channel).max_decoding_message_size(64 << 20);
-        let reply = tokio::time::timeout(option.hard_ttl(), send(client, msg))
-            .await
-            .map_err(|_| {
-                RPCError::Unreachable(Unreachable::new(&PeerError("raft rpc timed out".into())))
-            })?
-            .map_err(|status| {
-                RPCError::Unreachable(Unreachable::new(&PeerError(status.to_string())))
-            })?;
+        let reply = send(client, msg).await.map_err(|status| {
+            RPCError::Unreachable(Unreachable::new(&PeerError(status.to_string())))
+        })?;
         let result: Result<Resp, RaftError> = unpack(reply.get_ref())
             .map_err(|e| RPCError::Network(NetworkError::new(&PeerError(e))))?;
         result.map_err(|e| {
@@ -236,7 +231,7 @@ impl RaftNetwork<TypeConfig> for Network {
     async fn append_entries(
         &mut self,
         mut rpc: AppendEntriesRequest,
-        option: RPCOption,
+        _option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse> {
         let fit = entries_that_fit(&rpc.entries);
         let cut = (fit < rpc.entries.len()).then(|| {
@@ -244,9 +239,7 @@ impl RaftNetwork<TypeConfig> for Network {
             rpc.entries.last().map(|e| e.log_id)
         });
         let response = self
-            .call(&rpc, &option, |mut c, m| async move {
-                c.append_entries(m).await
-            })
+            .call(&rpc, |mut c, m| async move { c.append_entries(m).await })
             .await?;
         Ok(match (response, cut) {
             (AppendEntriesResponse::Success, Some(last_sent)) => {
@@ -256,8 +249,8 @@ impl RaftNetwork<TypeConfig> for Network {
         })
     }
 
-    async fn vote(&mut self, rpc: VoteRequest, option: RPCOption) -> RpcResult<VoteResponse> {
-        self.call(&rpc, &option, |mut c, m| async move { c.vote(m).await })
+    async fn vote(&mut self, rpc: VoteRequest, _option: RPCOption) -> RpcResult<VoteResponse> {
+        self.call(&rpc, |mut c, m| async move { c.vote(m).await })
             .await
     }
 
