@@ -66,6 +66,11 @@ pub struct RunResult {
     pub writes_per_entry: Option<f64>,
     /// Log appends per WAL sync on the nodes (Atoll only).
     pub appends_per_sync: Option<f64>,
+    /// Mean WAL sync time on the nodes, microseconds (Atoll only).
+    pub mean_sync_us: Option<f64>,
+    /// WAL syncs slower than 100 ms on the nodes (Atoll only): a stalled
+    /// disk, which holds up every shard of a node.
+    pub slow_syncs: Option<u64>,
     /// Throughput and p99 second by second.
     pub series: Vec<Point>,
     /// The first error, if any.
@@ -146,6 +151,11 @@ impl Measured {
                 .counters
                 .filter(|c| c.syncs > 0)
                 .map(|c| c.synced_appends as f64 / c.syncs as f64),
+            mean_sync_us: info
+                .counters
+                .filter(|c| c.syncs > 0)
+                .map(|c| c.sync_micros as f64 / c.syncs as f64),
+            slow_syncs: info.counters.map(|c| c.slow_syncs),
             read_p99_us: p99(&tally.reads),
             write_p99_us: p99(&tally.writes),
             series: plot::series(&tally.samples, seconds),
@@ -241,8 +251,8 @@ fn ms(us: u64) -> String {
 /// One row per run.
 pub fn markdown_table(runs: &[Measured]) -> String {
     let mut out = String::from(
-        "| target | workload | round | clients | offered ops/s | ops/s | p50 ms | p99 ms | p99.9 ms | max ms | read p99 ms | write p99 ms | errors | cas conflicts | writes/entry | appends/sync |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| target | workload | round | clients | offered ops/s | ops/s | p50 ms | p99 ms | p99.9 ms | max ms | read p99 ms | write p99 ms | errors | cas conflicts | writes/entry | appends/sync | mean sync ms | syncs > 100 ms |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in runs.iter().map(|m| &m.result) {
         let offered = r
@@ -251,7 +261,7 @@ pub fn markdown_table(runs: &[Measured]) -> String {
         let _ =
             writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.target,
             r.workload,
             r.round,
@@ -268,6 +278,8 @@ pub fn markdown_table(runs: &[Measured]) -> String {
             r.cas_conflicts,
             r.writes_per_entry.map_or("-".to_string(), |v| format!("{v:.1}")),
             r.appends_per_sync.map_or("-".to_string(), |v| format!("{v:.1}")),
+            r.mean_sync_us.map_or("-".to_string(), |v| format!("{:.2}", v / 1000.0)),
+            r.slow_syncs.map_or("-".to_string(), |v| v.to_string()),
         );
     }
     out

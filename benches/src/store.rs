@@ -69,6 +69,10 @@ pub struct Counters {
     pub syncs: u64,
     /// Log appends those syncs made durable.
     pub synced_appends: u64,
+    /// Time spent in WAL syncs, microseconds.
+    pub sync_micros: u64,
+    /// WAL syncs slower than 100 ms.
+    pub slow_syncs: u64,
 }
 
 impl Counters {
@@ -79,6 +83,8 @@ impl Counters {
             writes: after.writes.saturating_sub(self.writes),
             syncs: after.syncs.saturating_sub(self.syncs),
             synced_appends: after.synced_appends.saturating_sub(self.synced_appends),
+            sync_micros: after.sync_micros.saturating_sub(self.sync_micros),
+            slow_syncs: after.slow_syncs.saturating_sub(self.slow_syncs),
         }
     }
 }
@@ -171,6 +177,8 @@ impl Store for AtollStore {
         for node in status.nodes.iter().filter_map(|n| n.status.as_ref()) {
             sum.syncs += node.wal_syncs;
             sum.synced_appends += node.wal_synced_appends;
+            sum.sync_micros += node.wal_sync_micros;
+            sum.slow_syncs += node.wal_slow_syncs;
             for replica in &node.replicas {
                 sum.entries += replica.proposed_entries;
                 sum.writes += replica.proposed_writes;

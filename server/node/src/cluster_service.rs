@@ -67,6 +67,8 @@ pub fn node_status(node: &Node) -> wire::NodeStatusResponse {
         map_version: node.map().map_version,
         wal_syncs: node.committer().stats().syncs.load(Ordering::Relaxed),
         wal_synced_appends: node.committer().stats().waiters.load(Ordering::Relaxed),
+        wal_sync_micros: node.committer().stats().sync_micros.load(Ordering::Relaxed),
+        wal_slow_syncs: node.committer().stats().slow_syncs.load(Ordering::Relaxed),
     }
 }
 

@@ -24,7 +24,14 @@ pub struct GroupCommitStats {
     pub syncs: AtomicU64,
     /// Callbacks served; `waiters / syncs` is the mean group size.
     pub waiters: AtomicU64,
+    /// Time spent in syncs, in microseconds.
+    pub sync_micros: AtomicU64,
+    /// Syncs that took longer than [`SLOW_SYNC`].
+    pub slow_syncs: AtomicU64,
 }
+
+/// A WAL sync slower than this is counted as slow.
+pub const SLOW_SYNC: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The node's single durable-sync thread.
 pub struct GroupCommitter {
@@ -77,7 +84,15 @@ fn run(engine: Arc<dyn Engine>, rx: mpsc::Receiver<Waiter>, stats: &GroupCommitS
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         group.extend(rx.try_iter());
+        let started = std::time::Instant::now();
         let result = engine.sync_wal();
+        let took = started.elapsed();
+        stats
+            .sync_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        if took > SLOW_SYNC {
+            stats.slow_syncs.fetch_add(1, Ordering::Relaxed);
+        }
         if let Err(e) = &result {
             tracing::error!(error = %e, "WAL sync failed; {} writes are not durable", group.len());
         }
