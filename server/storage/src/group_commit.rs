@@ -35,7 +35,9 @@ pub const SLOW_SYNC: std::time::Duration = std::time::Duration::from_millis(100)
 
 /// The node's single durable-sync thread.
 pub struct GroupCommitter {
-    tx: mpsc::Sender<Waiter>,
+    /// `None` only while dropping.
+    tx: Option<mpsc::Sender<Waiter>>,
+    thread: Option<thread::JoinHandle<()>>,
     stats: Arc<GroupCommitStats>,
 }
 
@@ -46,22 +48,32 @@ impl std::fmt::Debug for GroupCommitter {
 }
 
 impl GroupCommitter {
-    /// Starts the sync thread. It stops when the committer is dropped.
+    /// Starts the sync thread. Dropping the committer stops it and waits
+    /// for it, so the engine it holds is released before the drop returns.
     pub fn start(engine: Arc<dyn Engine>) -> Result<Self> {
         let (tx, rx) = mpsc::channel::<Waiter>();
         let stats = Arc::new(GroupCommitStats::default());
         let thread_stats = stats.clone();
-        thread::Builder::new()
+        let thread = thread::Builder::new()
             .name("atoll-group-commit".into())
             .spawn(move || run(engine, rx, &thread_stats))
             .map_err(|e| EngineError::Io(format!("spawn group-commit thread: {e}")))?;
-        Ok(Self { tx, stats })
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+            stats,
+        })
     }
 
     /// Calls `done` once every write that returned before this call is
     /// durable (or with the error that prevented it).
     pub fn after_sync(&self, done: impl FnOnce(Result<()>) + Send + 'static) {
-        if let Err(mpsc::SendError(waiter)) = self.tx.send(Box::new(done)) {
+        let waiter: Waiter = Box::new(done);
+        let unsent = match &self.tx {
+            Some(tx) => tx.send(waiter).err().map(|mpsc::SendError(w)| w),
+            None => Some(waiter),
+        };
+        if let Some(waiter) = unsent {
             waiter(Err(EngineError::Closed));
         }
     }
@@ -77,6 +89,21 @@ impl GroupCommitter {
 
     pub fn stats(&self) -> &GroupCommitStats {
         &self.stats
+    }
+}
+
+impl Drop for GroupCommitter {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread's loop once the waiters
+        // already queued are served.
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take() {
+            // A waiter that dropped the last committer would run on the
+            // thread itself, which cannot wait for itself.
+            if thread.thread().id() != thread::current().id() {
+                let _ = thread.join();
+            }
+        }
     }
 }
 
@@ -126,5 +153,17 @@ mod tests {
         let stats = committer.stats();
         assert_eq!(stats.waiters.load(Ordering::Relaxed), 100);
         assert!(stats.syncs.load(Ordering::Relaxed) <= 100);
+        assert_eq!(stats.slow_syncs.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn dropping_the_committer_releases_the_engine() {
+        let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+        let committer = GroupCommitter::start(engine.clone()).unwrap();
+        let (tx, rx) = mpsc::channel();
+        committer.after_sync(move |res| tx.send(res).unwrap());
+        drop(committer);
+        assert!(rx.recv().unwrap().is_ok());
+        assert_eq!(Arc::strong_count(&engine), 1);
     }
 }
