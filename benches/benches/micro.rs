@@ -15,13 +15,11 @@ use atoll_proto::v1::{ClusterMap, Shard};
 use atoll_proto::{NodeId, ReplicaId, ShardId};
 use atoll_raft::codec;
 use atoll_raft::state_machine::StateMachine;
-use atoll_raft::types::{Entry, LogId};
+use atoll_raft::types::{Entry, EntryPayload, LeaderId, LogId};
 use atoll_raft::{Command, Request, ShardKind, WriteId};
 use atoll_rocks::{RocksEngine, RocksOptions};
 use atoll_storage::{Engine, MemEngine, Record};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use openraft::storage::RaftStateMachine;
-use openraft::{CommittedLeaderId, EntryPayload};
 
 const VALUE_BYTES: usize = 256;
 
@@ -90,7 +88,13 @@ fn record(c: &mut Criterion) {
 
 fn put_entry(index: u64, value: &[u8]) -> Entry {
     Entry {
-        log_id: LogId::new(CommittedLeaderId::new(1, ReplicaId(1)), index),
+        log_id: LogId::new(
+            LeaderId {
+                term: 1,
+                node_id: ReplicaId(1),
+            },
+            index,
+        ),
         payload: EntryPayload::Normal(Request {
             write_id: Some(WriteId {
                 client_id: 7,
@@ -134,13 +138,11 @@ fn open_sm(engine: Arc<dyn Engine>, dir: &std::path::Path) -> StateMachine {
     .expect("state machine opens")
 }
 
-/// Applies groups of 64 puts (one `apply` call each, as openraft hands a
-/// replica its committed entries), to the in-memory engine and to RocksDB.
+/// Applies groups of 64 puts (one write batch each, as a replica applies
+/// the committed entries openraft hands it), to the in-memory engine and to
+/// RocksDB.
 fn apply(c: &mut Criterion) {
     const GROUP: u64 = 64;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime");
     let dir = tempfile::tempdir().expect("temp dir");
     let rocks: Arc<dyn Engine> = Arc::new(
         RocksEngine::open(&dir.path().join("db"), &RocksOptions::default()).expect("rocksdb"),
@@ -161,7 +163,7 @@ fn apply(c: &mut Criterion) {
                     next += GROUP;
                     entries
                 },
-                |entries| rt.block_on(sm.apply(entries)).expect("applied"),
+                |entries| sm.apply_entries(entries).expect("applied"),
                 BatchSize::SmallInput,
             )
         });

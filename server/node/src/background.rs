@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use atoll_proto::{ReplicaId, ShardId};
 use atoll_raft::state_machine::read_cluster_map;
+use atoll_raft::types::ServerState;
 use atoll_raft::{Command, Replica, ShardKind};
 use atoll_storage::keys::{data_range, split_data_key};
 use atoll_storage::{Cf, Record};
@@ -20,8 +21,8 @@ const TTL_PAGE: usize = 512;
 /// Keys one `Expire` command removes at most.
 const TTL_BATCH: usize = 128;
 
-/// How long a shard must have had a stable leader before its preferred
-/// leader takes over, and how often it may try.
+/// How long a shard must have had a stable leader before it hands over to
+/// its preferred replica, and how often it may try.
 const LEADER_SETTLE: Duration = Duration::from_secs(3);
 const LEADER_RETRY: Duration = Duration::from_secs(30);
 
@@ -33,10 +34,12 @@ pub(crate) fn spawn(node: &Arc<Node>) {
 }
 
 /// Moves leadership to the replica placement prefers (the first of the
-/// shard's replicas), so leaders spread over nodes and islands. openraft 0.9
-/// has no leader transfer, so the preferred replica, once the group has been
-/// stable for a while and it is a follower, starts an election; its log is
-/// as current as the leader's, so it wins.
+/// shard's replicas in the map), so leaders spread over nodes and islands.
+/// A leader that is not the preferred replica hands over once the group has
+/// been stable for a while and the preferred replica holds the leader's
+/// whole log. openraft's leader transfer makes the leader stop proposing,
+/// release its lease and ask the target to run an election at once, so the
+/// shard is without a leader for one election round, not for the lease.
 async fn leader_loop(node: Weak<Node>) {
     // Shard -> (leader seen, since when).
     let mut stable_since: HashMap<ShardId, (Option<ReplicaId>, Instant)> = HashMap::new();
@@ -46,10 +49,8 @@ async fn leader_loop(node: Weak<Node>) {
         tick.tick().await;
         let Some(node) = node.upgrade() else { return };
         let now = Instant::now();
+        let map = node.map();
         for replica in node.replicas() {
-            if !replica.spec.preferred_leader {
-                continue;
-            }
             let shard = replica.spec.shard;
             let metrics = replica.metrics();
             let leader = metrics.current_leader;
@@ -58,25 +59,37 @@ async fn leader_loop(node: Weak<Node>) {
                 *since = (leader, now);
                 continue;
             }
+            if leader != Some(replica.spec.replica) || metrics.state != ServerState::Leader {
+                continue;
+            }
+            let Some(preferred) = map
+                .meta
+                .iter()
+                .chain(map.shards.iter())
+                .find(|s| s.id == shard.get())
+                .and_then(|s| s.replicas.first())
+                .map(|r| ReplicaId(r.replica_id))
+            else {
+                continue;
+            };
+            if preferred == replica.spec.replica {
+                continue;
+            }
             let settled = now.duration_since(since.1) >= LEADER_SETTLE;
             let recently = tried
                 .get(&shard)
                 .is_some_and(|t| now.duration_since(*t) < LEADER_RETRY);
-            let follower = metrics.state == atoll_raft::types::ServerState::Follower;
-            // A replica still applying its log would lose the election and
-            // only disrupt the leader.
-            let caught_up = metrics.last_applied.map(|l| l.index) == metrics.last_log_index;
-            if leader.is_some()
-                && leader != Some(replica.spec.replica)
-                && follower
-                && caught_up
-                && settled
-                && !recently
-            {
+            // A target without the whole log would lose the election.
+            let caught_up = metrics
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&preferred))
+                .is_some_and(|matched| matched.map(|l| l.index) == metrics.last_log_index);
+            if caught_up && settled && !recently {
                 tried.insert(shard, now);
-                tracing::info!(shard = %shard, "taking over leadership as the preferred replica");
-                if let Err(e) = replica.raft.trigger().elect().await {
-                    tracing::debug!(shard = %shard, error = %e, "election not started");
+                tracing::info!(shard = %shard, to = %preferred, "handing leadership to the preferred replica");
+                if let Err(e) = replica.raft.trigger().transfer_leader(preferred).await {
+                    tracing::debug!(shard = %shard, error = %e, "leader transfer not started");
                 }
             }
         }

@@ -131,7 +131,7 @@ impl Node {
             election_timeout_max: config.raft.election_timeout_max,
             snapshot_after_entries: config.raft.snapshot_after_entries,
             keep_entries_after_snapshot: config.raft.keep_entries_after_snapshot,
-            snapshot_dir: config.data_dir.join("snapshots"),
+            snapshot_dir: snapshot_dir(&config),
             ack_before_fsync: config.testing.ack_before_fsync,
             max_proposals_in_flight: config.raft.max_proposals_in_flight,
         };
@@ -399,10 +399,19 @@ impl Node {
     }
 }
 
+/// Where snapshot files are made while they are built, sent or received.
+fn snapshot_dir(config: &NodeConfig) -> std::path::PathBuf {
+    config.data_dir.join("snapshots")
+}
+
 impl ReplicaDirectory for Node {
     fn raft(&self, shard: ShardId, replica: ReplicaId) -> Option<Raft> {
         self.replica(shard)
             .filter(|r| r.spec.replica == replica)
             .map(|r| r.raft)
+    }
+
+    fn snapshot_file(&self) -> Result<std::fs::File, atoll_storage::EngineError> {
+        atoll_raft::state_machine::snapshot_file(&snapshot_dir(&self.config))
     }
 }

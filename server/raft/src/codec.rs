@@ -2,12 +2,8 @@
 //! [frame](atoll_storage::frame), format version 1.
 
 use atoll_storage::{frame, EngineError};
-use openraft::{AnyError, StorageIOError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-
-use crate::types::StorageError;
-use atoll_proto::ReplicaId;
 
 const FORMAT: u8 = 1;
 
@@ -24,12 +20,11 @@ pub fn decode<T: DeserializeOwned>(stored: &[u8], what: &str) -> Result<T, Engin
     postcard::from_bytes(payload).map_err(|e| EngineError::Corruption(format!("{what}: {e}")))
 }
 
-/// Wraps an engine error for openraft, as a read of `what`.
-pub fn read_err(e: &EngineError) -> StorageError {
-    StorageIOError::<ReplicaId>::read(AnyError::new(e)).into()
-}
-
-/// Wraps an engine error for openraft, as a write.
-pub fn write_err(e: &EngineError) -> StorageError {
-    StorageIOError::<ReplicaId>::write(AnyError::new(e)).into()
+/// An engine error as openraft's storage traits report it: corruption is
+/// invalid data, the rest is I/O.
+pub fn io_err(e: EngineError) -> std::io::Error {
+    match e {
+        EngineError::Corruption(_) => std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        e => std::io::Error::other(e),
+    }
 }

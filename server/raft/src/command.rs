@@ -169,6 +169,32 @@ pub enum Outcome {
     Group(Vec<Outcome>),
 }
 
+impl Command {
+    /// The command's kind, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::Put { .. } => "put",
+            Command::Delete { .. } => "delete",
+            Command::Cas { .. } => "cas",
+            Command::Batch { .. } => "batch",
+            Command::Expire { .. } => "expire",
+            Command::SetClusterMap { .. } => "set-cluster-map",
+            Command::Group { .. } => "group",
+        }
+    }
+}
+
+/// A short form for logs: the kind and the write id, never keys or values.
+impl std::fmt::Display for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.command, self.write_id) {
+            (Command::Group { writes }, _) => write!(f, "group of {} writes", writes.len()),
+            (command, Some(id)) => write!(f, "{} {}:{}", command.kind(), id.client_id, id.seq),
+            (command, None) => f.write_str(command.kind()),
+        }
+    }
+}
+
 impl Request {
     /// Roughly how many bytes the request takes on the wire (keys and
     /// values; fixed overheads ignored). Used to bound message sizes.

@@ -12,11 +12,11 @@ use std::sync::Arc;
 use atoll_proto::ReplicaId;
 use atoll_storage::keys::{self, state_tag};
 use atoll_storage::{Cf, Engine, EngineError, GroupCommitter, WriteBatch};
-use openraft::storage::{LogFlushed, RaftLogStorage};
-use openraft::{LogState, OptionalSend, RaftLogReader};
+use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader};
 
-use crate::codec::{decode, encode, read_err, write_err};
-use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::codec::{decode, encode, io_err};
+use crate::types::{Entry, LogId, LogState, TypeConfig, Vote};
 
 /// One replica's log. Cloning gives a reader over the same log.
 #[derive(Clone)]
@@ -107,7 +107,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, StorageError> {
+    ) -> Result<Vec<Entry>, std::io::Error> {
         let Some((start, end)) = index_bounds(&range) else {
             return Ok(Vec::new());
         };
@@ -120,29 +120,29 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let rows = self
             .engine
             .scan(Cf::RaftLog, &start_key, &end_key, usize::MAX)
-            .map_err(|e| read_err(&e))?;
+            .map_err(io_err)?;
         rows.iter()
-            .map(|(_, v)| decode::<Entry>(v, "log entry").map_err(|e| read_err(&e)))
+            .map(|(_, v)| decode::<Entry>(v, "log entry").map_err(io_err))
             .collect()
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, std::io::Error> {
+        self.read_state(state_tag::VOTE).map_err(io_err)
     }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged_log_id = self.last_purged().map_err(|e| read_err(&e))?;
+    async fn get_log_state(&mut self) -> Result<LogState, std::io::Error> {
+        let last_purged_log_id = self.last_purged().map_err(io_err)?;
         let (start, end) = keys::replica_range(self.replica);
         let last = self
             .engine
             .last_in_range(Cf::RaftLog, &start, &end)
-            .map_err(|e| read_err(&e))?;
+            .map_err(io_err)?;
         let last_log_id = match last {
-            Some((_, v)) => Some(
-                decode::<Entry>(&v, "log entry")
-                    .map_err(|e| read_err(&e))?
-                    .log_id,
-            ),
+            Some((_, v)) => Some(decode::<Entry>(&v, "log entry").map_err(io_err)?.log_id),
             None => last_purged_log_id,
         };
         Ok(LogState {
@@ -155,42 +155,38 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), std::io::Error> {
         let mut batch = WriteBatch::new();
         batch.put(
             Cf::RaftState,
             self.state_key(state_tag::VOTE),
-            encode(vote).map_err(|e| write_err(&e))?,
+            encode(vote).map_err(io_err)?,
         );
-        self.engine.write(batch, true).map_err(|e| write_err(&e))
+        self.engine.write(batch, true).map_err(io_err)
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.read_state(state_tag::VOTE).map_err(|e| read_err(&e))
-    }
-
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), std::io::Error> {
         let mut batch = WriteBatch::new();
         batch.put(
             Cf::RaftState,
             self.state_key(state_tag::COMMITTED),
-            encode(&committed).map_err(|e| write_err(&e))?,
+            encode(&committed).map_err(io_err)?,
         );
-        self.engine.write(batch, false).map_err(|e| write_err(&e))
+        self.engine.write(batch, false).map_err(io_err)
     }
 
-    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+    async fn read_committed(&mut self) -> Result<Option<LogId>, std::io::Error> {
         Ok(self
             .read_state::<Option<LogId>>(state_tag::COMMITTED)
-            .map_err(|e| read_err(&e))?
+            .map_err(io_err)?
             .flatten())
     }
 
     async fn append<I>(
         &mut self,
         entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError>
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), std::io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -198,30 +194,38 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::new();
         for entry in entries {
             let key = keys::log_key(self.replica, entry.log_id.index);
-            batch.put(Cf::RaftLog, key, encode(&entry).map_err(|e| write_err(&e))?);
+            batch.put(Cf::RaftLog, key, encode(&entry).map_err(io_err)?);
         }
-        self.engine.write(batch, false).map_err(|e| write_err(&e))?;
+        self.engine.write(batch, false).map_err(io_err)?;
         if self.ack_before_fsync {
-            callback.log_io_completed(Ok(()));
+            callback.io_completed(Ok(()));
             return Ok(());
         }
         self.committer.after_sync(move |res| {
-            callback.log_io_completed(res.map_err(|e| std::io::Error::other(e.to_string())));
+            callback.io_completed(res.map_err(io_err));
         });
         Ok(())
     }
 
-    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+    /// Deletes every entry after `last_log_id` (all of them if `None`).
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), std::io::Error> {
+        let first_deleted = match last_log_id {
+            Some(id) => match id.index.checked_add(1) {
+                Some(next) => next,
+                None => return Ok(()),
+            },
+            None => 0,
+        };
         let mut batch = WriteBatch::new();
         batch.delete_range(
             Cf::RaftLog,
-            keys::log_key(self.replica, log_id.index),
+            keys::log_key(self.replica, first_deleted),
             self.log_end(),
         );
-        self.engine.write(batch, true).map_err(|e| write_err(&e))
+        self.engine.write(batch, true).map_err(io_err)
     }
 
-    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+    async fn purge(&mut self, log_id: LogId) -> Result<(), std::io::Error> {
         let mut batch = WriteBatch::new();
         let (start, _) = keys::replica_range(self.replica);
         // Record the purge point first in the batch: the deletion and the new
@@ -229,12 +233,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         batch.put(
             Cf::RaftState,
             self.state_key(state_tag::PURGED),
-            encode(&Some(log_id)).map_err(|e| write_err(&e))?,
+            encode(&Some(log_id)).map_err(io_err)?,
         );
         match log_id.index.checked_add(1) {
             Some(next) => batch.delete_range(Cf::RaftLog, start, keys::log_key(self.replica, next)),
             None => batch.delete_range(Cf::RaftLog, start, self.log_end()),
         }
-        self.engine.write(batch, false).map_err(|e| write_err(&e))
+        self.engine.write(batch, false).map_err(io_err)
     }
 }

@@ -11,18 +11,17 @@ use std::time::Duration;
 use atoll_proto::v1::raft_client::RaftClient;
 use atoll_proto::v1::{RaftMessage, SnapshotChunk};
 use atoll_proto::{NodeId, ReplicaId, ShardId};
-use openraft::error::{
-    Fatal, NetworkError, RPCError, RemoteError, ReplicationClosed, StreamingError, Unreachable,
-};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::types::{
-    AppendEntriesRequest, AppendEntriesResponse, RaftError, ReplicaNode, Snapshot,
-    SnapshotResponse, TypeConfig, Vote, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, EntryPayload, Fatal, ReplicaNode, Snapshot,
+    SnapshotData, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse, TypeConfig,
+    Vote, VoteRequest, VoteResponse,
 };
 
 /// Size of one snapshot chunk on the wire.
@@ -38,7 +37,7 @@ fn entries_that_fit(entries: &[crate::types::Entry]) -> usize {
     let mut total = 0;
     for (i, entry) in entries.iter().enumerate() {
         total += match &entry.payload {
-            openraft::EntryPayload::Normal(req) => req.approx_bytes(),
+            EntryPayload::Normal(req) => req.approx_bytes(),
             _ => 256,
         };
         if total > MAX_APPEND_BYTES {
@@ -106,27 +105,27 @@ impl PeerPool {
     }
 
     /// The cached channel to `node` (created lazily; reconnects on its own).
-    fn channel(&self, node: NodeId) -> Result<Channel, Unreachable> {
+    fn channel(&self, node: NodeId) -> Result<Channel, Unreachable<TypeConfig>> {
         if self.faults.is_cut(node) {
-            return Err(Unreachable::new(&PeerError(format!(
+            return Err(unreachable(format!(
                 "network to {node} is cut (test fault)"
-            ))));
+            )));
         }
         let address = self
             .directory
             .address(node)
-            .ok_or_else(|| Unreachable::new(&PeerError(format!("no address known for {node}"))))?;
+            .ok_or_else(|| unreachable(format!("no address known for {node}")))?;
         let mut channels = self
             .channels
             .lock()
-            .map_err(|_| Unreachable::new(&PeerError("pool poisoned".into())))?;
+            .map_err(|_| unreachable("pool poisoned"))?;
         if let Some((known, channel)) = channels.get(&node) {
             if *known == address {
                 return Ok(channel.clone());
             }
         }
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| Unreachable::new(&e))?
+            .map_err(unreachable)?
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
@@ -194,14 +193,25 @@ pub fn unpack<T: DeserializeOwned>(msg: &RaftMessage) -> Result<T, String> {
     postcard::from_bytes(&msg.payload).map_err(|e| format!("decode raft message: {e}"))
 }
 
-type RpcResult<T> = Result<T, RPCError<ReplicaId, ReplicaNode, RaftError>>;
+type RpcResult<T> = Result<T, RPCError<TypeConfig>>;
+
+fn unreachable(e: impl ToString) -> Unreachable<TypeConfig> {
+    Unreachable::new(&PeerError(e.to_string()))
+}
+
+fn network_error(e: impl ToString) -> NetworkError<TypeConfig> {
+    NetworkError::new(&PeerError(e.to_string()))
+}
 
 impl Network {
     /// Sends one call. No timeout of our own: openraft puts the call's TTL
     /// around every AppendEntries and Vote, and an answer slower than that
     /// (a follower's fsync stalled by the disk) must read as that timeout,
     /// after which openraft simply sends again. Reported as an unreachable
-    /// peer, it would make openraft back off from the peer for 500 ms.
+    /// peer, it would make openraft back off from the peer.
+    ///
+    /// The target's Raft answers with its result or a fatal error (it has
+    /// stopped); a stopped replica is reported as unreachable.
     async fn call<Req, Resp, F, Fut>(&self, req: &Req, send: F) -> RpcResult<Resp>
     where
         Req: Serialize,
@@ -209,25 +219,20 @@ impl Network {
         F: FnOnce(RaftClient<Channel>, RaftMessage) -> Fut,
         Fut: Future<Output = Result<tonic::Response<RaftMessage>, tonic::Status>>,
     {
-        let channel = self
-            .pool
-            .channel(self.node.node)
-            .map_err(RPCError::Unreachable)?;
-        let msg = message(self.shard, self.target, req)
-            .map_err(|e| RPCError::Network(NetworkError::new(&PeerError(e))))?;
+        let channel = self.pool.channel(self.node.node)?;
+        let msg = message(self.shard, self.target, req).map_err(network_error)?;
         let client = RaftClient::new(channel).max_decoding_message_size(64 << 20);
-        let reply = send(client, msg).await.map_err(|status| {
-            RPCError::Unreachable(Unreachable::new(&PeerError(status.to_string())))
-        })?;
-        let result: Result<Resp, RaftError> = unpack(reply.get_ref())
-            .map_err(|e| RPCError::Network(NetworkError::new(&PeerError(e))))?;
+        let reply = send(client, msg).await.map_err(unreachable)?;
+        let result: Result<Resp, Fatal> = unpack(reply.get_ref()).map_err(network_error)?;
         result.map_err(|e| {
-            RPCError::RemoteError(RemoteError::new_with_node(self.target, self.node, e))
+            RPCError::Unreachable(unreachable(format!("replica {}: {e}", self.target)))
         })
     }
 }
 
-impl RaftNetwork<TypeConfig> for Network {
+impl RaftNetworkV2<TypeConfig> for Network {
+    type SnapshotData = SnapshotData;
+
     async fn append_entries(
         &mut self,
         mut rpc: AppendEntriesRequest,
@@ -254,18 +259,18 @@ impl RaftNetwork<TypeConfig> for Network {
             .await
     }
 
-    async fn install_snapshot(
+    async fn pre_vote(&mut self, rpc: VoteRequest, _option: RPCOption) -> RpcResult<VoteResponse> {
+        self.call(&rpc, |mut c, m| async move { c.pre_vote(m).await })
+            .await
+    }
+
+    async fn transfer_leader(
         &mut self,
-        _rpc: openraft::raft::InstallSnapshotRequest<TypeConfig>,
+        req: TransferLeaderRequest,
         _option: RPCOption,
-    ) -> Result<
-        openraft::raft::InstallSnapshotResponse<ReplicaId>,
-        RPCError<ReplicaId, ReplicaNode, RaftError<openraft::error::InstallSnapshotError>>,
-    > {
-        // Snapshots go through `full_snapshot`, which streams them.
-        Err(RPCError::Network(NetworkError::new(&PeerError(
-            "chunked install_snapshot is not used".into(),
-        ))))
+    ) -> RpcResult<TransferLeaderResponse> {
+        self.call(&req, |mut c, m| async move { c.transfer_leader(m).await })
+            .await
     }
 
     async fn full_snapshot(
@@ -274,17 +279,17 @@ impl RaftNetwork<TypeConfig> for Network {
         snapshot: Snapshot,
         cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
         option: RPCOption,
-    ) -> Result<SnapshotResponse, StreamingError<TypeConfig, Fatal<ReplicaId>>> {
+    ) -> Result<SnapshotResponse, StreamingError<TypeConfig>> {
         let channel = self.pool.channel(self.node.node)?;
         let header = postcard::to_allocvec(&(vote, snapshot.meta.clone()))
-            .map_err(|e| NetworkError::new(&PeerError(format!("encode snapshot header: {e}"))))?;
-        let mut file = *snapshot.snapshot;
+            .map_err(|e| network_error(format!("encode snapshot header: {e}")))?;
+        let mut file = snapshot.snapshot;
         let len = async {
             file.seek(SeekFrom::Start(0)).await?;
             Ok::<_, std::io::Error>(file.metadata().await?.len())
         }
         .await
-        .map_err(|e| NetworkError::new(&PeerError(format!("snapshot file: {e}"))))?;
+        .map_err(|e| network_error(format!("snapshot file: {e}")))?;
         let chunks = chunk_stream(self.shard, self.target, header, file, len);
         let mut client = RaftClient::new(channel).max_decoding_message_size(64 << 20);
         let send = client.install_snapshot(chunks);
@@ -294,12 +299,12 @@ impl RaftNetwork<TypeConfig> for Network {
             reply = tokio::time::timeout(timeout, send) => reply,
         };
         let reply = reply
-            .map_err(|_| Unreachable::new(&PeerError("snapshot stream timed out".into())))?
-            .map_err(|status| Unreachable::new(&PeerError(status.to_string())))?;
-        let result: Result<SnapshotResponse, Fatal<ReplicaId>> =
-            unpack(reply.get_ref()).map_err(|e| NetworkError::new(&PeerError(e)))?;
+            .map_err(|_| unreachable("snapshot stream timed out"))?
+            .map_err(unreachable)?;
+        let result: Result<SnapshotResponse, Fatal> =
+            unpack(reply.get_ref()).map_err(network_error)?;
         result.map_err(|e| {
-            StreamingError::RemoteError(RemoteError::new_with_node(self.target, self.node, e))
+            StreamingError::Unreachable(unreachable(format!("replica {}: {e}", self.target)))
         })
     }
 }

@@ -1,12 +1,11 @@
 //! Client writes of one replica proposed together: concurrent writes whose
 //! keys are disjoint share one log entry ([`Command::Group`]).
 //!
-//! openraft 0.9 appends every `client_write` as its own entry and its core
-//! waits for that entry's fsync before it does anything else, so a replica
-//! that proposes each write alone makes one fsync per write, one after the
-//! other. The proposer keeps at most `max_in_flight` entries in openraft at
-//! once; writes that arrive meanwhile wait in a queue, and the next entry
-//! takes as many of them as fit.
+//! openraft makes every `client_write` an entry of its own, and each entry
+//! costs CPU on every replica (append, replication, apply, each a task
+//! hand-over). The proposer keeps at most `max_in_flight` entries in
+//! openraft at once; writes that arrive meanwhile wait in a queue, and the
+//! next entry takes as many of them as fit.
 //!
 //! A group holds each key at most once, so a key's version (the index of
 //! the entry that wrote it) still names one value, as a revision does in

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use atoll_proto::{ReplicaId, ShardId};
 use atoll_storage::{Engine, EngineError, GroupCommitter};
+use openraft::async_runtime::WatchReceiver;
 use openraft::storage::RaftLogStorage;
 use openraft::SnapshotPolicy;
 
@@ -114,6 +115,15 @@ impl Replica {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_after_entries),
             max_in_snapshot_log_to_keep: config.keep_entries_after_snapshot,
             install_snapshot_timeout: 60_000,
+            // openraft replicates an entry while the leader's own append is
+            // still being synced, so a leader may commit an entry its own
+            // disk does not hold yet (a majority of followers synced it). Restored as leader in
+            // its old term after a crash, it could hand out that entry's
+            // log id again; so a restarted replica always runs an election.
+            enable_leader_restore: Some(false),
+            // A replica that was cut off asks first whether it could win,
+            // so coming back it does not depose a healthy leader.
+            enable_pre_vote: Some(true),
             ..Default::default()
         }
         .validate()
@@ -129,7 +139,7 @@ impl Replica {
         if !initialized && spec.initial_members.contains_key(&spec.replica) {
             match raft.initialize(spec.initial_members.clone()).await {
                 Ok(()) if spec.preferred_leader => {
-                    if let Err(e) = raft.trigger().elect().await {
+                    if let Err(e) = raft.trigger().elect(false).await {
                         tracing::debug!(shard = %spec.shard, error = %e, "first election not started");
                     }
                 }
@@ -150,11 +160,11 @@ impl Replica {
 
     /// The latest metrics (role, term, leader, log positions).
     pub fn metrics(&self) -> RaftMetrics {
-        self.raft.metrics().borrow().clone()
+        self.raft.metrics().borrow_watched().clone()
     }
 
     /// The leader this replica knows of.
     pub fn leader(&self) -> Option<ReplicaId> {
-        self.raft.metrics().borrow().current_leader
+        self.raft.metrics().borrow_watched().current_leader
     }
 }

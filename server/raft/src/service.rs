@@ -11,11 +11,15 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::network::{message, unpack, verify_chunk};
-use crate::types::{AppendEntriesRequest, Raft, Snapshot, SnapshotMeta, Vote, VoteRequest};
+use crate::types::{
+    AppendEntriesRequest, Raft, Snapshot, SnapshotMeta, TransferLeaderRequest, Vote, VoteRequest,
+};
 
 /// Finds the local replica a message is for.
 pub trait ReplicaDirectory: Send + Sync + 'static {
     fn raft(&self, shard: ShardId, replica: ReplicaId) -> Option<Raft>;
+    /// A new, unlinked file to receive a snapshot into.
+    fn snapshot_file(&self) -> Result<std::fs::File, atoll_storage::EngineError>;
 }
 
 /// Implements `atoll.v1.Raft` over a [`ReplicaDirectory`].
@@ -58,7 +62,7 @@ impl RaftRpc for RaftService {
         let msg = request.into_inner();
         let raft = self.target(msg.shard_id, msg.target_replica)?;
         let rpc: AppendEntriesRequest = unpack(&msg).map_err(Status::invalid_argument)?;
-        let result = raft.append_entries(rpc).await;
+        let result = raft.append_entries(rpc).await.map_err(|e| e.unwrap_fatal());
         reply(msg.shard_id, msg.target_replica, &result)
     }
 
@@ -66,7 +70,29 @@ impl RaftRpc for RaftService {
         let msg = request.into_inner();
         let raft = self.target(msg.shard_id, msg.target_replica)?;
         let rpc: VoteRequest = unpack(&msg).map_err(Status::invalid_argument)?;
-        let result = raft.vote(rpc).await;
+        let result = raft.vote(rpc).await.map_err(|e| e.unwrap_fatal());
+        reply(msg.shard_id, msg.target_replica, &result)
+    }
+
+    async fn pre_vote(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let msg = request.into_inner();
+        let raft = self.target(msg.shard_id, msg.target_replica)?;
+        let rpc: VoteRequest = unpack(&msg).map_err(Status::invalid_argument)?;
+        let result = raft.pre_vote(rpc).await.map_err(|e| e.unwrap_fatal());
+        reply(msg.shard_id, msg.target_replica, &result)
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let msg = request.into_inner();
+        let raft = self.target(msg.shard_id, msg.target_replica)?;
+        let req: TransferLeaderRequest = unpack(&msg).map_err(Status::invalid_argument)?;
+        let result = raft.handle_transfer_leader(req).await;
         reply(msg.shard_id, msg.target_replica, &result)
     }
 
@@ -76,7 +102,7 @@ impl RaftRpc for RaftService {
     ) -> Result<Response<RaftMessage>, Status> {
         let mut stream = request.into_inner();
         let mut header: Option<(Vote, SnapshotMeta)> = None;
-        let mut target: Option<(u64, u64, Raft, Box<tokio::fs::File>)> = None;
+        let mut target: Option<(u64, u64, Raft, tokio::fs::File)> = None;
         let mut received = 0u64;
         let mut done = false;
         let file_error = |e: std::io::Error| Status::internal(format!("snapshot file: {e}"));
@@ -95,9 +121,10 @@ impl RaftRpc for RaftService {
                         .map_err(|e| Status::invalid_argument(format!("snapshot header: {e}")))?,
                 );
                 let raft = self.target(chunk.shard_id, chunk.target_replica)?;
-                let file = raft
-                    .begin_receiving_snapshot()
-                    .await
+                let file = self
+                    .replicas
+                    .snapshot_file()
+                    .map(tokio::fs::File::from_std)
                     .map_err(|e| Status::unavailable(e.to_string()))?;
                 target = Some((chunk.shard_id, chunk.target_replica, raft, file));
             }

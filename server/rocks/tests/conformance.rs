@@ -13,7 +13,7 @@ use atoll_raft::types::{StorageError, TypeConfig};
 use atoll_raft::ShardKind;
 use atoll_rocks::{RocksEngine, RocksOptions};
 use atoll_storage::{Engine, GroupCommitter};
-use openraft::testing::{StoreBuilder, Suite};
+use openraft::testing::log::{StoreBuilder, Suite};
 
 struct RocksBuilder;
 
@@ -36,10 +36,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Roc
     }
 }
 
-#[test]
-fn openraft_storage_suite_passes_on_rocksdb() {
-    // The suite runs each case on a runtime of its own.
-    if let Err(e) = Suite::test_all(RocksBuilder) {
+#[tokio::test]
+async fn openraft_storage_suite_passes_on_rocksdb() {
+    if let Err(e) = Suite::test_all(RocksBuilder).await {
         panic!("storage suite failed: {e}");
     }
 }

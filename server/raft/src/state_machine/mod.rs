@@ -15,16 +15,19 @@ use std::sync::Arc;
 use atoll_proto::{ReplicaId, ShardId};
 use atoll_storage::keys::{self, apply_tag};
 use atoll_storage::{Cf, Engine, EngineError, Record, WriteBatch};
-use openraft::storage::RaftStateMachine;
-use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, SnapshotMeta};
+use futures::{Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 
 pub use self::dedup::{DedupRow, DedupTable};
 pub use self::meta::read_cluster_map;
 use self::snapshot::Item;
-use crate::codec::{encode, read_err, write_err};
+use crate::codec::{encode, io_err};
 use crate::command::{Command, Outcome, WriteId};
-use crate::types::{Entry, LogId, Snapshot, StorageError, StoredMembership, TypeConfig};
+use crate::types::{
+    Entry, EntryPayload, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
+};
 
 /// The last applied log id and membership, stored with every applied batch.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,7 +107,8 @@ impl StateMachine {
         keys::tagged_key(self.replica, apply_tag::APPLIED, &[])
     }
 
-    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<Vec<Outcome>, EngineError> {
+    /// Applies `entries` in one write batch and returns their outcomes.
+    pub fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<Vec<Outcome>, EngineError> {
         let engine = self.engine.clone();
         let mut applier = apply::Applier::new(engine.as_ref(), self.kind.range());
         let mut outcomes = Vec::with_capacity(entries.len());
@@ -200,11 +204,7 @@ impl StateMachine {
     /// Replaces this replica's state with a snapshot's, in one write batch.
     /// The snapshot is checked whole (every item's crc32, every record's,
     /// header and trailer) before anything is written.
-    fn install(
-        &mut self,
-        meta: &crate::types::SnapshotMeta,
-        file: std::fs::File,
-    ) -> Result<(), EngineError> {
+    fn install(&mut self, meta: &SnapshotMeta, file: std::fs::File) -> Result<(), EngineError> {
         let mut batch = WriteBatch::new();
         if let Some((first, last)) = self.kind.range() {
             let (start, end) = keys::data_range(first, last);
@@ -263,7 +263,7 @@ pub struct SnapshotBuilder {
 }
 
 /// A new, already unlinked file in `dir`.
-fn snapshot_file(dir: &Path) -> Result<std::fs::File, EngineError> {
+pub fn snapshot_file(dir: &Path) -> Result<std::fs::File, EngineError> {
     tempfile::tempfile_in(dir)
         .map_err(|e| EngineError::Io(format!("snapshot file in {}: {e}", dir.display())))
 }
@@ -290,74 +290,67 @@ impl SnapshotBuilder {
         })
         .await
         .map_err(|e| EngineError::Io(format!("snapshot task: {e}")))??;
-        let snapshot_id = match applied.last_applied {
-            Some(id) => format!("{}-{}-{}", shard.get(), id.leader_id.term, id.index),
-            None => format!("{}-0-0", shard.get()),
-        };
         let meta = SnapshotMeta {
             last_log_id: applied.last_applied,
             last_membership: applied.membership,
-            snapshot_id,
         };
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(tokio::fs::File::from_std(file)),
+            snapshot: tokio::fs::File::from_std(file),
         })
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
-    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        self.build().await.map_err(|e| read_err(&e))
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, std::io::Error> {
+        self.build().await.map_err(io_err)
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = SnapshotBuilder;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), std::io::Error> {
         Ok((self.applied.last_applied, self.applied.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError>
+    /// Applies the entries in one write batch, then answers their callers.
+    async fn apply<S>(&mut self, entries: S) -> Result<(), std::io::Error>
     where
-        I: IntoIterator<Item = Entry> + OptionalSend,
-        I::IntoIter: OptionalSend,
+        S: Stream<Item = Result<EntryResponder<TypeConfig>, std::io::Error>> + Unpin + OptionalSend,
     {
-        self.apply_entries(entries.into_iter().collect())
-            .map_err(|e| write_err(&e))
+        let (entries, responders): (Vec<_>, Vec<_>) =
+            entries.try_collect::<Vec<_>>().await?.into_iter().unzip();
+        let outcomes = self.apply_entries(entries).map_err(io_err)?;
+        for (responder, outcome) in responders.into_iter().zip(outcomes) {
+            if let Some(responder) = responder {
+                responder.send(outcome);
+            }
+        }
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.builder()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        let file = snapshot_file(&self.snapshot_dir).map_err(|e| write_err(&e))?;
-        Ok(Box::new(tokio::fs::File::from_std(file)))
-    }
-
     async fn install_snapshot(
         &mut self,
-        meta: &crate::types::SnapshotMeta,
-        snapshot: Box<tokio::fs::File>,
-    ) -> Result<(), StorageError> {
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> Result<(), std::io::Error> {
         let mut file = snapshot.into_std().await;
-        let install = file
-            .seek(SeekFrom::Start(0))
-            .map_err(|e| EngineError::Io(e.to_string()))
-            .and_then(|_| self.install(meta, file));
-        install.map_err(|e| write_err(&e))
+        file.seek(SeekFrom::Start(0))?;
+        self.install(meta, file).map_err(io_err)
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, std::io::Error> {
         if self.applied.last_applied.is_none() {
             return Ok(None);
         }
-        self.builder()
-            .build()
-            .await
-            .map(Some)
-            .map_err(|e| read_err(&e))
+        self.builder().build().await.map(Some).map_err(io_err)
     }
 }

@@ -9,7 +9,7 @@ use atoll_raft::state_machine::StateMachine;
 use atoll_raft::types::{StorageError, TypeConfig};
 use atoll_raft::ShardKind;
 use atoll_storage::{Engine, GroupCommitter, MemEngine};
-use openraft::testing::{StoreBuilder, Suite};
+use openraft::testing::log::{StoreBuilder, Suite};
 
 struct MemBuilder;
 
@@ -34,9 +34,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine> for MemBuilder {
     }
 }
 
-#[test]
-fn openraft_storage_suite_passes_on_the_memory_engine() {
-    if let Err(e) = Suite::test_all(MemBuilder) {
+#[tokio::test]
+async fn openraft_storage_suite_passes_on_the_memory_engine() {
+    if let Err(e) = Suite::test_all(MemBuilder).await {
         panic!("storage suite failed: {e}");
     }
 }

@@ -4,15 +4,31 @@ use std::sync::Arc;
 
 use atoll_proto::{ReplicaId, ShardId};
 use atoll_raft::state_machine::StateMachine;
-use atoll_raft::types::{Entry, LogId};
+use atoll_raft::types::{Entry, EntryPayload, LeaderId, LogId};
 use atoll_raft::{BatchStep, Command, Expected, Outcome, Proposal, Request, ShardKind, WriteId};
-use atoll_storage::{Engine, MemEngine};
-use openraft::storage::RaftStateMachine;
-use openraft::{CommittedLeaderId, EntryPayload};
+use atoll_storage::{Engine, EngineError, MemEngine};
+
+/// The state machine's apply, with the outcomes returned rather than sent
+/// to openraft's responders.
+trait ApplyAll {
+    async fn apply(&mut self, entries: Vec<Entry>) -> Result<Vec<Outcome>, EngineError>;
+}
+
+impl ApplyAll for StateMachine {
+    async fn apply(&mut self, entries: Vec<Entry>) -> Result<Vec<Outcome>, EngineError> {
+        self.apply_entries(entries)
+    }
+}
 
 fn entry(index: u64, write_id: Option<(u64, u64)>, now_ms: u64, command: Command) -> Entry {
     Entry {
-        log_id: LogId::new(CommittedLeaderId::new(1, ReplicaId(1)), index),
+        log_id: LogId::new(
+            LeaderId {
+                term: 1,
+                node_id: ReplicaId(1),
+            },
+            index,
+        ),
         payload: EntryPayload::Normal(Request {
             write_id: write_id.map(|(client_id, seq)| WriteId { client_id, seq }),
             now_ms,
