@@ -62,6 +62,19 @@ impl BatchStep {
     }
 }
 
+/// Most writes one log entry carries ([`Command::Group`]).
+pub const WRITES_PER_ENTRY: usize = 256;
+
+/// The version a write gets: the log index of its entry times
+/// [`WRITES_PER_ENTRY`], plus its position in the entry. So every write of
+/// a key has its own version, later writes larger ones, even when one
+/// entry writes a key several times.
+pub fn write_version(index: u64, position: usize) -> u64 {
+    index
+        .saturating_mul(WRITES_PER_ENTRY as u64)
+        .saturating_add(position as u64)
+}
+
 /// A state-machine command.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {

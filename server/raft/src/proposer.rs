@@ -1,5 +1,5 @@
-//! Client writes of one replica proposed together: concurrent writes whose
-//! keys are disjoint share one log entry ([`Command::Group`]).
+//! Client writes of one replica proposed together: concurrent writes share
+//! one log entry ([`Command::Group`]), applied in arrival order.
 //!
 //! openraft makes every `client_write` an entry of its own, and each entry
 //! costs CPU on every replica (append, replication, apply, each a task
@@ -7,23 +7,23 @@
 //! openraft at once; writes that arrive meanwhile wait in a queue, and the
 //! next entry takes as many of them as fit.
 //!
-//! A group holds each key at most once, so a key's version (the index of
-//! the entry that wrote it) still names one value, as a revision does in
-//! etcd. Writes leave the queue in arrival order: a write whose keys overlap
-//! the group being formed closes that group and starts the next one.
+//! Each write of a group gets a version of its own (its entry's index and
+//! its position, see [`write_version`](crate::command::write_version)), so
+//! writes to one key can share an entry: compare-and-swaps racing on a hot
+//! key are decided in one entry, the first winning and the rest failing,
+//! rather than in one entry each.
 
-use std::collections::{HashSet, VecDeque};
-use std::hash::{BuildHasher, RandomState};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use crate::command::{Command, Outcome, Proposal, Request};
+use crate::command::{Command, Outcome, Proposal, Request, WRITES_PER_ENTRY};
 use crate::types::{ClientWriteError, Raft, RaftError};
 
 /// Most writes in one group.
-pub const MAX_GROUP_WRITES: usize = 256;
+pub const MAX_GROUP_WRITES: usize = WRITES_PER_ENTRY;
 /// Most bytes (keys and values, roughly) in one group; a single larger
 /// write still goes alone.
 pub const MAX_GROUP_BYTES: usize = 512 * 1024;
@@ -170,38 +170,28 @@ fn stopped() -> ProposeError {
 
 /// Takes the next group off the front of `queue`: one write that cannot
 /// be grouped (it names no keys), or the longest run of groupable writes
-/// with pairwise disjoint keys within the size limits. Writes whose caller
-/// stopped waiting (its deadline passed, and it was told the outcome is
-/// unknown) are dropped unproposed.
-///
-/// Keys are compared by a 64-bit hash, so that forming a group copies no
-/// key: two keys with the same hash only end a group early.
+/// within the size limits. Writes whose caller stopped waiting (its
+/// deadline passed, and it was told the outcome is unknown) are dropped
+/// unproposed.
 fn take_group(queue: &mut VecDeque<Pending>) -> Vec<Pending> {
     let mut group = Vec::new();
-    let hasher = RandomState::new();
-    let mut keys: HashSet<u64> = HashSet::new();
     let mut bytes = 0;
     while let Some(next) = queue.front() {
         if next.reply.is_closed() {
             queue.pop_front();
             continue;
         }
-        let Some(next_keys) = next.request.command.keys() else {
+        if next.request.command.keys().is_none() {
             if group.is_empty() {
                 group.extend(queue.pop_front());
             }
             break;
-        };
+        }
         let size = next.request.approx_bytes();
-        let hashes: Vec<u64> = next_keys.iter().map(|k| hasher.hash_one(k)).collect();
-        if !group.is_empty()
-            && (group.len() >= MAX_GROUP_WRITES
-                || bytes + size > MAX_GROUP_BYTES
-                || hashes.iter().any(|h| keys.contains(h)))
+        if !group.is_empty() && (group.len() >= MAX_GROUP_WRITES || bytes + size > MAX_GROUP_BYTES)
         {
             break;
         }
-        keys.extend(hashes);
         bytes += size;
         group.extend(queue.pop_front());
     }
@@ -260,9 +250,18 @@ mod tests {
     }
 
     #[test]
-    fn a_key_written_twice_starts_the_next_group_in_arrival_order() {
+    fn writes_to_one_key_share_a_group_in_arrival_order() {
         let commands = ["a", "b", "a", "c", "c"].map(put).to_vec();
-        assert_eq!(sizes_of(commands), vec![2, 2, 1]);
+        let (mut queue, _receivers): (VecDeque<_>, Vec<_>) =
+            commands.into_iter().map(waiting).unzip();
+        let group = take_group(&mut queue);
+        let keys: Vec<_> = group.iter().map(|p| p.request.command.keys()).collect();
+        let expected: Vec<Option<Vec<&[u8]>>> = ["a", "b", "a", "c", "c"]
+            .iter()
+            .map(|k| Some(vec![k.as_bytes()]))
+            .collect();
+        assert_eq!(keys, expected);
+        assert!(queue.is_empty());
     }
 
     #[test]

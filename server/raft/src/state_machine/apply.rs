@@ -82,11 +82,12 @@ impl<'a> Applier<'a> {
             .then(|| data_key_with_hash(hash, key))
     }
 
-    /// Applies one data command at log index `index`, proposed at `now`
+    /// Applies one data command, which writes `version` (see
+    /// [`write_version`](crate::command::write_version)), proposed at `now`
     /// (Unix ms).
     pub fn apply(
         &mut self,
-        index: u64,
+        version: u64,
         now: u64,
         command: &Command,
     ) -> Result<Outcome, EngineError> {
@@ -106,12 +107,12 @@ impl<'a> Applier<'a> {
         match command {
             Command::Put { key, value, ttl_ms } => {
                 let record = Record {
-                    version: index,
+                    version,
                     expires_at_ms: expiry(now, *ttl_ms),
                     value: value.clone(),
                 };
                 self.put(dkey(self, key), record);
-                Ok(Outcome::Written { version: index })
+                Ok(Outcome::Written { version })
             }
             Command::Delete { key } => {
                 let dk = dkey(self, key);
@@ -120,10 +121,7 @@ impl<'a> Applier<'a> {
                 if stored.is_some() {
                     self.delete(dk);
                 }
-                Ok(Outcome::Deleted {
-                    deleted,
-                    version: index,
-                })
+                Ok(Outcome::Deleted { deleted, version })
             }
             Command::Cas {
                 key,
@@ -148,7 +146,7 @@ impl<'a> Applier<'a> {
                 match new_value {
                     Some(value) => {
                         let record = Record {
-                            version: index,
+                            version,
                             expires_at_ms: expiry(now, *ttl_ms),
                             value: value.clone(),
                         };
@@ -156,7 +154,7 @@ impl<'a> Applier<'a> {
                     }
                     None => self.delete(dk),
                 }
-                Ok(Outcome::Written { version: index })
+                Ok(Outcome::Written { version })
             }
             Command::Batch { steps } => {
                 for step in steps {
@@ -166,8 +164,8 @@ impl<'a> Applier<'a> {
                     } = step
                     {
                         let live = self.live(&dkey(self, key), now)?;
-                        let version = live.as_ref().map_or(0, |r| r.version);
-                        if version != *expected_version {
+                        let current = live.as_ref().map_or(0, |r| r.version);
+                        if current != *expected_version {
                             return Ok(Outcome::CasFailed {
                                 key: key.clone(),
                                 current: live.as_ref().map(current_of),
@@ -179,7 +177,7 @@ impl<'a> Applier<'a> {
                     match step {
                         BatchStep::Put { key, value, ttl_ms } => {
                             let record = Record {
-                                version: index,
+                                version,
                                 expires_at_ms: expiry(now, *ttl_ms),
                                 value: value.clone(),
                             };
@@ -189,14 +187,14 @@ impl<'a> Applier<'a> {
                         BatchStep::Check { .. } => {}
                     }
                 }
-                Ok(Outcome::Written { version: index })
+                Ok(Outcome::Written { version })
             }
             Command::Expire { keys } => {
                 let mut removed = 0;
-                for (key, version) in keys {
+                for (key, expired_version) in keys {
                     let dk = dkey(self, key);
                     if let Some(r) = self.stored(&dk)? {
-                        if r.version == *version && r.is_expired(now) {
+                        if r.version == *expired_version && r.is_expired(now) {
                             self.delete(dk);
                             removed += 1;
                         }

@@ -24,7 +24,7 @@ pub use self::dedup::{DedupRow, DedupTable};
 pub use self::meta::read_cluster_map;
 use self::snapshot::Item;
 use crate::codec::{encode, io_err};
-use crate::command::{Command, Outcome, WriteId};
+use crate::command::{write_version, Command, Outcome, WriteId, WRITES_PER_ENTRY};
 use crate::types::{
     Entry, EntryPayload, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
 };
@@ -127,10 +127,19 @@ impl StateMachine {
                         Command::Group { writes } => Outcome::Group(
                             writes
                                 .iter()
-                                .map(|w| {
+                                .enumerate()
+                                .map(|(position, w)| {
+                                    if position >= WRITES_PER_ENTRY {
+                                        return Ok(Outcome::Rejected {
+                                            reason: format!(
+                                                "a group holds at most {WRITES_PER_ENTRY} writes"
+                                            ),
+                                        });
+                                    }
                                     self.apply_write(
                                         &mut applier,
                                         index,
+                                        write_version(index, position),
                                         w.write_id,
                                         req.now_ms,
                                         &w.command,
@@ -141,6 +150,7 @@ impl StateMachine {
                         command => self.apply_write(
                             &mut applier,
                             index,
+                            write_version(index, 0),
                             req.write_id,
                             req.now_ms,
                             command,
@@ -156,13 +166,14 @@ impl StateMachine {
         Ok(outcomes)
     }
 
-    /// Applies one write of the entry at `index`, proposed at `now_ms`,
-    /// unless its id shows it was applied before: then it answers with the
-    /// first outcome.
+    /// Applies one write of the entry at `index`, as `version`, proposed at
+    /// `now_ms`, unless its id shows it was applied before: then it answers
+    /// with the first outcome.
     fn apply_write(
         &mut self,
         applier: &mut apply::Applier<'_>,
         index: u64,
+        version: u64,
         write_id: Option<WriteId>,
         now_ms: u64,
         command: &Command,
@@ -187,7 +198,7 @@ impl StateMachine {
             (_, ShardKind::Meta) => Outcome::Rejected {
                 reason: "data commands go to data shards".into(),
             },
-            (_, ShardKind::Data { .. }) => applier.apply(index, now_ms, command)?,
+            (_, ShardKind::Data { .. }) => applier.apply(version, now_ms, command)?,
         };
         if let Some(id) = write_id {
             let row = DedupRow {

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use atoll_proto::{ReplicaId, ShardId};
+use atoll_raft::command::write_version;
 use atoll_raft::state_machine::StateMachine;
 use atoll_raft::types::{Entry, EntryPayload, LeaderId, LogId};
 use atoll_raft::{BatchStep, Command, Expected, Outcome, Proposal, Request, ShardKind, WriteId};
@@ -35,6 +36,11 @@ fn entry(index: u64, write_id: Option<(u64, u64)>, now_ms: u64, command: Command
             command,
         }),
     }
+}
+
+/// The version of the write at `position` in the entry at `index`.
+fn v(index: u64, position: usize) -> u64 {
+    write_version(index, position)
 }
 
 fn put(key: &str, value: &str) -> Command {
@@ -73,7 +79,7 @@ async fn a_repeated_write_id_returns_the_first_outcome_without_applying_again() 
         .apply(vec![entry(1, Some((9, 1)), 0, create.clone())])
         .await
         .unwrap();
-    assert_eq!(out, vec![Outcome::Written { version: 1 }]);
+    assert_eq!(out, vec![Outcome::Written { version: v(1, 0) }]);
     // The same write, proposed again (a client retry), in a later entry.
     let out = sm
         .apply(vec![entry(2, Some((9, 1)), 0, create.clone())])
@@ -81,7 +87,7 @@ async fn a_repeated_write_id_returns_the_first_outcome_without_applying_again() 
         .unwrap();
     assert_eq!(
         out,
-        vec![Outcome::Written { version: 1 }],
+        vec![Outcome::Written { version: v(1, 0) }],
         "the first outcome, not a CAS failure"
     );
     // A new write id with the same command really runs, and fails.
@@ -96,7 +102,7 @@ async fn a_repeated_write_id_returns_the_first_outcome_without_applying_again() 
         .apply(vec![entry(4, Some((9, 1)), 0, put("k", "zzz"))])
         .await
         .unwrap();
-    assert_eq!(out, vec![Outcome::Written { version: 1 }]);
+    assert_eq!(out, vec![Outcome::Written { version: v(1, 0) }]);
 }
 
 #[tokio::test]
@@ -112,7 +118,7 @@ async fn later_entries_of_one_apply_see_earlier_ones() {
                 0,
                 Command::Cas {
                     key: b"k".to_vec(),
-                    expected: Expected::Version(1),
+                    expected: Expected::Version(v(1, 0)),
                     new_value: Some(b"b".to_vec()),
                     ttl_ms: 0,
                 },
@@ -125,15 +131,15 @@ async fn later_entries_of_one_apply_see_earlier_ones() {
     assert_eq!(
         out,
         vec![
-            Outcome::Written { version: 1 },
-            Outcome::Written { version: 2 },
+            Outcome::Written { version: v(1, 0) },
+            Outcome::Written { version: v(2, 0) },
             Outcome::Deleted {
                 deleted: true,
-                version: 3
+                version: v(3, 0)
             },
             Outcome::Deleted {
                 deleted: false,
-                version: 4
+                version: v(4, 0)
             },
         ]
     );
@@ -174,7 +180,7 @@ async fn expiry_is_judged_by_the_entry_time() {
     let out = sm.apply(vec![late]).await.unwrap();
     assert_eq!(
         out,
-        vec![Outcome::Written { version: 3 }],
+        vec![Outcome::Written { version: v(3, 0) }],
         "expired at 1100: treated as absent"
     );
 }
@@ -289,15 +295,15 @@ async fn a_group_applies_each_write_with_its_own_outcome_and_dedup() {
     assert_eq!(
         out,
         vec![Outcome::Group(vec![
-            Outcome::Written { version: 1 },
-            Outcome::Written { version: 2 },
+            Outcome::Written { version: v(1, 0) },
+            Outcome::Written { version: v(2, 1) },
             Outcome::CasFailed {
                 key: b"b".to_vec(),
                 current: None
             },
             Outcome::Deleted {
                 deleted: false,
-                version: 2
+                version: v(2, 3)
             },
         ])]
     );
@@ -312,14 +318,14 @@ async fn a_group_applies_each_write_with_its_own_outcome_and_dedup() {
         b"1",
         "the retry changed nothing"
     );
-    assert_eq!(value(b"c").unwrap().version, 2);
+    assert_eq!(value(b"c").unwrap().version, v(2, 1));
     // Each write of the group is remembered on its own: retried alone in a
     // later entry, it answers with its outcome from the group.
     let out = sm
         .apply(vec![entry(3, Some((5, 2)), 0, put("c", "again"))])
         .await
         .unwrap();
-    assert_eq!(out, vec![Outcome::Written { version: 2 }]);
+    assert_eq!(out, vec![Outcome::Written { version: v(2, 1) }]);
 }
 
 #[tokio::test]
@@ -340,5 +346,67 @@ async fn a_group_inside_a_group_is_rejected_alone() {
         panic!("a group's outcome: {out:?}");
     };
     assert!(matches!(outcomes[0], Outcome::Rejected { .. }));
-    assert_eq!(outcomes[1], Outcome::Written { version: 1 });
+    assert_eq!(outcomes[1], Outcome::Written { version: v(1, 1) });
+}
+
+#[tokio::test]
+async fn writes_to_one_key_in_one_group_get_their_own_versions_in_order() {
+    let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+    let mut sm = open(&engine);
+    sm.apply(vec![entry(1, None, 0, put("k", "a"))])
+        .await
+        .unwrap();
+    // Three compare-and-swaps that all read version v(1, 0), as racing
+    // clients do, and a put: the first CAS wins, the other two fail against
+    // what it wrote, and the put lands on top.
+    let cas = |new: &str| Command::Cas {
+        key: b"k".to_vec(),
+        expected: Expected::Version(v(1, 0)),
+        new_value: Some(new.as_bytes().to_vec()),
+        ttl_ms: 0,
+    };
+    let out = sm
+        .apply(vec![entry(
+            2,
+            None,
+            0,
+            group(vec![
+                (Some((1, 1)), cas("b")),
+                (Some((2, 1)), cas("c")),
+                (Some((3, 1)), cas("d")),
+                (Some((4, 1)), put("k", "e")),
+            ]),
+        )])
+        .await
+        .unwrap();
+    let won = atoll_raft::Current {
+        value: b"b".to_vec(),
+        version: v(2, 0),
+        expires_at_ms: 0,
+    };
+    assert_eq!(
+        out,
+        vec![Outcome::Group(vec![
+            Outcome::Written { version: v(2, 0) },
+            Outcome::CasFailed {
+                key: b"k".to_vec(),
+                current: Some(won.clone())
+            },
+            Outcome::CasFailed {
+                key: b"k".to_vec(),
+                current: Some(won)
+            },
+            Outcome::Written { version: v(2, 3) },
+        ])]
+    );
+    assert!(v(1, 0) < v(2, 0) && v(2, 3) < v(3, 0), "versions only grow");
+    let stored = engine
+        .get(
+            atoll_storage::Cf::Data,
+            &atoll_storage::keys::data_key(b"k"),
+        )
+        .unwrap()
+        .map(|stored| atoll_storage::Record::decode(&stored).unwrap())
+        .unwrap();
+    assert_eq!((stored.value, stored.version), (b"e".to_vec(), v(2, 3)));
 }
