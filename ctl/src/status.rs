@@ -23,6 +23,11 @@ pub struct NodeOut {
     pub wal_syncs: u64,
     /// Log appends made durable per WAL sync (group commit), on average.
     pub appends_per_sync: f64,
+    /// Mean time of one WAL sync, in milliseconds.
+    pub mean_sync_ms: f64,
+    /// WAL syncs that took over 100 ms (a stalled disk holds up every
+    /// shard of the node).
+    pub slow_syncs: u64,
 }
 
 #[derive(Serialize)]
@@ -134,6 +139,10 @@ impl Report {
                     appends_per_sync: status.map_or(0.0, |s| {
                         s.wal_synced_appends as f64 / s.wal_syncs.max(1) as f64
                     }),
+                    mean_sync_ms: status.map_or(0.0, |s| {
+                        s.wal_sync_micros as f64 / 1000.0 / s.wal_syncs.max(1) as f64
+                    }),
+                    slow_syncs: status.map_or(0, |s| s.wal_slow_syncs),
                 }
             })
             .collect();
@@ -171,7 +180,7 @@ impl Report {
         );
         println!();
         println!(
-            "{:<6} {:<14} {:<22} {:<8} {:>8} {:>8} {:>10} {:>12}",
+            "{:<6} {:<14} {:<22} {:<8} {:>8} {:>8} {:>10} {:>12} {:>8} {:>10}",
             "NODE",
             "ISLAND",
             "ADDRESS",
@@ -179,7 +188,9 @@ impl Report {
             "REPLICAS",
             "LEADERS",
             "WAL SYNCS",
-            "APPENDS/SYNC"
+            "APPENDS/SYNC",
+            "SYNC MS",
+            "SLOW SYNCS"
         );
         for n in &self.nodes {
             let state = if n.reachable {
@@ -188,7 +199,7 @@ impl Report {
                 "down".into()
             };
             println!(
-                "{:<6} {:<14} {:<22} {:<8} {:>8} {:>8} {:>10} {:>12.1}",
+                "{:<6} {:<14} {:<22} {:<8} {:>8} {:>8} {:>10} {:>12.1} {:>8.2} {:>10}",
                 n.id,
                 n.island,
                 n.address,
@@ -196,7 +207,9 @@ impl Report {
                 n.replicas,
                 n.leaders,
                 n.wal_syncs,
-                n.appends_per_sync
+                n.appends_per_sync,
+                n.mean_sync_ms,
+                n.slow_syncs
             );
         }
         println!();

@@ -229,7 +229,15 @@ async fn cluster_status_json_shows_three_islands_per_shard() {
         assert_eq!(islands.len(), 3);
         assert!(shard["leader_node"].is_u64(), "{shard}");
     }
-    assert_eq!(report["nodes"].as_array().unwrap().len(), 5);
+    let nodes = report["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 5);
+    for node in nodes {
+        // Every node has synced its log (each runs Raft groups), and says
+        // how long its syncs took.
+        assert!(node["wal_syncs"].as_u64().unwrap() > 0, "{node}");
+        assert!(node["mean_sync_ms"].as_f64().unwrap() > 0.0, "{node}");
+        assert!(node["slow_syncs"].is_u64(), "{node}");
+    }
 }
 
 #[test]
