@@ -63,10 +63,7 @@ async fn leader_loop(node: Weak<Node>) {
                 continue;
             }
             let Some(preferred) = map
-                .meta
-                .iter()
-                .chain(map.shards.iter())
-                .find(|s| s.id == shard.get())
+                .shard(shard)
                 .and_then(|s| s.replicas.first())
                 .map(|r| ReplicaId(r.replica_id))
             else {

@@ -123,6 +123,12 @@ pub struct Proposal {
 }
 
 impl Command {
+    /// Whether the command may go into a [`Command::Group`]: data commands
+    /// may; cluster-map commands and groups go alone.
+    pub fn groupable(&self) -> bool {
+        !matches!(self, Command::SetClusterMap { .. } | Command::Group { .. })
+    }
+
     /// The keys a data command reads or writes; `None` for commands that
     /// name no keys (cluster map) and for groups.
     pub fn keys(&self) -> Option<Vec<&[u8]>> {

@@ -11,8 +11,11 @@ use std::time::Duration;
 use atoll_proto::v1::raft_client::RaftClient;
 use atoll_proto::v1::{RaftMessage, SnapshotChunk};
 use atoll_proto::{NodeId, ReplicaId, ShardId};
-use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::error::{
+    NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::RPCTypes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -140,12 +143,14 @@ impl PeerPool {
 #[derive(Clone)]
 pub struct NetworkFactory {
     shard: ShardId,
+    /// The sending replica.
+    from: ReplicaId,
     pool: Arc<PeerPool>,
 }
 
 impl NetworkFactory {
-    pub fn new(shard: ShardId, pool: Arc<PeerPool>) -> Self {
-        Self { shard, pool }
+    pub fn new(shard: ShardId, from: ReplicaId, pool: Arc<PeerPool>) -> Self {
+        Self { shard, from, pool }
     }
 }
 
@@ -155,6 +160,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     async fn new_client(&mut self, target: ReplicaId, node: &ReplicaNode) -> Network {
         Network {
             shard: self.shard,
+            from: self.from,
             target,
             node: *node,
             pool: self.pool.clone(),
@@ -165,6 +171,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 /// Sends one shard's messages to one target replica.
 pub struct Network {
     shard: ShardId,
+    from: ReplicaId,
     target: ReplicaId,
     node: ReplicaNode,
     pool: Arc<PeerPool>,
@@ -204,15 +211,22 @@ fn network_error(e: impl ToString) -> NetworkError<TypeConfig> {
 }
 
 impl Network {
-    /// Sends one call. No timeout of our own: openraft puts the call's TTL
-    /// around every AppendEntries and Vote, and an answer slower than that
-    /// (a follower's fsync stalled by the disk) must read as that timeout,
-    /// after which openraft simply sends again. Reported as an unreachable
-    /// peer, it would make openraft back off from the peer.
+    /// Sends one call of kind `action` and waits for its answer at most
+    /// the call's TTL (one heartbeat interval for AppendEntries; openraft
+    /// leaves that limit to the network). An answer slower than that (a
+    /// follower's fsync stalled by the disk) is a timeout, after which
+    /// openraft simply sends again; reported as an unreachable peer, it
+    /// would make openraft back off from the peer.
     ///
     /// The target's Raft answers with its result or a fatal error (it has
     /// stopped); a stopped replica is reported as unreachable.
-    async fn call<Req, Resp, F, Fut>(&self, req: &Req, send: F) -> RpcResult<Resp>
+    async fn call<Req, Resp, F, Fut>(
+        &self,
+        action: RPCTypes,
+        option: &RPCOption,
+        req: &Req,
+        send: F,
+    ) -> RpcResult<Resp>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -222,7 +236,18 @@ impl Network {
         let channel = self.pool.channel(self.node.node)?;
         let msg = message(self.shard, self.target, req).map_err(network_error)?;
         let client = RaftClient::new(channel).max_decoding_message_size(64 << 20);
-        let reply = send(client, msg).await.map_err(unreachable)?;
+        let ttl = option.hard_ttl();
+        let reply = tokio::time::timeout(ttl, send(client, msg))
+            .await
+            .map_err(|_| {
+                RPCError::Timeout(Timeout {
+                    action,
+                    id: self.from,
+                    target: self.target,
+                    timeout: ttl,
+                })
+            })?
+            .map_err(unreachable)?;
         let result: Result<Resp, Fatal> = unpack(reply.get_ref()).map_err(network_error)?;
         result.map_err(|e| {
             RPCError::Unreachable(unreachable(format!("replica {}: {e}", self.target)))
@@ -236,7 +261,7 @@ impl RaftNetworkV2<TypeConfig> for Network {
     async fn append_entries(
         &mut self,
         mut rpc: AppendEntriesRequest,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse> {
         let fit = entries_that_fit(&rpc.entries);
         let cut = (fit < rpc.entries.len()).then(|| {
@@ -244,7 +269,12 @@ impl RaftNetworkV2<TypeConfig> for Network {
             rpc.entries.last().map(|e| e.log_id)
         });
         let response = self
-            .call(&rpc, |mut c, m| async move { c.append_entries(m).await })
+            .call(
+                RPCTypes::AppendEntries,
+                &option,
+                &rpc,
+                |mut c, m| async move { c.append_entries(m).await },
+            )
             .await?;
         Ok(match (response, cut) {
             (AppendEntriesResponse::Success, Some(last_sent)) => {
@@ -254,23 +284,32 @@ impl RaftNetworkV2<TypeConfig> for Network {
         })
     }
 
-    async fn vote(&mut self, rpc: VoteRequest, _option: RPCOption) -> RpcResult<VoteResponse> {
-        self.call(&rpc, |mut c, m| async move { c.vote(m).await })
-            .await
+    async fn vote(&mut self, rpc: VoteRequest, option: RPCOption) -> RpcResult<VoteResponse> {
+        self.call(RPCTypes::Vote, &option, &rpc, |mut c, m| async move {
+            c.vote(m).await
+        })
+        .await
     }
 
-    async fn pre_vote(&mut self, rpc: VoteRequest, _option: RPCOption) -> RpcResult<VoteResponse> {
-        self.call(&rpc, |mut c, m| async move { c.pre_vote(m).await })
-            .await
+    async fn pre_vote(&mut self, rpc: VoteRequest, option: RPCOption) -> RpcResult<VoteResponse> {
+        self.call(RPCTypes::Vote, &option, &rpc, |mut c, m| async move {
+            c.pre_vote(m).await
+        })
+        .await
     }
 
     async fn transfer_leader(
         &mut self,
         req: TransferLeaderRequest,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> RpcResult<TransferLeaderResponse> {
-        self.call(&req, |mut c, m| async move { c.transfer_leader(m).await })
-            .await
+        self.call(
+            RPCTypes::TransferLeader,
+            &option,
+            &req,
+            |mut c, m| async move { c.transfer_leader(m).await },
+        )
+        .await
     }
 
     async fn full_snapshot(

@@ -169,7 +169,7 @@ fn stopped() -> ProposeError {
 }
 
 /// Takes the next group off the front of `queue`: one write that cannot
-/// be grouped (it names no keys), or the longest run of groupable writes
+/// be grouped (see [`Command::groupable`]), or the longest run of groupable writes
 /// within the size limits. Writes whose caller stopped waiting (its
 /// deadline passed, and it was told the outcome is unknown) are dropped
 /// unproposed.
@@ -181,7 +181,7 @@ fn take_group(queue: &mut VecDeque<Pending>) -> Vec<Pending> {
             queue.pop_front();
             continue;
         }
-        if next.request.command.keys().is_none() {
+        if !next.request.command.groupable() {
             if group.is_empty() {
                 group.extend(queue.pop_front());
             }
@@ -265,7 +265,7 @@ mod tests {
     }
 
     #[test]
-    fn a_command_without_keys_goes_alone() {
+    fn a_cluster_map_command_goes_alone() {
         let map = || Command::SetClusterMap {
             expected_version: 1,
             map: vec![],

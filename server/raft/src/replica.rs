@@ -128,7 +128,7 @@ impl Replica {
         }
         .validate()
         .map_err(|e| ReplicaError::Config(e.to_string()))?;
-        let network = NetworkFactory::new(spec.shard, pool);
+        let network = NetworkFactory::new(spec.shard, spec.replica, pool);
         let raft = Raft::new(spec.replica, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(|e| ReplicaError::Raft(e.to_string()))?;

@@ -32,6 +32,26 @@ impl RaftService {
         Self { replicas }
     }
 
+    /// Decodes a one-message call, hands it to the named replica with
+    /// `call`, and encodes what it answered.
+    async fn unary<Req, Resp, F, Fut>(
+        &self,
+        request: Request<RaftMessage>,
+        call: F,
+    ) -> Result<Response<RaftMessage>, Status>
+    where
+        Req: serde::de::DeserializeOwned,
+        Resp: serde::Serialize,
+        F: FnOnce(Raft, Req) -> Fut,
+        Fut: std::future::Future<Output = Resp>,
+    {
+        let msg = request.into_inner();
+        let raft = self.target(msg.shard_id, msg.target_replica)?;
+        let req: Req = unpack(&msg).map_err(Status::invalid_argument)?;
+        let result = call(raft, req).await;
+        reply(msg.shard_id, msg.target_replica, &result)
+    }
+
     fn target(&self, shard: u64, replica: u64) -> Result<Raft, Status> {
         self.replicas
             .raft(ShardId(shard), ReplicaId(replica))
@@ -59,41 +79,37 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let msg = request.into_inner();
-        let raft = self.target(msg.shard_id, msg.target_replica)?;
-        let rpc: AppendEntriesRequest = unpack(&msg).map_err(Status::invalid_argument)?;
-        let result = raft.append_entries(rpc).await.map_err(|e| e.unwrap_fatal());
-        reply(msg.shard_id, msg.target_replica, &result)
+        self.unary(request, |raft, rpc: AppendEntriesRequest| async move {
+            raft.append_entries(rpc).await.map_err(|e| e.unwrap_fatal())
+        })
+        .await
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let msg = request.into_inner();
-        let raft = self.target(msg.shard_id, msg.target_replica)?;
-        let rpc: VoteRequest = unpack(&msg).map_err(Status::invalid_argument)?;
-        let result = raft.vote(rpc).await.map_err(|e| e.unwrap_fatal());
-        reply(msg.shard_id, msg.target_replica, &result)
+        self.unary(request, |raft, rpc: VoteRequest| async move {
+            raft.vote(rpc).await.map_err(|e| e.unwrap_fatal())
+        })
+        .await
     }
 
     async fn pre_vote(
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let msg = request.into_inner();
-        let raft = self.target(msg.shard_id, msg.target_replica)?;
-        let rpc: VoteRequest = unpack(&msg).map_err(Status::invalid_argument)?;
-        let result = raft.pre_vote(rpc).await.map_err(|e| e.unwrap_fatal());
-        reply(msg.shard_id, msg.target_replica, &result)
+        self.unary(request, |raft, rpc: VoteRequest| async move {
+            raft.pre_vote(rpc).await.map_err(|e| e.unwrap_fatal())
+        })
+        .await
     }
 
     async fn transfer_leader(
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let msg = request.into_inner();
-        let raft = self.target(msg.shard_id, msg.target_replica)?;
-        let req: TransferLeaderRequest = unpack(&msg).map_err(Status::invalid_argument)?;
-        let result = raft.handle_transfer_leader(req).await;
-        reply(msg.shard_id, msg.target_replica, &result)
+        self.unary(request, |raft, req: TransferLeaderRequest| async move {
+            raft.handle_transfer_leader(req).await
+        })
+        .await
     }
 
     async fn install_snapshot(

@@ -7,7 +7,8 @@ use atoll_raft::command::write_version;
 use atoll_raft::state_machine::StateMachine;
 use atoll_raft::types::{Entry, EntryPayload, LeaderId, LogId};
 use atoll_raft::{BatchStep, Command, Expected, Outcome, Proposal, Request, ShardKind, WriteId};
-use atoll_storage::{Engine, EngineError, MemEngine};
+use atoll_storage::keys::data_key;
+use atoll_storage::{Cf, Engine, EngineError, MemEngine, Record};
 
 /// The state machine's apply, with the outcomes returned rather than sent
 /// to openraft's responders.
@@ -41,6 +42,14 @@ fn entry(index: u64, write_id: Option<(u64, u64)>, now_ms: u64, command: Command
 /// The version of the write at `position` in the entry at `index`.
 fn v(index: u64, position: usize) -> u64 {
     write_version(index, position)
+}
+
+/// The record stored for `key`, if any.
+fn stored(engine: &Arc<dyn Engine>, key: &[u8]) -> Option<Record> {
+    engine
+        .get(Cf::Data, &data_key(key))
+        .unwrap()
+        .map(|bytes| Record::decode(&bytes).unwrap())
 }
 
 fn put(key: &str, value: &str) -> Command {
@@ -207,13 +216,7 @@ async fn a_batch_with_a_failing_check_writes_nothing() {
     };
     let out = sm.apply(vec![entry(2, None, 0, batch)]).await.unwrap();
     assert!(matches!(&out[0], Outcome::CasFailed { key, .. } if key == b"{a}:x"));
-    let stored = engine
-        .get(
-            atoll_storage::Cf::Data,
-            &atoll_storage::keys::data_key(b"{a}:y"),
-        )
-        .unwrap();
-    assert_eq!(stored, None);
+    assert_eq!(stored(&engine, b"{a}:y"), None);
 }
 
 #[tokio::test]
@@ -241,15 +244,7 @@ async fn keys_outside_the_shard_are_rejected() {
         .await
         .unwrap();
     assert!(matches!(out[0], Outcome::Rejected { .. }));
-    assert_eq!(
-        engine
-            .get(
-                atoll_storage::Cf::Data,
-                &atoll_storage::keys::data_key(b"k")
-            )
-            .unwrap(),
-        None
-    );
+    assert_eq!(stored(&engine, b"k"), None);
 }
 
 fn group(writes: Vec<(Option<(u64, u64)>, Command)>) -> Command {
@@ -307,18 +302,12 @@ async fn a_group_applies_each_write_with_its_own_outcome_and_dedup() {
             },
         ])]
     );
-    let value = |key: &[u8]| {
-        engine
-            .get(atoll_storage::Cf::Data, &atoll_storage::keys::data_key(key))
-            .unwrap()
-            .map(|stored| atoll_storage::Record::decode(&stored).unwrap())
-    };
     assert_eq!(
-        value(b"a").unwrap().value,
+        stored(&engine, b"a").unwrap().value,
         b"1",
         "the retry changed nothing"
     );
-    assert_eq!(value(b"c").unwrap().version, v(2, 1));
+    assert_eq!(stored(&engine, b"c").unwrap().version, v(2, 1));
     // Each write of the group is remembered on its own: retried alone in a
     // later entry, it answers with its outcome from the group.
     let out = sm
@@ -400,13 +389,6 @@ async fn writes_to_one_key_in_one_group_get_their_own_versions_in_order() {
         ])]
     );
     assert!(v(1, 0) < v(2, 0) && v(2, 3) < v(3, 0), "versions only grow");
-    let stored = engine
-        .get(
-            atoll_storage::Cf::Data,
-            &atoll_storage::keys::data_key(b"k"),
-        )
-        .unwrap()
-        .map(|stored| atoll_storage::Record::decode(&stored).unwrap())
-        .unwrap();
-    assert_eq!((stored.value, stored.version), (b"e".to_vec(), v(2, 3)));
+    let record = stored(&engine, b"k").unwrap();
+    assert_eq!((record.value, record.version), (b"e".to_vec(), v(2, 3)));
 }
