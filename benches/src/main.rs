@@ -408,8 +408,14 @@ async fn measure<S: Store>(
     }
     let progress = progress_bar(&format!("{name} {workload} r{round}"));
     let before = target.store.counters().await;
+    let cpu = tokio::spawn(server_cpu_in_window(
+        setup::pids(&target.cluster),
+        params.warmup,
+        params.duration,
+    ));
     let tally = workload::run(&target.store, workload, params, &progress).await;
     let after = target.store.counters().await;
+    let server_cpu = cpu.await.ok().flatten();
     progress.finish_and_clear();
     if freeze_when_idle {
         target.set_running(false)?;
@@ -427,6 +433,7 @@ async fn measure<S: Store>(
             value_size: args.value_size,
             duration: args.duration,
             counters: before.zip(after).map(|(b, a)| b.until(a)),
+            server_cpu,
         },
         tally,
     );
@@ -443,6 +450,19 @@ async fn measure<S: Store>(
             .unwrap_or_default(),
     );
     Ok(measured)
+}
+
+/// The CPU time the processes `pids` use in the measured window of a run
+/// that starts now: from the end of `warmup` to `duration` later.
+async fn server_cpu_in_window(
+    pids: Vec<u32>,
+    warmup: Duration,
+    duration: Duration,
+) -> Option<Duration> {
+    tokio::time::sleep(warmup).await;
+    let start = setup::cpu_time(&pids)?;
+    tokio::time::sleep(duration).await;
+    setup::cpu_time(&pids)?.checked_sub(start)
 }
 
 /// A progress bar on a terminal; hidden when stdout is not one.

@@ -209,6 +209,32 @@ pub fn resident_kib(cluster: &Cluster) -> Vec<Option<u64>> {
         .collect()
 }
 
+/// Clock ticks per second of `/proc/<pid>/stat`'s CPU times (Linux's
+/// `USER_HZ`, 100 on every architecture it runs the benchmarks on).
+const USER_HZ: u64 = 100;
+
+/// The process ids of `cluster`'s running processes.
+pub fn pids(cluster: &Cluster) -> Vec<u32> {
+    (0..cluster.len()).filter_map(|i| cluster.pid(i)).collect()
+}
+
+/// The CPU time (user and system, of every thread, living or exited) the
+/// processes `pids` have used so far; `None` if one of them is gone.
+pub fn cpu_time(pids: &[u32]) -> Option<Duration> {
+    let mut ticks = 0;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name, in parentheses, may hold spaces: the fields
+        // counted from 1 resume after its closing one at field 3.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let mut fields = rest.split_whitespace();
+        let utime: u64 = fields.nth(11)?.parse().ok()?;
+        let stime: u64 = fields.next()?.parse().ok()?;
+        ticks += utime + stime;
+    }
+    Some(Duration::from_millis(ticks * 1000 / USER_HZ))
+}
+
 /// The bytes of every file under `dir` (a cluster's data on disk).
 pub fn disk_bytes(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {

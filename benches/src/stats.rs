@@ -71,6 +71,10 @@ pub struct RunResult {
     /// WAL syncs slower than 100 ms on the nodes (Atoll only): a stalled
     /// disk, which holds up every shard of a node.
     pub slow_syncs: Option<u64>,
+    /// CPU time (user and system) of the target's server processes per
+    /// successful operation in the measured window, microseconds. Unlike
+    /// throughput it hardly depends on what else the machine runs.
+    pub server_cpu_us_per_op: Option<f64>,
     /// Throughput and p99 second by second.
     pub series: Vec<Point>,
     /// The first error, if any.
@@ -109,6 +113,8 @@ pub struct RunInfo {
     pub duration: Duration,
     /// The target's counters over the run (warm-up included), if it has them.
     pub counters: Option<Counters>,
+    /// CPU time of the target's server processes in the measured window.
+    pub server_cpu: Option<Duration>,
 }
 
 impl Measured {
@@ -156,6 +162,10 @@ impl Measured {
                 .filter(|c| c.syncs > 0)
                 .map(|c| c.sync_micros as f64 / c.syncs as f64),
             slow_syncs: info.counters.map(|c| c.slow_syncs),
+            server_cpu_us_per_op: info
+                .server_cpu
+                .filter(|_| ops > 0)
+                .map(|cpu| cpu.as_secs_f64() * 1e6 / ops as f64),
             read_p99_us: p99(&tally.reads),
             write_p99_us: p99(&tally.writes),
             series: plot::series(&tally.samples, seconds),
@@ -251,8 +261,8 @@ fn ms(us: u64) -> String {
 /// One row per run.
 pub fn markdown_table(runs: &[Measured]) -> String {
     let mut out = String::from(
-        "| target | workload | round | clients | offered ops/s | ops/s | p50 ms | p99 ms | p99.9 ms | max ms | read p99 ms | write p99 ms | errors | cas conflicts | writes/entry | appends/sync | mean sync ms | syncs > 100 ms |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| target | workload | round | clients | offered ops/s | ops/s | p50 ms | p99 ms | p99.9 ms | max ms | read p99 ms | write p99 ms | errors | cas conflicts | server CPU µs/op | writes/entry | appends/sync | mean sync ms | syncs > 100 ms |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in runs.iter().map(|m| &m.result) {
         let offered = r
@@ -261,7 +271,7 @@ pub fn markdown_table(runs: &[Measured]) -> String {
         let _ =
             writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.target,
             r.workload,
             r.round,
@@ -276,6 +286,7 @@ pub fn markdown_table(runs: &[Measured]) -> String {
             r.write_p99_us.map_or("-".to_string(), ms),
             r.errors,
             r.cas_conflicts,
+            r.server_cpu_us_per_op.map_or("-".to_string(), |v| format!("{v:.0}")),
             r.writes_per_entry.map_or("-".to_string(), |v| format!("{v:.1}")),
             r.appends_per_sync.map_or("-".to_string(), |v| format!("{v:.1}")),
             r.mean_sync_us.map_or("-".to_string(), |v| format!("{:.2}", v / 1000.0)),

@@ -4,10 +4,16 @@
 //! Appends are written unsynced (so readers see them at once) and reported
 //! flushed only after the node's [`GroupCommitter`] has synced the WAL: one
 //! fsync for the appends of every shard on the node.
+//!
+//! The latest entries are also kept in memory ([`EntryCache`]): a leader
+//! sends each new entry to its followers right after appending it, and
+//! reading it back from the engine (an iterator, a decode and a checksum
+//! per entry, per follower) cost more than any other step of replication.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use atoll_proto::ReplicaId;
 use atoll_storage::keys::{self, state_tag};
@@ -18,12 +24,103 @@ use openraft::{OptionalSend, RaftLogReader};
 use crate::codec::{decode, encode, io_err};
 use crate::types::{Entry, LogId, LogState, TypeConfig, Vote};
 
+/// Most entries the cache of one replica holds.
+pub const CACHED_ENTRIES: usize = 256;
+/// Most encoded bytes the cache of one replica holds; a single larger entry
+/// is not cached.
+pub const CACHED_BYTES: usize = 1024 * 1024;
+
+/// The newest entries of a log, in index order: always the log's tail
+/// (its last entry is the log's last) or empty. Appends add to it,
+/// truncation and purging remove from it as from the engine, and the
+/// oldest entries go once it holds [`CACHED_ENTRIES`] or [`CACHED_BYTES`].
+#[derive(Default)]
+struct EntryCache {
+    /// Each entry with its encoded size.
+    entries: VecDeque<(Entry, usize)>,
+    bytes: usize,
+}
+
+impl EntryCache {
+    fn push(&mut self, entry: Entry, size: usize) {
+        let follows = self
+            .entries
+            .back()
+            .is_none_or(|(last, _)| last.log_id.index + 1 == entry.log_id.index);
+        if !follows || size > CACHED_BYTES {
+            // Not the log's tail any more (or never cachable): start over.
+            self.clear();
+            if size > CACHED_BYTES {
+                return;
+            }
+        }
+        self.entries.push_back((entry, size));
+        self.bytes += size;
+        while self.entries.len() > CACHED_ENTRIES || self.bytes > CACHED_BYTES {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((_, size)) = self.entries.pop_front() {
+            self.bytes -= size;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// Removes the entries from index `first` on.
+    fn truncate_from(&mut self, first: u64) {
+        while self
+            .entries
+            .back()
+            .is_some_and(|(e, _)| e.log_id.index >= first)
+        {
+            if let Some((_, size)) = self.entries.pop_back() {
+                self.bytes -= size;
+            }
+        }
+    }
+
+    /// Removes the entries up to index `last`, inclusive.
+    fn purge_to(&mut self, last: u64) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|(e, _)| e.log_id.index <= last)
+        {
+            self.pop_front();
+        }
+    }
+
+    /// The entries `start..end`, if the cache holds all of them.
+    fn get(&self, start: u64, end: u64) -> Option<Vec<Entry>> {
+        let first = self.entries.front()?.0.log_id.index;
+        let last = self.entries.back()?.0.log_id.index;
+        if start < first || end > last + 1 || start >= end {
+            return None;
+        }
+        let from = (start - first) as usize;
+        let to = (end - first) as usize;
+        Some(
+            self.entries
+                .range(from..to)
+                .map(|(e, _)| e.clone())
+                .collect(),
+        )
+    }
+}
+
 /// One replica's log. Cloning gives a reader over the same log.
 #[derive(Clone)]
 pub struct LogStore {
     replica: ReplicaId,
     engine: Arc<dyn Engine>,
     committer: Arc<GroupCommitter>,
+    cache: Arc<Mutex<EntryCache>>,
     /// Test-only and unsafe: report appends flushed before the WAL sync.
     ack_before_fsync: bool,
 }
@@ -46,8 +143,18 @@ impl LogStore {
             replica,
             engine,
             committer,
+            cache: Arc::default(),
             ack_before_fsync: false,
         }
+    }
+
+    /// Entries held in memory.
+    pub fn cached_entries(&self) -> usize {
+        self.cache().entries.len()
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, EntryCache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Test-only and unsafe: report appends durable before they are.
@@ -111,9 +218,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let Some((start, end)) = index_bounds(&range) else {
             return Ok(Vec::new());
         };
+        if end.is_some_and(|end| end <= start) {
+            return Ok(Vec::new());
+        }
+        if let Some(entries) = end.and_then(|end| self.cache().get(start, end)) {
+            return Ok(entries);
+        }
         let start_key = keys::log_key(self.replica, start);
         let end_key = match end {
-            Some(end) if end <= start => return Ok(Vec::new()),
             Some(end) => keys::log_key(self.replica, end),
             None => self.log_end(),
         };
@@ -192,11 +304,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = WriteBatch::new();
+        let mut appended = Vec::new();
         for entry in entries {
             let key = keys::log_key(self.replica, entry.log_id.index);
-            batch.put(Cf::RaftLog, key, encode(&entry).map_err(io_err)?);
+            let bytes = encode(&entry).map_err(io_err)?;
+            appended.push((entry, bytes.len()));
+            batch.put(Cf::RaftLog, key, bytes);
         }
         self.engine.write(batch, false).map_err(io_err)?;
+        {
+            let mut cache = self.cache();
+            for (entry, size) in appended {
+                cache.push(entry, size);
+            }
+        }
         if self.ack_before_fsync {
             callback.io_completed(Ok(()));
             return Ok(());
@@ -216,6 +337,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             },
             None => 0,
         };
+        // Out of the cache first: a reader must not find an entry the
+        // engine no longer has.
+        self.cache().truncate_from(first_deleted);
         let mut batch = WriteBatch::new();
         batch.delete_range(
             Cf::RaftLog,
@@ -239,6 +363,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Some(next) => batch.delete_range(Cf::RaftLog, start, keys::log_key(self.replica, next)),
             None => batch.delete_range(Cf::RaftLog, start, self.log_end()),
         }
+        self.cache().purge_to(log_id.index);
         self.engine.write(batch, false).map_err(io_err)
     }
 }

@@ -5,4 +5,5 @@
 #![allow(clippy::unwrap_used)]
 
 mod conformance;
+mod log_cache;
 mod state_machine;
