@@ -24,11 +24,13 @@ use openraft::{OptionalSend, RaftLogReader};
 use crate::codec::{decode, encode, io_err};
 use crate::types::{Entry, LogId, LogState, TypeConfig, Vote};
 
-/// Most entries the cache of one replica holds.
-pub const CACHED_ENTRIES: usize = 256;
-/// Most encoded bytes the cache of one replica holds; a single larger entry
-/// is not cached.
-pub const CACHED_BYTES: usize = 1024 * 1024;
+/// Most entries the cache of one replica holds. A follower that keeps up
+/// needs the last few; one further behind is sent entries from the engine.
+pub const CACHED_ENTRIES: usize = 64;
+/// Most encoded bytes the cache of one replica holds (so a node's caches
+/// take at most this much per replica); a single larger entry is not
+/// cached.
+pub const CACHED_BYTES: usize = 256 * 1024;
 
 /// The newest entries of a log, in index order: always the log's tail
 /// (its last entry is the log's last) or empty. Appends add to it,
