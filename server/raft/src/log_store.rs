@@ -123,6 +123,12 @@ pub struct LogStore {
     engine: Arc<dyn Engine>,
     committer: Arc<GroupCommitter>,
     cache: Arc<Mutex<EntryCache>>,
+    /// The committed log id openraft last gave [`save_committed`], not yet
+    /// written: it goes into the next append's batch rather than into a
+    /// RocksDB write of its own (one per apply, on every replica).
+    ///
+    /// [`save_committed`]: RaftLogStorage::save_committed
+    unsaved_committed: Arc<Mutex<Option<Option<LogId>>>>,
     /// Test-only and unsafe: report appends flushed before the WAL sync.
     ack_before_fsync: bool,
 }
@@ -146,6 +152,7 @@ impl LogStore {
             engine,
             committer,
             cache: Arc::default(),
+            unsaved_committed: Arc::default(),
             ack_before_fsync: false,
         }
     }
@@ -157,6 +164,25 @@ impl LogStore {
 
     fn cache(&self) -> std::sync::MutexGuard<'_, EntryCache> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn unsaved_committed(&self) -> std::sync::MutexGuard<'_, Option<Option<LogId>>> {
+        self.unsaved_committed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds the committed id openraft last saved, if it is not written yet,
+    /// to `batch`.
+    fn put_unsaved_committed(&self, batch: &mut WriteBatch) -> Result<(), std::io::Error> {
+        if let Some(committed) = self.unsaved_committed().take() {
+            batch.put(
+                Cf::RaftState,
+                self.state_key(state_tag::COMMITTED),
+                encode(&committed).map_err(io_err)?,
+            );
+        }
+        Ok(())
     }
 
     /// Test-only and unsafe: report appends durable before they are.
@@ -279,17 +305,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.engine.write(batch, true).map_err(io_err)
     }
 
+    /// Kept in memory until the next append or purge writes it. A saved
+    /// committed id only lets a restarted replica re-apply entries it had
+    /// not applied yet; an older one (or none) is safe, since openraft
+    /// starts from the later of it and the state machine's applied id, and
+    /// the state machine writes its applied id with every apply.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), std::io::Error> {
-        let mut batch = WriteBatch::new();
-        batch.put(
-            Cf::RaftState,
-            self.state_key(state_tag::COMMITTED),
-            encode(&committed).map_err(io_err)?,
-        );
-        self.engine.write(batch, false).map_err(io_err)
+        *self.unsaved_committed() = Some(committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, std::io::Error> {
+        if let Some(committed) = *self.unsaved_committed() {
+            return Ok(committed);
+        }
         Ok(self
             .read_state::<Option<LogId>>(state_tag::COMMITTED)
             .map_err(io_err)?
@@ -306,6 +335,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut batch = WriteBatch::new();
+        self.put_unsaved_committed(&mut batch)?;
         let mut appended = Vec::new();
         for entry in entries {
             let key = keys::log_key(self.replica, entry.log_id.index);
@@ -353,6 +383,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), std::io::Error> {
         let mut batch = WriteBatch::new();
+        self.put_unsaved_committed(&mut batch)?;
         let (start, _) = keys::replica_range(self.replica);
         // Record the purge point first in the batch: the deletion and the new
         // purge point land together.

@@ -1,6 +1,7 @@
-//! The log's entry cache against the engine: after any sequence of
-//! appends, truncations and purges, reading through the cache gives what a
-//! reader with no cache reads from the engine.
+//! What the log store keeps in memory, against the engine: after any
+//! sequence of appends, truncations and purges, reading through the entry
+//! cache gives what a reader with no cache reads from the engine; the
+//! committed id is written with the next append.
 
 use std::sync::Arc;
 
@@ -106,4 +107,24 @@ async fn reads_through_the_cache_match_the_engine() {
         .collect();
     log.append(entries, IOFlushed::noop()).await.unwrap();
     assert!(log.cached_entries() >= 10);
+}
+
+#[tokio::test]
+async fn the_committed_id_is_written_with_the_next_append() {
+    let (mut log, mut restarted) = logs();
+    log.append(vec![entry(1, 1, 10)], IOFlushed::noop())
+        .await
+        .unwrap();
+    log.save_committed(Some(log_id(1, 1))).await.unwrap();
+    // The same log reads it back at once; a log opened anew over the engine
+    // (a restart) finds it only once an append has written it.
+    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 1)));
+    assert_eq!(restarted.read_committed().await.unwrap(), None);
+    log.append(vec![entry(1, 2, 10)], IOFlushed::noop())
+        .await
+        .unwrap();
+    assert_eq!(
+        restarted.read_committed().await.unwrap(),
+        Some(log_id(1, 1))
+    );
 }
