@@ -69,6 +69,12 @@ impl EntryCache {
         }
     }
 
+    fn pop_back(&mut self) {
+        if let Some((_, size)) = self.entries.pop_back() {
+            self.bytes -= size;
+        }
+    }
+
     fn clear(&mut self) {
         self.entries.clear();
         self.bytes = 0;
@@ -81,9 +87,7 @@ impl EntryCache {
             .back()
             .is_some_and(|(e, _)| e.log_id.index >= first)
         {
-            if let Some((_, size)) = self.entries.pop_back() {
-                self.bytes -= size;
-            }
+            self.pop_back();
         }
     }
 
