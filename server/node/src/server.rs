@@ -6,6 +6,7 @@ use std::sync::Arc;
 use atoll_proto::v1::cluster_server::ClusterServer;
 use atoll_proto::v1::kv_server::KvServer;
 use atoll_proto::v1::raft_server::RaftServer;
+use atoll_raft::network::MAX_RAFT_MESSAGE;
 use atoll_raft::RaftService;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -16,10 +17,10 @@ use crate::node::Node;
 
 /// Largest gRPC message accepted from clients (a 4 MiB batch plus framing).
 const MAX_CLIENT_MESSAGE: usize = 16 << 20;
-/// Largest Raft message (entries are batched by openraft).
-const MAX_RAFT_MESSAGE: usize = 64 << 20;
 
 /// Serves Kv, Cluster and Raft on `listener` until `shutdown` completes.
+/// Shutting down waits for the calls in flight; the peers' Raft streams,
+/// which would never end, are closed first.
 pub async fn serve(
     node: Arc<Node>,
     listener: TcpListener,
@@ -29,7 +30,12 @@ pub async fn serve(
         .max_decoding_message_size(MAX_CLIENT_MESSAGE)
         .max_encoding_message_size(MAX_CLIENT_MESSAGE);
     let cluster = ClusterServer::new(ClusterService::new(node.clone()));
-    let raft = RaftServer::new(RaftService::new(node.clone()))
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = closing_tx.send(true);
+    };
+    let raft = RaftServer::new(RaftService::new(node.clone(), closing))
         .max_decoding_message_size(MAX_RAFT_MESSAGE)
         .max_encoding_message_size(MAX_RAFT_MESSAGE);
     // Small Raft and client messages must not wait for Nagle's algorithm.

@@ -1,6 +1,9 @@
-//! The sending side of Raft traffic: one cached gRPC channel per peer node,
-//! shared by every shard; each message names its shard and target replica.
-//! Snapshots stream in crc32-checked chunks.
+//! The sending side of Raft traffic. Every shard's calls to a peer node
+//! travel on two long-lived gRPC streams to it (see [`Lane`]): a call is
+//! one message on a stream, not an HTTP/2 request of its own, and calls
+//! that are ready together go out in one write. Answers are matched to
+//! their callers by call id. Snapshots stream in crc32-checked chunks on
+//! calls of their own.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -9,7 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use atoll_proto::v1::raft_client::RaftClient;
-use atoll_proto::v1::{RaftMessage, SnapshotChunk};
+use atoll_proto::v1::{RaftCall, RaftCallKind, RaftMessage, RaftReply, SnapshotChunk};
 use atoll_proto::{NodeId, ReplicaId, ShardId};
 use openraft::error::{
     NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable,
@@ -19,6 +22,8 @@ use openraft::RPCTypes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::types::{
@@ -34,6 +39,11 @@ pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// heartbeat interval to complete, so a request must stay small enough to
 /// cross the network and be fsynced in that time even with 1 MiB values.
 pub const MAX_APPEND_BYTES: usize = 2 << 20;
+/// Largest Raft message a node accepts (entries are batched by openraft,
+/// and cut at [`MAX_APPEND_BYTES`]).
+pub const MAX_RAFT_MESSAGE: usize = 64 << 20;
+/// Calls whose message is larger than this travel on [`Lane::Bulk`].
+const BULK_CALL_BYTES: usize = 64 << 10;
 
 /// How many of `entries` (at least one) fit in [`MAX_APPEND_BYTES`].
 fn entries_that_fit(entries: &[crate::types::Entry]) -> usize {
@@ -81,10 +91,41 @@ impl NetworkFaults {
     }
 }
 
-/// The node's channels to its peers.
+/// Which of a peer's two streams a call travels on. Messages on one stream
+/// go out one after another, so a heartbeat or a vote queued behind
+/// megabytes of a follower's catch-up would wait for all of them; small
+/// calls therefore have a stream of their own (as etcd keeps log appends
+/// and other messages on separate streams).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// Heartbeats, votes, commit updates and appends of a few entries.
+    Small = 0,
+    /// Calls larger than [`BULK_CALL_BYTES`].
+    Bulk = 1,
+}
+
+impl Lane {
+    fn of(message: &RaftMessage) -> Self {
+        if message.payload.len() > BULK_CALL_BYTES {
+            Lane::Bulk
+        } else {
+            Lane::Small
+        }
+    }
+}
+
+/// What the node knows of one peer: its address, the channel to it, and
+/// the streams open on that channel.
+struct Peer {
+    address: String,
+    channel: Channel,
+    lanes: [Option<Arc<PeerStream>>; 2],
+}
+
+/// The node's channels and streams to its peers.
 pub struct PeerPool {
     directory: Arc<dyn PeerDirectory>,
-    channels: Mutex<HashMap<NodeId, (String, Channel)>>,
+    peers: Mutex<HashMap<NodeId, Peer>>,
     faults: Arc<NetworkFaults>,
 }
 
@@ -102,13 +143,18 @@ impl PeerPool {
     pub fn new(directory: Arc<dyn PeerDirectory>, faults: Arc<NetworkFaults>) -> Self {
         Self {
             directory,
-            channels: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
             faults,
         }
     }
 
-    /// The cached channel to `node` (created lazily; reconnects on its own).
-    fn channel(&self, node: NodeId) -> Result<Channel, Unreachable<TypeConfig>> {
+    /// Runs `f` on what is known of `node`, after checking the test faults
+    /// and the node's current address (a new address gets a new channel).
+    fn with_peer<T>(
+        &self,
+        node: NodeId,
+        f: impl FnOnce(&mut Peer) -> T,
+    ) -> Result<T, Unreachable<TypeConfig>> {
         if self.faults.is_cut(node) {
             return Err(unreachable(format!(
                 "network to {node} is cut (test fault)"
@@ -118,13 +164,13 @@ impl PeerPool {
             .directory
             .address(node)
             .ok_or_else(|| unreachable(format!("no address known for {node}")))?;
-        let mut channels = self
-            .channels
+        let mut peers = self
+            .peers
             .lock()
             .map_err(|_| unreachable("pool poisoned"))?;
-        if let Some((known, channel)) = channels.get(&node) {
-            if *known == address {
-                return Ok(channel.clone());
+        if let Some(peer) = peers.get_mut(&node) {
+            if peer.address == address {
+                return Ok(f(peer));
             }
         }
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
@@ -133,9 +179,189 @@ impl PeerPool {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_while_idle(true);
-        let channel = endpoint.connect_lazy();
-        channels.insert(node, (address, channel.clone()));
-        Ok(channel)
+        let mut peer = Peer {
+            address,
+            channel: endpoint.connect_lazy(),
+            lanes: [None, None],
+        };
+        let out = f(&mut peer);
+        peers.insert(node, peer);
+        Ok(out)
+    }
+
+    /// The cached channel to `node` (created lazily; reconnects on its own).
+    fn channel(&self, node: NodeId) -> Result<Channel, Unreachable<TypeConfig>> {
+        self.with_peer(node, |peer| peer.channel.clone())
+    }
+
+    /// The open stream to `node` on `lane`; opens a new one when there is
+    /// none or the last one ended.
+    fn stream(&self, node: NodeId, lane: Lane) -> Result<Arc<PeerStream>, Unreachable<TypeConfig>> {
+        self.with_peer(node, |peer| {
+            let slot = &mut peer.lanes[lane as usize];
+            match slot {
+                Some(stream) if !stream.is_closed() => stream.clone(),
+                _ => {
+                    let stream = Arc::new(PeerStream::open(peer.channel.clone(), node));
+                    *slot = Some(stream.clone());
+                    stream
+                }
+            }
+        })
+    }
+}
+
+/// The answer to one call, or why there is none.
+type Answer = Result<RaftMessage, String>;
+
+/// One Exchange stream to a peer node. Its task sends the queued calls and
+/// hands each reply to the caller waiting for it; when the stream ends,
+/// every waiting caller is told at once. Dropping the last handle ends the
+/// stream.
+struct PeerStream {
+    shared: Arc<Mutex<StreamState>>,
+}
+
+struct StreamState {
+    /// Calls to send; `None` once the stream is closed.
+    outgoing: Option<mpsc::UnboundedSender<RaftCall>>,
+    waiting: HashMap<u64, oneshot::Sender<Answer>>,
+    next_id: u64,
+    /// Why the stream ended.
+    closed: Option<String>,
+}
+
+impl StreamState {
+    /// Ends the stream: no call is sent on it any more, and every caller
+    /// still waiting gets `why`.
+    fn close(&mut self, why: String) {
+        if self.closed.is_some() {
+            return;
+        }
+        self.outgoing = None;
+        for (_, caller) in self.waiting.drain() {
+            let _ = caller.send(Err(why.clone()));
+        }
+        self.closed = Some(why);
+    }
+}
+
+fn lock(state: &Mutex<StreamState>) -> std::sync::MutexGuard<'_, StreamState> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl PeerStream {
+    /// Starts a stream on `channel`; calls sent before it is connected
+    /// wait in its queue.
+    fn open(channel: Channel, node: NodeId) -> Self {
+        let (outgoing, calls) = mpsc::unbounded_channel();
+        let shared = Arc::new(Mutex::new(StreamState {
+            outgoing: Some(outgoing),
+            waiting: HashMap::new(),
+            next_id: 0,
+            closed: None,
+        }));
+        tokio::spawn(Self::run(shared.clone(), channel, calls, node));
+        Self { shared }
+    }
+
+    async fn run(
+        shared: Arc<Mutex<StreamState>>,
+        channel: Channel,
+        calls: mpsc::UnboundedReceiver<RaftCall>,
+        node: NodeId,
+    ) {
+        let mut client = RaftClient::new(channel).max_decoding_message_size(MAX_RAFT_MESSAGE);
+        let ended = async {
+            let mut replies = client
+                .exchange(UnboundedReceiverStream::new(calls))
+                .await?
+                .into_inner();
+            while let Some(reply) = replies.message().await? {
+                Self::deliver(&shared, reply);
+            }
+            Ok::<_, tonic::Status>(())
+        }
+        .await;
+        let why = match ended {
+            Ok(()) => format!("{node} ended the raft stream"),
+            Err(status) => format!("raft stream to {node}: {status}"),
+        };
+        tracing::debug!(%why, "raft stream closed");
+        lock(&shared).close(why);
+    }
+
+    fn deliver(shared: &Mutex<StreamState>, reply: RaftReply) {
+        let Some(caller) = lock(shared).waiting.remove(&reply.call_id) else {
+            return; // the caller gave up waiting
+        };
+        let answer = match reply.message {
+            _ if !reply.error.is_empty() => Err(reply.error),
+            Some(message) => Ok(message),
+            None => Err("raft reply without a message".into()),
+        };
+        let _ = caller.send(answer);
+    }
+
+    fn is_closed(&self) -> bool {
+        lock(&self.shared).closed.is_some()
+    }
+
+    /// Queues a call; its answer comes through the returned [`Pending`].
+    fn send(&self, kind: RaftCallKind, message: RaftMessage) -> Result<Pending, String> {
+        let mut state = lock(&self.shared);
+        if let Some(why) = &state.closed {
+            return Err(why.clone());
+        }
+        let call_id = state.next_id;
+        state.next_id += 1;
+        let call = RaftCall {
+            call_id,
+            kind: kind as i32,
+            message: Some(message),
+        };
+        let sent = state
+            .outgoing
+            .as_ref()
+            .is_some_and(|o| o.send(call).is_ok());
+        if !sent {
+            return Err("raft stream closed".into());
+        }
+        let (caller, answer) = oneshot::channel();
+        state.waiting.insert(call_id, caller);
+        Ok(Pending {
+            call_id,
+            answer,
+            shared: self.shared.clone(),
+        })
+    }
+}
+
+impl Drop for PeerStream {
+    fn drop(&mut self) {
+        lock(&self.shared).close("raft stream no longer used".into());
+    }
+}
+
+/// A call waiting for its answer; dropping it (the caller timed out)
+/// forgets the call.
+struct Pending {
+    call_id: u64,
+    answer: oneshot::Receiver<Answer>,
+    shared: Arc<Mutex<StreamState>>,
+}
+
+impl Pending {
+    async fn answer(&mut self) -> Answer {
+        (&mut self.answer)
+            .await
+            .unwrap_or_else(|_| Err("raft stream closed".into()))
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        lock(&self.shared).waiting.remove(&self.call_id);
     }
 }
 
@@ -220,24 +446,22 @@ impl Network {
     ///
     /// The target's Raft answers with its result or a fatal error (it has
     /// stopped); a stopped replica is reported as unreachable.
-    async fn call<Req, Resp, F, Fut>(
+    async fn call<Req, Resp>(
         &self,
         action: RPCTypes,
+        kind: RaftCallKind,
         option: &RPCOption,
         req: &Req,
-        send: F,
     ) -> RpcResult<Resp>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
-        F: FnOnce(RaftClient<Channel>, RaftMessage) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<RaftMessage>, tonic::Status>>,
     {
-        let channel = self.pool.channel(self.node.node)?;
         let msg = message(self.shard, self.target, req).map_err(network_error)?;
-        let client = RaftClient::new(channel).max_decoding_message_size(64 << 20);
+        let stream = self.pool.stream(self.node.node, Lane::of(&msg))?;
+        let mut pending = stream.send(kind, msg).map_err(unreachable)?;
         let ttl = option.hard_ttl();
-        let reply = tokio::time::timeout(ttl, send(client, msg))
+        let reply = tokio::time::timeout(ttl, pending.answer())
             .await
             .map_err(|_| {
                 RPCError::Timeout(Timeout {
@@ -248,7 +472,7 @@ impl Network {
                 })
             })?
             .map_err(unreachable)?;
-        let result: Result<Resp, Fatal> = unpack(reply.get_ref()).map_err(network_error)?;
+        let result: Result<Resp, Fatal> = unpack(&reply).map_err(network_error)?;
         result.map_err(|e| {
             RPCError::Unreachable(unreachable(format!("replica {}: {e}", self.target)))
         })
@@ -271,9 +495,9 @@ impl RaftNetworkV2<TypeConfig> for Network {
         let response = self
             .call(
                 RPCTypes::AppendEntries,
+                RaftCallKind::AppendEntries,
                 &option,
                 &rpc,
-                |mut c, m| async move { c.append_entries(m).await },
             )
             .await?;
         Ok(match (response, cut) {
@@ -285,17 +509,13 @@ impl RaftNetworkV2<TypeConfig> for Network {
     }
 
     async fn vote(&mut self, rpc: VoteRequest, option: RPCOption) -> RpcResult<VoteResponse> {
-        self.call(RPCTypes::Vote, &option, &rpc, |mut c, m| async move {
-            c.vote(m).await
-        })
-        .await
+        self.call(RPCTypes::Vote, RaftCallKind::Vote, &option, &rpc)
+            .await
     }
 
     async fn pre_vote(&mut self, rpc: VoteRequest, option: RPCOption) -> RpcResult<VoteResponse> {
-        self.call(RPCTypes::Vote, &option, &rpc, |mut c, m| async move {
-            c.pre_vote(m).await
-        })
-        .await
+        self.call(RPCTypes::Vote, RaftCallKind::PreVote, &option, &rpc)
+            .await
     }
 
     async fn transfer_leader(
@@ -305,9 +525,9 @@ impl RaftNetworkV2<TypeConfig> for Network {
     ) -> RpcResult<TransferLeaderResponse> {
         self.call(
             RPCTypes::TransferLeader,
+            RaftCallKind::TransferLeader,
             &option,
             &req,
-            |mut c, m| async move { c.transfer_leader(m).await },
         )
         .await
     }
@@ -330,7 +550,7 @@ impl RaftNetworkV2<TypeConfig> for Network {
         .await
         .map_err(|e| network_error(format!("snapshot file: {e}")))?;
         let chunks = chunk_stream(self.shard, self.target, header, file, len);
-        let mut client = RaftClient::new(channel).max_decoding_message_size(64 << 20);
+        let mut client = RaftClient::new(channel).max_decoding_message_size(MAX_RAFT_MESSAGE);
         let send = client.install_snapshot(chunks);
         let timeout = option.hard_ttl().max(Duration::from_secs(60));
         let reply = tokio::select! {
@@ -458,5 +678,161 @@ mod tests {
                 .await;
         assert_eq!(chunks.len(), 1);
         assert!(chunks[0].done && chunks[0].data.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use std::pin::Pin;
+
+    use atoll_proto::v1::raft_server::{Raft as RaftRpc, RaftServer};
+    use futures::Stream;
+    use tokio_stream::wrappers::TcpListenerStream;
+    use tonic::{Request, Response, Status, Streaming};
+
+    use super::*;
+
+    /// A peer that collects calls in pairs and answers each pair in reverse
+    /// order, echoing the payload; a call whose payload is `hang up` ends
+    /// the stream without answering anything still held.
+    struct ReversingPeer;
+
+    #[tonic::async_trait]
+    impl RaftRpc for ReversingPeer {
+        type ExchangeStream = Pin<Box<dyn Stream<Item = Result<RaftReply, Status>> + Send>>;
+
+        async fn exchange(
+            &self,
+            request: Request<Streaming<RaftCall>>,
+        ) -> Result<Response<Self::ExchangeStream>, Status> {
+            let mut calls = request.into_inner();
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                let mut held = Vec::new();
+                while let Ok(Some(call)) = calls.message().await {
+                    let message = call.message.unwrap_or_default();
+                    if message.payload == b"hang up" {
+                        return;
+                    }
+                    held.push(RaftReply {
+                        call_id: call.call_id,
+                        message: Some(message),
+                        error: String::new(),
+                    });
+                    if held.len() == 2 {
+                        for reply in held.drain(..).rev() {
+                            let _ = tx.send(Ok(reply));
+                        }
+                    }
+                }
+            });
+            Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+        }
+
+        async fn install_snapshot(
+            &self,
+            _request: Request<Streaming<SnapshotChunk>>,
+        ) -> Result<Response<RaftMessage>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+    }
+
+    struct OneAddress(String);
+
+    impl PeerDirectory for OneAddress {
+        fn address(&self, _node: NodeId) -> Option<String> {
+            Some(self.0.clone())
+        }
+    }
+
+    async fn pool_with_peer() -> PeerPool {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(RaftServer::new(ReversingPeer))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        PeerPool::new(Arc::new(OneAddress(address)), Arc::default())
+    }
+
+    fn call(payload: &[u8]) -> RaftMessage {
+        RaftMessage {
+            shard_id: 1,
+            target_replica: 2,
+            payload: payload.to_vec(),
+            crc32: 0,
+        }
+    }
+
+    const PEER: NodeId = NodeId(7);
+    const LONG: Duration = Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn answers_find_their_callers_in_any_order() {
+        let pool = pool_with_peer().await;
+        let stream = pool.stream(PEER, Lane::Small).unwrap();
+        let mut first = stream.send(RaftCallKind::Vote, call(b"first")).unwrap();
+        let mut second = stream.send(RaftCallKind::Vote, call(b"second")).unwrap();
+        let second = tokio::time::timeout(LONG, second.answer()).await.unwrap();
+        let first = tokio::time::timeout(LONG, first.answer()).await.unwrap();
+        assert_eq!(first.unwrap().payload, b"first");
+        assert_eq!(second.unwrap().payload, b"second");
+        let again = pool.stream(PEER, Lane::Small).unwrap();
+        assert!(Arc::ptr_eq(&stream, &again), "an open stream is reused");
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_ends_fails_its_callers_at_once_and_is_replaced() {
+        let pool = pool_with_peer().await;
+        let stream = pool.stream(PEER, Lane::Small).unwrap();
+        let mut waiting = stream.send(RaftCallKind::Vote, call(b"held")).unwrap();
+        let _hang_up = stream.send(RaftCallKind::Vote, call(b"hang up")).unwrap();
+        let answer = tokio::time::timeout(LONG, waiting.answer()).await;
+        assert!(
+            matches!(answer, Ok(Err(_))),
+            "the waiting call fails when the stream ends: {answer:?}"
+        );
+        assert!(stream.is_closed());
+        assert!(stream.send(RaftCallKind::Vote, call(b"late")).is_err());
+
+        let fresh = pool.stream(PEER, Lane::Small).unwrap();
+        assert!(!Arc::ptr_eq(&stream, &fresh));
+        let mut a = fresh.send(RaftCallKind::Vote, call(b"a")).unwrap();
+        let mut b = fresh.send(RaftCallKind::Vote, call(b"b")).unwrap();
+        let a = tokio::time::timeout(LONG, a.answer()).await.unwrap();
+        let b = tokio::time::timeout(LONG, b.answer()).await.unwrap();
+        assert_eq!(
+            (a.unwrap().payload, b.unwrap().payload),
+            (b"a".to_vec(), b"b".to_vec())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_gives_up_is_forgotten() {
+        let pool = pool_with_peer().await;
+        let stream = pool.stream(PEER, Lane::Bulk).unwrap();
+        let pending = stream
+            .send(RaftCallKind::Vote, call(b"never answered"))
+            .unwrap();
+        assert_eq!(lock(&stream.shared).waiting.len(), 1);
+        drop(pending);
+        assert!(lock(&stream.shared).waiting.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_cut_peer_is_unreachable() {
+        let faults = Arc::new(NetworkFaults::default());
+        let pool = PeerPool::new(Arc::new(OneAddress("127.0.0.1:1".into())), faults.clone());
+        faults.cut(PEER);
+        assert!(pool.stream(PEER, Lane::Small).is_err());
+        faults.heal(PEER);
+        assert!(pool.stream(PEER, Lane::Small).is_ok());
+    }
+
+    #[test]
+    fn large_calls_take_the_bulk_lane() {
+        assert_eq!(Lane::of(&call(&[0; BULK_CALL_BYTES])), Lane::Small);
+        assert_eq!(Lane::of(&call(&[0; BULK_CALL_BYTES + 1])), Lane::Bulk);
     }
 }

@@ -1,12 +1,17 @@
 //! The receiving side of Raft traffic: the internal `atoll.v1.Raft` gRPC
-//! service, which hands each message to the named local replica.
+//! service, which hands each call to the named local replica.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use atoll_proto::v1::raft_server::Raft as RaftRpc;
-use atoll_proto::v1::{RaftMessage, SnapshotChunk};
+use atoll_proto::v1::{RaftCall, RaftCallKind, RaftMessage, RaftReply, SnapshotChunk};
 use atoll_proto::{ReplicaId, ShardId};
+use futures::stream::FuturesUnordered;
+use futures::Stream;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -25,41 +30,106 @@ pub trait ReplicaDirectory: Send + Sync + 'static {
 /// Implements `atoll.v1.Raft` over a [`ReplicaDirectory`].
 pub struct RaftService {
     replicas: Arc<dyn ReplicaDirectory>,
+    closing: watch::Receiver<bool>,
 }
 
 impl RaftService {
-    pub fn new(replicas: Arc<dyn ReplicaDirectory>) -> Self {
-        Self { replicas }
-    }
-
-    /// Decodes a one-message call, hands it to the named replica with
-    /// `call`, and encodes what it answered.
-    async fn unary<Req, Resp, F, Fut>(
-        &self,
-        request: Request<RaftMessage>,
-        call: F,
-    ) -> Result<Response<RaftMessage>, Status>
-    where
-        Req: serde::de::DeserializeOwned,
-        Resp: serde::Serialize,
-        F: FnOnce(Raft, Req) -> Fut,
-        Fut: std::future::Future<Output = Resp>,
-    {
-        let msg = request.into_inner();
-        let raft = self.target(msg.shard_id, msg.target_replica)?;
-        let req: Req = unpack(&msg).map_err(Status::invalid_argument)?;
-        let result = call(raft, req).await;
-        reply(msg.shard_id, msg.target_replica, &result)
+    /// A service whose Raft streams end once `closing` turns true: a
+    /// server shutting down waits for its open streams, and a peer's
+    /// stream never ends on its own.
+    pub fn new(replicas: Arc<dyn ReplicaDirectory>, closing: watch::Receiver<bool>) -> Self {
+        Self { replicas, closing }
     }
 
     fn target(&self, shard: u64, replica: u64) -> Result<Raft, Status> {
-        self.replicas
-            .raft(ShardId(shard), ReplicaId(replica))
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "no replica r{replica} of shard s{shard} on this node"
-                ))
-            })
+        target(&*self.replicas, shard, replica).map_err(Status::not_found)
+    }
+}
+
+fn target(replicas: &dyn ReplicaDirectory, shard: u64, replica: u64) -> Result<Raft, String> {
+    replicas
+        .raft(ShardId(shard), ReplicaId(replica))
+        .ok_or_else(|| format!("no replica r{replica} of shard s{shard} on this node"))
+}
+
+/// Answers the calls of one Exchange stream as they arrive, each as soon as
+/// its replica has: a slow call (a follower waiting for its fsync) holds up
+/// no other. Ends when the caller's stream has ended and every call is
+/// answered, when nobody reads the replies any more, or when the server
+/// is closing.
+async fn answer_calls(
+    replicas: Arc<dyn ReplicaDirectory>,
+    mut calls: Streaming<RaftCall>,
+    replies: mpsc::UnboundedSender<RaftReply>,
+    mut closing: watch::Receiver<bool>,
+) {
+    let mut running = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            _ = closing.wait_for(|closing| *closing) => return,
+            call = calls.message(), if open => match call {
+                Ok(Some(call)) => running.push(answer(replicas.clone(), call)),
+                Ok(None) => open = false,
+                Err(status) => {
+                    tracing::debug!(%status, "raft stream from a peer failed");
+                    open = false;
+                }
+            },
+            Some(reply) = running.next(), if !running.is_empty() => {
+                if replies.send(reply).is_err() {
+                    return;
+                }
+            }
+            else => return,
+        }
+    }
+}
+
+async fn answer(replicas: Arc<dyn ReplicaDirectory>, call: RaftCall) -> RaftReply {
+    let call_id = call.call_id;
+    match dispatch(&*replicas, call).await {
+        Ok(message) => RaftReply {
+            call_id,
+            message: Some(message),
+            error: String::new(),
+        },
+        Err(error) => RaftReply {
+            call_id,
+            message: None,
+            error,
+        },
+    }
+}
+
+/// Hands one call to its replica and encodes what it answered.
+async fn dispatch(replicas: &dyn ReplicaDirectory, call: RaftCall) -> Result<RaftMessage, String> {
+    let msg = call.message.ok_or("raft call without a message")?;
+    let raft = target(replicas, msg.shard_id, msg.target_replica)?;
+    let kind = RaftCallKind::try_from(call.kind)
+        .map_err(|_| format!("unknown raft call kind {}", call.kind))?;
+    let (shard, replica) = (ShardId(msg.shard_id), ReplicaId(msg.target_replica));
+    match kind {
+        RaftCallKind::AppendEntries => {
+            let rpc: AppendEntriesRequest = unpack(&msg)?;
+            let result = raft.append_entries(rpc).await.map_err(|e| e.unwrap_fatal());
+            message(shard, replica, &result)
+        }
+        RaftCallKind::Vote => {
+            let rpc: VoteRequest = unpack(&msg)?;
+            let result = raft.vote(rpc).await.map_err(|e| e.unwrap_fatal());
+            message(shard, replica, &result)
+        }
+        RaftCallKind::PreVote => {
+            let rpc: VoteRequest = unpack(&msg)?;
+            let result = raft.pre_vote(rpc).await.map_err(|e| e.unwrap_fatal());
+            message(shard, replica, &result)
+        }
+        RaftCallKind::TransferLeader => {
+            let req: TransferLeaderRequest = unpack(&msg)?;
+            message(shard, replica, &raft.handle_transfer_leader(req).await)
+        }
+        RaftCallKind::Unspecified => Err("raft call of no kind".into()),
     }
 }
 
@@ -73,43 +143,25 @@ fn reply<T: serde::Serialize>(
         .map_err(Status::internal)
 }
 
+type ReplyStream = Pin<Box<dyn Stream<Item = Result<RaftReply, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
-    async fn append_entries(
-        &self,
-        request: Request<RaftMessage>,
-    ) -> Result<Response<RaftMessage>, Status> {
-        self.unary(request, |raft, rpc: AppendEntriesRequest| async move {
-            raft.append_entries(rpc).await.map_err(|e| e.unwrap_fatal())
-        })
-        .await
-    }
+    type ExchangeStream = ReplyStream;
 
-    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        self.unary(request, |raft, rpc: VoteRequest| async move {
-            raft.vote(rpc).await.map_err(|e| e.unwrap_fatal())
-        })
-        .await
-    }
-
-    async fn pre_vote(
+    async fn exchange(
         &self,
-        request: Request<RaftMessage>,
-    ) -> Result<Response<RaftMessage>, Status> {
-        self.unary(request, |raft, rpc: VoteRequest| async move {
-            raft.pre_vote(rpc).await.map_err(|e| e.unwrap_fatal())
-        })
-        .await
-    }
-
-    async fn transfer_leader(
-        &self,
-        request: Request<RaftMessage>,
-    ) -> Result<Response<RaftMessage>, Status> {
-        self.unary(request, |raft, req: TransferLeaderRequest| async move {
-            raft.handle_transfer_leader(req).await
-        })
-        .await
+        request: Request<Streaming<RaftCall>>,
+    ) -> Result<Response<ReplyStream>, Status> {
+        let (replies, out) = mpsc::unbounded_channel();
+        tokio::spawn(answer_calls(
+            self.replicas.clone(),
+            request.into_inner(),
+            replies,
+            self.closing.clone(),
+        ));
+        let out = UnboundedReceiverStream::new(out).map(Ok);
+        Ok(Response::new(Box::pin(out)))
     }
 
     async fn install_snapshot(
@@ -170,5 +222,54 @@ impl RaftRpc for RaftService {
         };
         let result = raft.install_full_snapshot(vote, snapshot).await;
         reply(shard, replica, &result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node with no replicas.
+    struct Empty;
+
+    impl ReplicaDirectory for Empty {
+        fn raft(&self, _shard: ShardId, _replica: ReplicaId) -> Option<Raft> {
+            None
+        }
+
+        fn snapshot_file(&self) -> Result<std::fs::File, atoll_storage::EngineError> {
+            tempfile::tempfile().map_err(|e| atoll_storage::EngineError::Io(e.to_string()))
+        }
+    }
+
+    fn call(call_id: u64, kind: i32, message: Option<RaftMessage>) -> RaftCall {
+        RaftCall {
+            call_id,
+            kind,
+            message,
+        }
+    }
+
+    #[tokio::test]
+    async fn calls_that_reach_no_replica_are_answered_with_an_error() {
+        let replicas: Arc<dyn ReplicaDirectory> = Arc::new(Empty);
+        let vote = RaftCallKind::Vote as i32;
+        let msg = RaftMessage {
+            shard_id: 3,
+            target_replica: 9,
+            ..Default::default()
+        };
+        let reply = answer(replicas.clone(), call(5, vote, Some(msg))).await;
+        assert_eq!(reply.call_id, 5);
+        assert!(reply.message.is_none());
+        assert!(
+            reply.error.contains("no replica r9 of shard s3"),
+            "{}",
+            reply.error
+        );
+
+        let reply = answer(replicas, call(6, vote, None)).await;
+        assert_eq!(reply.call_id, 6);
+        assert!(reply.error.contains("without a message"), "{}", reply.error);
     }
 }
