@@ -95,6 +95,8 @@ pub struct LimitsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     pub block_cache: ByteSize,
+    /// Memtable size of each RocksDB column family.
+    pub write_buffer: ByteSize,
 }
 
 impl Default for NodeConfig {
@@ -169,6 +171,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             block_cache: ByteSize(256 << 20),
+            write_buffer: ByteSize(8 << 20),
         }
     }
 }
@@ -273,6 +276,10 @@ impl NodeConfig {
         if self.limits.max_value_bytes.0 == 0 || self.limits.max_value_bytes.0 > 64 << 20 {
             return invalid("limits.max_value_bytes must be between 1 byte and 64MiB".into());
         }
+        let write_buffer = self.storage.write_buffer.0;
+        if !(1 << 20..=1 << 30).contains(&write_buffer) {
+            return invalid("storage.write_buffer must be between 1MiB and 1GiB".into());
+        }
         Ok(())
     }
 }
@@ -374,6 +381,15 @@ mod tests {
     }
 
     #[test]
+    fn a_write_buffer_out_of_range_is_rejected() {
+        for bytes in [0, 512 << 10, 2 << 30] {
+            let mut cfg = three_nodes();
+            cfg.storage.write_buffer = ByteSize(bytes);
+            assert!(cfg.validate().is_err(), "{bytes} bytes accepted");
+        }
+    }
+
+    #[test]
     fn env_overrides_file() {
         let mut cfg = three_nodes();
         cfg.apply_env([
@@ -398,11 +414,14 @@ mod tests {
             election_timeout_max = "2s"
             [limits]
             max_value_bytes = "2MiB"
+            [storage]
+            write_buffer = "16MiB"
             "#,
         )
         .unwrap();
         assert_eq!(cfg.raft.heartbeat, Duration::from_millis(100));
         assert_eq!(cfg.limits.max_value_bytes.0, 2 << 20);
+        assert_eq!(cfg.storage.write_buffer.0, 16 << 20);
     }
 
     #[test]

@@ -49,6 +49,7 @@ pub async fn start_rocks_node(config: NodeConfig) -> Result<Arc<Node>, NodeError
         .map_err(|e| atoll_storage::EngineError::Io(format!("{}: {e}", db_dir.display())))?;
     let options = RocksOptions {
         block_cache_bytes: config.storage.block_cache.0 as usize,
+        write_buffer_bytes: config.storage.write_buffer.0 as usize,
         ..Default::default()
     };
     let engine = RocksEngine::open(&db_dir, &options)?;
