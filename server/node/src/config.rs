@@ -171,7 +171,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             block_cache: ByteSize(256 << 20),
-            write_buffer: ByteSize(8 << 20),
+            write_buffer: ByteSize(64 << 20),
         }
     }
 }

@@ -18,11 +18,11 @@ pub struct RocksOptions {
     pub block_cache_bytes: usize,
     /// Background flush and compaction threads.
     pub background_jobs: i32,
-    /// Size of each column family's memtable. Every write inserts into a
-    /// skiplist of this size, and an insert costs a search through it: on
-    /// the 2-core bench machine 8 MiB memtables took 13-21% less CPU per
-    /// write than RocksDB's default 64 MiB (`benches/README.md`), at the
-    /// price of more, smaller flushes.
+    /// Size of each column family's memtable (RocksDB's default, 64 MiB).
+    /// Every write inserts into a skiplist of this size: 8 MiB took 8-21%
+    /// less CPU per write on the bench machine, but open-loop rounds then
+    /// had p99 spikes of 150-260 ms that are not explained yet
+    /// (`benches/README.md`, item 10).
     pub write_buffer_bytes: usize,
 }
 
@@ -31,7 +31,7 @@ impl Default for RocksOptions {
         Self {
             block_cache_bytes: 256 << 20,
             background_jobs: 2,
-            write_buffer_bytes: 8 << 20,
+            write_buffer_bytes: 64 << 20,
         }
     }
 }
