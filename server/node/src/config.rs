@@ -169,9 +169,10 @@ impl TestingConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
+        let rocks = atoll_rocks::RocksOptions::default();
         Self {
-            block_cache: ByteSize(256 << 20),
-            write_buffer: ByteSize(64 << 20),
+            block_cache: ByteSize(rocks.block_cache_bytes as u64),
+            write_buffer: ByteSize(rocks.write_buffer_bytes as u64),
         }
     }
 }

@@ -333,6 +333,7 @@ impl PeerStream {
             call_id,
             answer,
             shared: self.shared.clone(),
+            answered: false,
         })
     }
 }
@@ -343,25 +344,29 @@ impl Drop for PeerStream {
     }
 }
 
-/// A call waiting for its answer; dropping it (the caller timed out)
-/// forgets the call.
+/// A call waiting for its answer; dropping it before the answer came (the
+/// caller timed out) forgets the call.
 struct Pending {
     call_id: u64,
     answer: oneshot::Receiver<Answer>,
     shared: Arc<Mutex<StreamState>>,
+    /// The answer came, so the call is no longer in `waiting`.
+    answered: bool,
 }
 
 impl Pending {
     async fn answer(&mut self) -> Answer {
-        (&mut self.answer)
-            .await
-            .unwrap_or_else(|_| Err("raft stream closed".into()))
+        let answer = (&mut self.answer).await;
+        self.answered = true;
+        answer.unwrap_or_else(|_| Err("raft stream closed".into()))
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        lock(&self.shared).waiting.remove(&self.call_id);
+        if !self.answered {
+            lock(&self.shared).waiting.remove(&self.call_id);
+        }
     }
 }
 

@@ -65,9 +65,11 @@ async fn answer_calls(
 ) {
     let mut running = FuturesUnordered::new();
     let mut open = true;
+    let closed = closing.wait_for(|closing| *closing);
+    tokio::pin!(closed);
     loop {
         tokio::select! {
-            _ = closing.wait_for(|closing| *closing) => return,
+            _ = &mut closed => return,
             call = calls.message(), if open => match call {
                 Ok(Some(call)) => running.push(answer(replicas.clone(), call)),
                 Ok(None) => open = false,
@@ -108,29 +110,54 @@ async fn dispatch(replicas: &dyn ReplicaDirectory, call: RaftCall) -> Result<Raf
     let raft = target(replicas, msg.shard_id, msg.target_replica)?;
     let kind = RaftCallKind::try_from(call.kind)
         .map_err(|_| format!("unknown raft call kind {}", call.kind))?;
-    let (shard, replica) = (ShardId(msg.shard_id), ReplicaId(msg.target_replica));
     match kind {
         RaftCallKind::AppendEntries => {
-            let rpc: AppendEntriesRequest = unpack(&msg)?;
-            let result = raft.append_entries(rpc).await.map_err(|e| e.unwrap_fatal());
-            message(shard, replica, &result)
+            handle(raft, &msg, |raft, rpc: AppendEntriesRequest| async move {
+                raft.append_entries(rpc).await.map_err(|e| e.unwrap_fatal())
+            })
+            .await
         }
         RaftCallKind::Vote => {
-            let rpc: VoteRequest = unpack(&msg)?;
-            let result = raft.vote(rpc).await.map_err(|e| e.unwrap_fatal());
-            message(shard, replica, &result)
+            handle(raft, &msg, |raft, rpc: VoteRequest| async move {
+                raft.vote(rpc).await.map_err(|e| e.unwrap_fatal())
+            })
+            .await
         }
         RaftCallKind::PreVote => {
-            let rpc: VoteRequest = unpack(&msg)?;
-            let result = raft.pre_vote(rpc).await.map_err(|e| e.unwrap_fatal());
-            message(shard, replica, &result)
+            handle(raft, &msg, |raft, rpc: VoteRequest| async move {
+                raft.pre_vote(rpc).await.map_err(|e| e.unwrap_fatal())
+            })
+            .await
         }
         RaftCallKind::TransferLeader => {
-            let req: TransferLeaderRequest = unpack(&msg)?;
-            message(shard, replica, &raft.handle_transfer_leader(req).await)
+            handle(raft, &msg, |raft, req: TransferLeaderRequest| async move {
+                raft.handle_transfer_leader(req).await
+            })
+            .await
         }
         RaftCallKind::Unspecified => Err("raft call of no kind".into()),
     }
+}
+
+/// Decodes `msg`, hands it to `raft` with `call`, and encodes the answer.
+async fn handle<Req, Resp, F, Fut>(
+    raft: Raft,
+    msg: &RaftMessage,
+    call: F,
+) -> Result<RaftMessage, String>
+where
+    Req: serde::de::DeserializeOwned,
+    Resp: serde::Serialize,
+    F: FnOnce(Raft, Req) -> Fut,
+    Fut: std::future::Future<Output = Resp>,
+{
+    let req: Req = unpack(msg)?;
+    let result = call(raft, req).await;
+    message(
+        ShardId(msg.shard_id),
+        ReplicaId(msg.target_replica),
+        &result,
+    )
 }
 
 fn reply<T: serde::Serialize>(
