@@ -100,6 +100,10 @@ struct Args {
     /// `max_proposals_in_flight=1`); repeatable. Default: Atoll's defaults.
     #[arg(long)]
     atoll_raft: Vec<String>,
+    /// A setting of Atoll's `[storage]` config section, as TOML (e.g.
+    /// `write_buffer="8MiB"`); repeatable. Default: Atoll's defaults.
+    #[arg(long)]
+    atoll_storage: Vec<String>,
     /// Deadline of one operation, retries included.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     op_timeout: Duration,
@@ -227,6 +231,7 @@ async fn bench_in(args: &Args, data_dir: &std::path::Path) -> anyhow::Result<()>
         nodes: args.nodes,
         shards: args.shards,
         atoll_raft: args.atoll_raft.clone(),
+        atoll_storage: args.atoll_storage.clone(),
         op_timeout: args.op_timeout,
         ready_timeout: Duration::from_secs(60),
     };

@@ -29,6 +29,8 @@ pub struct SetupOptions {
     pub shards: u32,
     /// Lines of Atoll's `[raft]` config section (empty: its defaults).
     pub atoll_raft: Vec<String>,
+    /// Lines of Atoll's `[storage]` config section (empty: its defaults).
+    pub atoll_storage: Vec<String>,
     /// Deadline of one operation.
     pub op_timeout: Duration,
     /// How long a cluster may take to accept its first write.
@@ -60,6 +62,7 @@ pub async fn start_atoll(dir: &Path, options: &SetupOptions) -> anyhow::Result<T
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let spec = ClusterSpec {
         raft: options.atoll_raft.clone(),
+        storage: options.atoll_storage.clone(),
         ..ClusterSpec::spread(options.nodes, options.nodes, options.shards)
     };
     let cluster = Cluster::start(&options.atoll_bin, dir, &spec)

@@ -37,6 +37,9 @@ pub struct ClusterSpec {
     /// Lines for each node's `[raft]` config section; empty for Atoll's
     /// defaults. [`ClusterSpec::spread`] sets [`FAST_RAFT`].
     pub raft: Vec<String>,
+    /// Lines for each node's `[storage]` config section; empty for Atoll's
+    /// defaults.
+    pub storage: Vec<String>,
     /// Where the nodes listen.
     pub network: Network,
     /// The `atoll-lazyfs` binary: when set, each node's data dir is a
@@ -70,6 +73,7 @@ impl ClusterSpec {
             shards,
             testing: Vec::new(),
             raft: FAST_RAFT.map(String::from).to_vec(),
+            storage: Vec::new(),
             network: Network::Loopback,
             lazyfs: None,
             faketime: None,
@@ -125,11 +129,12 @@ impl Cluster {
             let config = dir.join(format!("node-{}.toml", i + 1));
             let text = format!(
                 "node_id = {}\nisland = \"{island}\"\nlisten = \"{address}\"\ndata_dir = \"{}\"\n\n\
-                 [raft]\n{}\n\n\
+                 [raft]\n{}\n\n[storage]\n{}\n\n\
                  [testing]\n{}\n\n[cluster]\ninitial_shards = {}\nreplication_factor = 3\n\n{initial}",
                 i + 1,
                 dir.join(format!("node-{}", i + 1)).display(),
                 spec.raft.join("\n"),
+                spec.storage.join("\n"),
                 spec.testing.join("\n"),
                 spec.shards,
             );

@@ -20,8 +20,11 @@ pub mod state_tag {
 pub mod apply_tag {
     /// Last applied log id and membership.
     pub const APPLIED: u8 = b'a';
-    /// Dedup rows: `++ client_id BE ++ seq BE`.
+    /// Dedup rows, one per key, as earlier versions stored them:
+    /// `++ client_id BE ++ seq BE` (read, then rewritten as groups).
     pub const DEDUP: u8 = b'd';
+    /// Groups of dedup rows: `++ ordinal of the first row BE`.
+    pub const DEDUP_GROUP: u8 = b'g';
     /// The meta shard's cluster map.
     pub const META: u8 = b'm';
     /// The replica's identity (shard, range), written when it is created.

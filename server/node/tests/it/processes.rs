@@ -46,6 +46,7 @@ impl ProcCluster {
             shards,
             testing: vec![],
             raft: FAST_RAFT.map(String::from).to_vec(),
+            storage: vec![],
             network: Default::default(),
             lazyfs: None,
             faketime: None,

@@ -161,6 +161,7 @@ impl StateMachine {
             }
         }
         let mut batch = applier.batch;
+        self.dedup.flush(self.replica, &mut batch)?;
         batch.put(Cf::ApplyState, self.applied_key(), encode(&self.applied)?);
         self.engine.write(batch, false)?;
         Ok(outcomes)
@@ -207,7 +208,7 @@ impl StateMachine {
                 now_ms,
                 outcome: outcome.clone(),
             };
-            self.dedup.insert(self.replica, row, &mut applier.batch)?;
+            self.dedup.insert(row);
         }
         Ok(outcome)
     }
@@ -223,6 +224,7 @@ impl StateMachine {
         }
         DedupTable::clear(self.replica, &mut batch);
         let mut map_version = self.map_version;
+        let mut dedup_rows = Vec::new();
         snapshot::read_items(BufReader::new(file), |item| {
             match item {
                 Item::Header { shard, .. } if shard != self.shard => {
@@ -235,12 +237,13 @@ impl StateMachine {
                     Record::decode(&stored)?;
                     batch.put(Cf::Data, data_key, stored);
                 }
-                Item::Dedup(row) => DedupTable::restore_row(self.replica, &row, &mut batch)?,
+                Item::Dedup(row) => dedup_rows.push(row),
                 Item::Meta { map } => map_version = meta::restore(self.replica, &map, &mut batch)?,
                 Item::Header { .. } | Item::Trailer { .. } => {}
             }
             Ok(())
         })?;
+        DedupTable::restore(self.replica, &dedup_rows, &mut batch)?;
         let applied = AppliedState {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),

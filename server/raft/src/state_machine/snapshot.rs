@@ -14,7 +14,7 @@ use atoll_storage::keys::{self, apply_tag};
 use atoll_storage::{Cf, Engine, EngineError, EngineSnapshot};
 use serde::{Deserialize, Serialize};
 
-use super::dedup::DedupRow;
+use super::dedup::{self, DedupRow};
 use super::AppliedState;
 use crate::codec::{decode, encode};
 
@@ -167,11 +167,9 @@ pub fn build(
             Ok(true)
         })?;
     }
-    let (start, end) = keys::tag_range(replica, apply_tag::DEDUP);
-    view.for_each(Cf::ApplyState, &start, &end, &mut |_, v| {
-        write_item(out, &Item::Dedup(decode(v, "dedup row")?))?;
-        Ok(true)
-    })?;
+    for row in dedup::stored_rows(view.as_ref(), replica)? {
+        write_item(out, &Item::Dedup(row))?;
+    }
     if let Some(map) = view.get(
         Cf::ApplyState,
         &keys::tagged_key(replica, apply_tag::META, &[]),
