@@ -213,16 +213,16 @@ impl DedupTable {
             batch.delete_range(Cf::ApplyState, start, end);
             self.legacy = false;
         }
-        let unsaved = self.unsaved;
-        let new: Vec<&DedupRow> = self
-            .order
-            .iter()
-            .filter(|(ordinal, _)| *ordinal >= unsaved)
-            .filter_map(|(_, id)| self.rows.get(id))
-            .collect();
         // Evicted rows are the oldest, so the new live rows are the last
         // ones inserted, with consecutive ordinals.
-        let first = self.next - new.len() as u64;
+        let unsaved = self.unsaved;
+        let count = (self.order.iter().rev())
+            .take_while(|(ordinal, _)| *ordinal >= unsaved)
+            .count();
+        let new: Vec<&DedupRow> = (self.order.range(self.order.len() - count..))
+            .filter_map(|(_, id)| self.rows.get(id))
+            .collect();
+        let first = self.next - count as u64;
         if !new.is_empty() {
             let group = GroupRef {
                 floor: self.floor(),
