@@ -15,7 +15,7 @@ runs="${1:-10}"
 out="${2:-jepsen-runs/matrix}"
 time="${TIME:-20s}"
 period="${PERIOD:-3s}"
-workloads="${WORKLOADS:-register set bank}"
+workloads="${WORKLOADS:-register register-ttl set bank}"
 nemeses="${NEMESES:-kill pause partition island-loss lose-unsynced}"
 
 cargo build --quiet --workspace --bins

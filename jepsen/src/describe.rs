@@ -19,12 +19,16 @@ impl fmt::Display for OpKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             OpKind::Read => write!(f, "read"),
-            OpKind::Write { value } => write!(f, "write {value}"),
-            OpKind::Cas { expected, new } => write!(f, "cas {} -> {new}", value(*expected)),
+            OpKind::Write { value, .. } => write!(f, "write {value}"),
+            OpKind::Cas { expected, new, .. } => write!(f, "cas {} -> {new}", value(*expected)),
             OpKind::Add { element } => write!(f, "add {element}"),
             OpKind::ReadAll => write!(f, "read-all"),
             OpKind::Transfer { from, to, amount } => write!(f, "transfer {amount} {from} -> {to}"),
             OpKind::ReadBalances => write!(f, "read-balances"),
+        }?;
+        match self.ttl_ms() {
+            Some(ttl) => write!(f, " ttl {ttl}ms"),
+            None => Ok(()),
         }
     }
 }

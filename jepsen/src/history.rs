@@ -11,6 +11,9 @@
 //! {"process":3,"key":"x","kind":{"type":"cas","expected":null,"new":5},"invoke_ns":10,"complete_ns":20,"outcome":{"ok":{"mismatch":{"current":4}}}}
 //! ```
 //!
+//! A write or swap of the `register-ttl` workload also carries the TTL it
+//! gave its value, `"ttl_ms":800`; histories without it still parse.
+//!
 //! The outcome contract:
 //! - [`Outcome::Ok`]: the operation happened, exactly once, somewhere between
 //!   its invocation and its completion, and the reply says what it saw.
@@ -72,6 +75,11 @@ pub enum OpKind {
     Write {
         /// The value written.
         value: Value,
+        /// The value's time to live in milliseconds, if it was written
+        /// with one (`None` or 0: it never expires). Absent from older
+        /// histories.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_ms: Option<u64>,
     },
     /// Register: set the key to `new` if it holds `expected` (`None`: if it
     /// is absent). Replies [`Reply::Done`] when it swapped, or
@@ -81,6 +89,10 @@ pub enum OpKind {
         expected: Option<Value>,
         /// The value written when it matches.
         new: Value,
+        /// The new value's time to live in milliseconds, as for
+        /// [`OpKind::Write`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_ms: Option<u64>,
     },
     /// Set: add `element`; replies [`Reply::Done`].
     Add {
@@ -121,6 +133,33 @@ impl OpKind {
             OpKind::Read | OpKind::Write { .. } | OpKind::Cas { .. } => Workload::Register,
             OpKind::Add { .. } | OpKind::ReadAll => Workload::Set,
             OpKind::Transfer { .. } | OpKind::ReadBalances => Workload::Bank,
+        }
+    }
+
+    /// A register write of `value` without a TTL.
+    pub fn write(value: Value) -> OpKind {
+        OpKind::Write {
+            value,
+            ttl_ms: None,
+        }
+    }
+
+    /// A register compare-and-swap without a TTL.
+    pub fn cas(expected: Option<Value>, new: Value) -> OpKind {
+        OpKind::Cas {
+            expected,
+            new,
+            ttl_ms: None,
+        }
+    }
+
+    /// The time to live a register write or swap gave its value, in
+    /// milliseconds; `None` when it never expires (0 counts as never, as
+    /// on the wire).
+    pub fn ttl_ms(&self) -> Option<u64> {
+        match self {
+            OpKind::Write { ttl_ms, .. } | OpKind::Cas { ttl_ms, .. } => ttl_ms.filter(|&t| t > 0),
+            _ => None,
         }
     }
 

@@ -20,7 +20,7 @@ pub mod timeline;
 
 pub use checker::{
     check_bank_history, check_register_history, check_set_history, BankSpec, Budget, KeyReport,
-    Verdict,
+    Verdict, TTL_SLACK_NS,
 };
 pub use history::{
     read_jsonl, write_jsonl, Element, HistoryError, Op, OpKind, Outcome, ProcessId, Reply, Value,

@@ -32,6 +32,9 @@ use tokio::time::Instant;
 enum Workload {
     /// Read, write, CAS on a few keys; checked for linearizability.
     Register,
+    /// The register with short TTLs on every write and CAS (Atoll only);
+    /// checked for linearizability with expiry.
+    RegisterTtl,
     /// Unique adds to a few sets; checked for lost and phantom elements.
     Set,
     /// Transfers between accounts; checked for a constant total.
@@ -153,13 +156,15 @@ fn check(
     keys: usize,
 ) -> anyhow::Result<(Verdict, Vec<String>)> {
     let verdicts: BTreeMap<String, (Verdict, String)> = match workload {
-        Workload::Register => check_register_history(history, &Budget::default())?
-            .into_iter()
-            .map(|(key, r)| {
-                let detail = format!("{} ops, {} steps", r.ops, r.steps);
-                (key, (r.verdict, detail))
-            })
-            .collect(),
+        Workload::Register | Workload::RegisterTtl => {
+            check_register_history(history, &Budget::default())?
+                .into_iter()
+                .map(|(key, r)| {
+                    let detail = format!("{} ops, {} steps", r.ops, r.steps);
+                    (key, (r.verdict, detail))
+                })
+                .collect()
+        }
         Workload::Set => check_set_history(history)?
             .into_iter()
             .map(|(key, v)| (key, (v, String::new())))
@@ -222,7 +227,7 @@ async fn start(
                     .context("opening the bank's accounts")?;
             }
             let mut own = Vec::new();
-            if args.workload == Workload::Register {
+            if matches!(args.workload, Workload::Register | Workload::RegisterTtl) {
                 for _ in 0..args.clients {
                     own.push(
                         cluster
@@ -234,6 +239,12 @@ async fn start(
             Ok((cluster, System::Atoll(client, own)))
         }
         Target::Etcd => {
+            if args.workload == Workload::RegisterTtl {
+                bail!(
+                    "register-ttl runs against Atoll only: etcd has no per-key TTL (only leases) \
+                     in this harness"
+                );
+            }
             if args.workload != Workload::Register {
                 bail!("the etcd target runs the register workload only");
             }
@@ -331,7 +342,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             let map = client.cluster_map().await?;
             let keys = harness::register::keys(Some(&map), args.keys);
             let samples: Vec<String> = match args.workload {
-                Workload::Register => keys.clone(),
+                Workload::Register | Workload::RegisterTtl => keys.clone(),
                 Workload::Set => (0..args.keys).map(harness::set::sample_key).collect(),
                 Workload::Bank => vec![harness::bank::sample_key()],
             };
@@ -356,6 +367,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         match (&system, args.workload) {
             (System::Atoll(_, own), Workload::Register) => {
                 harness::register::run(own.clone(), clients, register_keys.clone(), r, until).await
+            }
+            (System::Atoll(_, own), Workload::RegisterTtl) => {
+                let keys = register_keys.clone();
+                harness::register_ttl::run(own.clone(), clients, keys, r, until).await
             }
             (System::Atoll(c, _), Workload::Set) => {
                 harness::set::run(c.clone(), clients, keys, r, until).await

@@ -16,6 +16,11 @@
 //! cheap (see `search.rs`); a brute-force oracle test checks that this
 //! never changes a verdict.
 //!
+//! A value written with a TTL may expire, at any time from its write's
+//! invocation plus the TTL on, or never: expiry is one more optional
+//! operation, which only the value of its own write lets apply, and which
+//! leaves the key absent (see `register.rs`).
+//!
 //! The worst case is exponential: the cache bounds the work by the number
 //! of distinct configurations, at most 2^n times the number of observed
 //! values for n operations, each costing O(n / 64) to hash and store.

@@ -13,5 +13,6 @@ mod window;
 
 pub use bank::{check_bank_history, BankSpec};
 pub use linearizable::{check_register_history, Budget, KeyReport};
+pub use register::TTL_SLACK_NS;
 pub use set::check_set_history;
 pub use verdict::Verdict;

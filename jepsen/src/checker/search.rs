@@ -17,12 +17,21 @@
 //!   valid: the state is unchanged, whatever followed it can follow the
 //!   state before it, and nothing still listed completed before it was
 //!   invoked. So if the configuration after it fails, the one before fails.
+//!
+//! Values written with a TTL: the register also records which expiry
+//! operation is *armed* (the one of the write whose value it holds), and
+//! only that one can apply. A configuration is the linearized operations
+//! of the history, the state and the armed expiry: which expiries were
+//! linearized is left out, since an expiry whose write was overwritten can
+//! never apply again, whether it took effect or not. Such a dead expiry
+//! leaves the entry list along with the write that overwrote it, so that
+//! walks do not wade through them.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use super::linearizable::Budget;
-use super::register::{Prepared, State};
+use super::register::{Effect, Prepared, State};
 use super::search_list::{EntryList, Node};
 use super::window::Stuck;
 use crate::history::Value;
@@ -30,9 +39,19 @@ use crate::history::Value;
 /// The set of linearized operations, as a bitset.
 type Linearized = Box<[u64]>;
 
-/// A lifted call: its entry, the state before it, and whether it was
-/// applied at once (no alternative to try on backtrack).
-type Lifted = (usize, State, bool);
+/// The register as the search sees it: its state and the armed expiry.
+type Register = (State, Option<usize>);
+
+/// A lifted call: its entry, the register before it, whether it was
+/// applied at once (no alternative to try on backtrack), and the entry of
+/// the expiry it made dead, if any.
+#[derive(Clone, Copy)]
+struct Lifted {
+    call: usize,
+    before: Register,
+    at_once: bool,
+    dead_expiry: Option<usize>,
+}
 
 /// The search over one key's operations.
 pub(crate) struct Search<'a> {
@@ -41,9 +60,12 @@ pub(crate) struct Search<'a> {
     /// Lifted calls, in linearization order.
     stack: Vec<Lifted>,
     state: State,
+    /// The expiry that may apply to the value the register holds.
+    armed: Option<usize>,
+    /// The history's operations linearized (expiries are left out).
     linearized: Linearized,
     /// Configurations already reached (and, once left, known to fail).
-    cache: HashSet<(Linearized, State)>,
+    cache: HashSet<(Linearized, Register)>,
     /// Per observed value: how many of its observers are not linearized.
     observers_left: HashMap<Value, u32>,
     /// Required operations not yet linearized.
@@ -66,6 +88,7 @@ impl<'a> Search<'a> {
             list: EntryList::new(ops),
             stack: Vec::new(),
             state: State::Absent,
+            armed: None,
             linearized: vec![0; ops.len().div_ceil(64)].into_boxed_slice(),
             cache: HashSet::new(),
             observers_left,
@@ -156,22 +179,31 @@ impl<'a> Search<'a> {
         }
     }
 
-    /// The state after `op` applies to the current one, with dead values
-    /// made unseen; `None` if it cannot apply.
-    fn after(&self, op: usize) -> Option<State> {
-        let effect = self.ops[op].effect;
-        match effect.step(self.state)? {
+    /// The register after `op` applies to the current one, with dead
+    /// values made unseen; `None` if it cannot apply.
+    fn after(&self, op: usize) -> Option<Register> {
+        let Prepared { effect, expiry, .. } = self.ops[op];
+        if effect == Effect::Expire && self.armed != Some(op) {
+            return None;
+        }
+        let state = match effect.step(self.state)? {
             State::Holds(v) => {
                 let left = self.observers_left.get(&v).copied().unwrap_or(0);
                 let own = u32::from(effect.needs() == Some(v));
-                Some(if left > own {
+                if left > own {
                     State::Holds(v)
                 } else {
                     State::Unseen
-                })
+                }
             }
-            other => Some(other),
-        }
+            other => other,
+        };
+        let armed = match effect {
+            Effect::Expire => None,
+            _ if effect.writes() => expiry,
+            _ => self.armed,
+        };
+        Some((state, armed))
     }
 
     /// Lifts the first listed operation that can apply at once:
@@ -181,11 +213,12 @@ impl<'a> Search<'a> {
         let mut entry = self.list.first();
         while let Node::Call { op } = self.list.node(entry) {
             let effect = self.ops[op].effect;
+            let unseen = (State::Unseen, None);
             let at_once = match self.after(op) {
                 Some(after) if effect.writes() => {
-                    self.ops[op].required() && after == State::Unseen && self.state == State::Unseen
+                    self.ops[op].required() && after == unseen && (self.state, self.armed) == unseen
                 }
-                Some(_) => true,
+                Some(_) => effect != Effect::Expire,
                 None => false,
             };
             if at_once {
@@ -203,7 +236,7 @@ impl<'a> Search<'a> {
             return false;
         };
         let prepared = self.ops[op];
-        if !prepared.required() && after == State::Unseen {
+        if !prepared.required() && after == (State::Unseen, None) {
             return false;
         }
         self.flip(op);
@@ -211,9 +244,22 @@ impl<'a> Search<'a> {
             self.flip(op);
             return false;
         }
-        self.stack.push((call, self.state, at_once));
-        self.state = after;
+        // A write over a value whose expiry is armed kills that expiry.
+        let dead_expiry = self
+            .armed
+            .filter(|_| prepared.effect.writes() && after.1 != self.armed)
+            .map(|expiry| self.list.call_of(expiry));
+        self.stack.push(Lifted {
+            call,
+            before: (self.state, self.armed),
+            at_once,
+            dead_expiry,
+        });
+        (self.state, self.armed) = after;
         self.list.lift(call);
+        if let Some(entry) = dead_expiry {
+            self.list.lift(entry);
+        }
         self.count_observer(op, false);
         if prepared.required() {
             self.pending -= 1;
@@ -226,11 +272,19 @@ impl<'a> Search<'a> {
     /// lift is left to undo.
     fn backtrack(&mut self) -> Option<usize> {
         loop {
-            let (call, before, at_once) = self.stack.pop()?;
+            let Lifted {
+                call,
+                before,
+                at_once,
+                dead_expiry,
+            } = self.stack.pop()?;
             self.steps += 1;
             let op = self.list.op_of(call);
             self.flip(op);
-            self.state = before;
+            (self.state, self.armed) = before;
+            if let Some(entry) = dead_expiry {
+                self.list.unlift(entry);
+            }
             self.list.unlift(call);
             self.count_observer(op, true);
             if self.ops[op].required() {
@@ -256,8 +310,11 @@ impl<'a> Search<'a> {
         }
     }
 
+    /// Marks `op` linearized or not; expiries are not recorded.
     fn flip(&mut self, op: usize) {
-        self.linearized[op / 64] ^= 1 << (op % 64);
+        if self.ops[op].effect != Effect::Expire {
+            self.linearized[op / 64] ^= 1 << (op % 64);
+        }
     }
 
     /// Records the failure at return entry `ret` if it is further into the
@@ -269,13 +326,14 @@ impl<'a> Search<'a> {
         let linearized = self
             .stack
             .iter()
-            .map(|&(call, ..)| self.list.op_of(call))
+            .map(|lifted| self.list.op_of(lifted.call))
             .collect();
         self.stuck = Some(Stuck {
             position: ret,
             blocked: op,
             linearized,
             state: self.state,
+            armed: self.armed,
             candidates: self.list.calls_before(ret),
         });
     }

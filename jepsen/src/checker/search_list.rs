@@ -32,6 +32,8 @@ enum Slot {
 #[derive(Debug)]
 pub(crate) struct EntryList {
     slots: Vec<Slot>,
+    /// The entry of each operation's call.
+    calls: Vec<usize>,
     next: Vec<usize>,
     prev: Vec<usize>,
 }
@@ -50,9 +52,12 @@ impl EntryList {
         }
         events.sort_unstable();
         let mut ret_entry = vec![None; ops.len()];
+        let mut calls = vec![0; ops.len()];
         for (i, &(_, is_return, op)) in events.iter().enumerate() {
             if is_return {
                 ret_entry[op] = Some(i + 1);
+            } else {
+                calls[op] = i + 1;
             }
         }
         let mut slots = Vec::with_capacity(events.len() + 2);
@@ -71,6 +76,7 @@ impl EntryList {
         let len = slots.len();
         EntryList {
             slots,
+            calls,
             next: (1..=len).map(|i| i.min(len - 1)).collect(),
             prev: (0..len).map(|i| i.saturating_sub(1)).collect(),
         }
@@ -102,6 +108,11 @@ impl EntryList {
             Slot::Call { op, .. } | Slot::Return { op } => op,
             Slot::Head | Slot::End => usize::MAX,
         }
+    }
+
+    /// The entry of operation `op`'s call.
+    pub(crate) fn call_of(&self, op: usize) -> usize {
+        self.calls[op]
     }
 
     /// Removes the call at `call` and its return, if any.

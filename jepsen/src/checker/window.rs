@@ -7,11 +7,13 @@
 //! report shows the blocked operation, the furthest attempt's
 //! linearization (its tail), the register's value there, the concurrent
 //! operations that could not go next, and every write of the value the
-//! blocked operation needed (a failed write shows up here).
+//! blocked operation needed (a failed write shows up here). An expiry
+//! shows as the write whose value expired, and when the register holds a
+//! value that may expire, the report says from when.
 
 use std::fmt::Write;
 
-use super::register::{Prepared, State};
+use super::register::{Effect, Prepared, State, TTL_SLACK_NS};
 use super::verdict::Verdict;
 use crate::history::{Op, OpKind, Value};
 
@@ -30,6 +32,8 @@ pub(crate) struct Stuck {
     pub linearized: Vec<usize>,
     /// The register's value after it.
     pub state: State,
+    /// The expiry armed then: the value held may expire.
+    pub armed: Option<usize>,
     /// Operations invoked before the return and not linearized.
     pub candidates: Vec<usize>,
 }
@@ -47,7 +51,7 @@ impl Stuck {
                 return None;
             }
             match history[ops[op].index].kind {
-                OpKind::Write { value } | OpKind::Cas { new: value, .. } => Some(value),
+                OpKind::Write { value, .. } | OpKind::Cas { new: value, .. } => Some(value),
                 _ => None,
             }
         });
@@ -58,6 +62,13 @@ impl Stuck {
     /// `history`.
     pub(crate) fn verdict(&self, key: &str, ops: &[Prepared], history: &[Op]) -> Verdict {
         let line = |index: usize| format!("  #{index} {}", history[index]);
+        let prepared_line = |op: &Prepared| match op.effect {
+            Effect::Expire => format!("  the value #{} wrote expires", op.index),
+            effect if effect.expires_at_once() => {
+                format!("{}, and its value expires", line(op.index))
+            }
+            _ => line(op.index),
+        };
         let held = self.held(ops, history);
         let blocked = &ops[self.blocked];
         let mut window = vec![blocked.index];
@@ -81,20 +92,32 @@ impl Stuck {
         }
         for &op in &self.linearized[elided..] {
             window.push(ops[op].index);
-            let _ = writeln!(text, "{}", line(ops[op].index));
+            let _ = writeln!(text, "{}", prepared_line(&ops[op]));
+        }
+        if let Some(expiry) = self.armed {
+            let writer = ops[expiry].index;
+            let from = ops[expiry].invoke_ns;
+            let _ = writeln!(
+                text,
+                "The value #{writer} wrote may expire from {}.{:03}ms on (its invocation plus its \
+                 TTL, less {}ms for the server's rounding), not before.",
+                from / 1_000_000,
+                (from / 1_000) % 1_000,
+                TTL_SLACK_NS / 1_000_000
+            );
         }
         let others: Vec<usize> = self
             .candidates
             .iter()
             .copied()
-            .filter(|&op| op != self.blocked)
+            .filter(|&op| op != self.blocked && ops[op].effect != Effect::Expire)
             .collect();
         if !others.is_empty() {
             let _ = writeln!(text, "Concurrent operations that could not go next either:");
             for &op in &others {
                 window.push(ops[op].index);
                 let why = why_not(&ops[op], self.state, &held);
-                let _ = writeln!(text, "{} ({why})", line(ops[op].index));
+                let _ = writeln!(text, "{} ({why})", prepared_line(&ops[op]));
             }
         }
         if let Some(value) = blocked.effect.needs() {
@@ -122,7 +145,7 @@ impl Stuck {
 
 /// Whether an operation of `kind` writes `value` when it takes effect.
 fn writes(kind: &OpKind, value: Value) -> bool {
-    matches!(kind, OpKind::Write { value: v } | OpKind::Cas { new: v, .. } if *v == value)
+    matches!(kind, OpKind::Write { value: v, .. } | OpKind::Cas { new: v, .. } if *v == value)
 }
 
 fn plural(n: usize, noun: &str) -> String {

@@ -5,6 +5,7 @@ pub mod bank;
 pub mod etcd;
 pub mod nemesis;
 pub mod register;
+pub mod register_ttl;
 pub mod set;
 
 use std::sync::{Arc, Mutex};
@@ -49,15 +50,31 @@ impl Recorder {
     where
         F: std::future::Future<Output = Outcome>,
     {
+        let call = async { (call.await, ()) };
+        self.record_with(process, key, kind, call).await.0
+    }
+
+    /// [`Recorder::record`] for a call that also returns something besides
+    /// its outcome (which the history does not keep).
+    pub async fn record_with<F, T>(
+        &self,
+        process: &mut Process,
+        key: &str,
+        kind: OpKind,
+        call: F,
+    ) -> (Outcome, T)
+    where
+        F: std::future::Future<Output = (Outcome, T)>,
+    {
         let op = Op::invoked(ProcessId(process.id), key.to_string(), kind, self.now());
-        let outcome = call.await;
+        let (outcome, extra) = call.await;
         let op = op.completed(outcome.clone(), self.now());
         self.ops.lock().unwrap_or_else(|e| e.into_inner()).push(op);
         if outcome == Outcome::Ambiguous {
             process.id += process.stride;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        outcome
+        (outcome, extra)
     }
 
     /// Every operation recorded so far.

@@ -89,11 +89,8 @@ pub async fn run<S: Registers>(
                     rand::rng().random_range(0..3)
                 } {
                     0 => OpKind::Read,
-                    1 => OpKind::Write { value: unique },
-                    _ => OpKind::Cas {
-                        expected: seen.get(&key).copied().flatten(),
-                        new: unique,
-                    },
+                    1 => OpKind::write(unique),
+                    _ => OpKind::cas(seen.get(&key).copied().flatten(), unique),
                 };
                 let outcome = recorder
                     .record(
@@ -107,7 +104,7 @@ pub async fn run<S: Registers>(
                     (OpKind::Read, Outcome::Ok(Reply::Value(v))) => {
                         seen.insert(key, *v);
                     }
-                    (OpKind::Write { value: v }, Outcome::Ok(_))
+                    (OpKind::Write { value: v, .. }, Outcome::Ok(_))
                     | (OpKind::Cas { new: v, .. }, Outcome::Ok(Reply::Done)) => {
                         seen.insert(key, Some(*v));
                     }
@@ -126,8 +123,8 @@ pub async fn run<S: Registers>(
 async fn execute<S: Registers>(store: &S, key: &str, kind: &OpKind) -> Outcome {
     match *kind {
         OpKind::Read => store.read(key).await,
-        OpKind::Write { value } => store.write(key, value).await,
-        OpKind::Cas { expected, new } => store.cas(key, expected, new).await,
+        OpKind::Write { value, .. } => store.write(key, value).await,
+        OpKind::Cas { expected, new, .. } => store.cas(key, expected, new).await,
         _ => Outcome::Fail,
     }
 }

@@ -27,13 +27,7 @@ fn hand_written_json_line_parses() {
 {"process":4,"key":"x","kind":{"type":"write","value":6},"invoke_ns":30,"outcome":"ambiguous"}
 "#;
     let ops = read_jsonl(text.as_bytes()).unwrap();
-    assert_eq!(
-        ops[0].kind,
-        OpKind::Cas {
-            expected: None,
-            new: 5
-        }
-    );
+    assert_eq!(ops[0].kind, OpKind::cas(None, 5));
     assert_eq!(
         ops[0].outcome,
         Outcome::Ok(Reply::Mismatch { current: Some(4) })

@@ -9,12 +9,12 @@ use proptest::prelude::*;
 use crate::support::register_verdict;
 
 /// Whether `op` can take effect on `state`, and the state after it.
-fn step(op: &Op, state: Option<Value>) -> Option<Option<Value>> {
+pub fn step(op: &Op, state: Option<Value>) -> Option<Option<Value>> {
     match (&op.kind, &op.outcome) {
         (_, Outcome::Fail) => None,
         (OpKind::Read, Outcome::Ok(Reply::Value(seen))) => (state == *seen).then_some(state),
-        (OpKind::Write { value }, _) => Some(Some(*value)),
-        (OpKind::Cas { expected, new }, Outcome::Ok(Reply::Done) | Outcome::Ambiguous) => {
+        (OpKind::Write { value, .. }, _) => Some(Some(*value)),
+        (OpKind::Cas { expected, new, .. }, Outcome::Ok(Reply::Done) | Outcome::Ambiguous) => {
             (state == *expected).then_some(Some(*new))
         }
         (OpKind::Cas { expected, .. }, Outcome::Ok(Reply::Mismatch { current })) => {
@@ -60,8 +60,8 @@ fn op() -> impl Strategy<Value = Op> {
     let value = || prop_oneof![Just(None), (1..4i64).prop_map(Some)];
     let kind = prop_oneof![
         Just(OpKind::Read),
-        (1..4i64).prop_map(|value| OpKind::Write { value }),
-        (value(), 1..4i64).prop_map(|(expected, new)| OpKind::Cas { expected, new }),
+        (1..4i64).prop_map(OpKind::write),
+        (value(), 1..4i64).prop_map(|(expected, new)| OpKind::cas(expected, new)),
     ];
     (kind, 0..3u8, value(), 0..20u64, 0..12u64).prop_map(|(kind, outcome, seen, invoke, length)| {
         let outcome = match (outcome, &kind) {

@@ -66,7 +66,7 @@ proptest! {
         // could be valid: the write may still take effect.)
         let t = end(&ops) + 10;
         let (key, before) = finals.into_iter().next().unwrap();
-        let write = OpKind::Write { value: 1_000_000 };
+        let write = OpKind::write(1_000_000);
         ops.push(Op::invoked(ProcessId(9_001), key.clone(), write, t).completed(Outcome::Ok(Reply::Done), t + 5));
         let stale = Outcome::Ok(Reply::Value(before));
         ops.push(Op::invoked(ProcessId(9_002), key, OpKind::Read, t + 10).completed(stale, t + 15));

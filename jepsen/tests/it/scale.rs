@@ -50,7 +50,7 @@ fn stale_read_at_the_end_of_a_long_history_is_found() {
     let mut ops = busy_history(7, 1, 500, 20);
     let t = ops.iter().filter_map(|op| op.complete_ns).max().unwrap() + 10;
     let key = ops[0].key.clone();
-    let write = OpKind::Write { value: 1_000_000 };
+    let write = OpKind::write(1_000_000);
     ops.push(
         Op::invoked(ProcessId(9_001), key.clone(), write, t)
             .completed(Outcome::Ok(Reply::Done), t + 5),

@@ -21,27 +21,22 @@ pub fn read(p: u64, t: (u64, u64), seen: Option<Value>) -> Op {
 
 /// An ok write.
 pub fn write(p: u64, t: (u64, u64), value: Value) -> Op {
-    op(p, OpKind::Write { value }, t, Outcome::Ok(Reply::Done))
+    op(p, OpKind::write(value), t, Outcome::Ok(Reply::Done))
 }
 
 /// A write that definitely did not happen.
 pub fn write_failed(p: u64, t: (u64, u64), value: Value) -> Op {
-    op(p, OpKind::Write { value }, t, Outcome::Fail)
+    op(p, OpKind::write(value), t, Outcome::Fail)
 }
 
 /// A write whose client gave up at `t.1` without learning its outcome.
 pub fn write_ambiguous(p: u64, t: (u64, u64), value: Value) -> Op {
-    op(p, OpKind::Write { value }, t, Outcome::Ambiguous)
+    op(p, OpKind::write(value), t, Outcome::Ambiguous)
 }
 
 /// A compare-and-swap that swapped.
 pub fn cas(p: u64, t: (u64, u64), expected: Option<Value>, new: Value) -> Op {
-    op(
-        p,
-        OpKind::Cas { expected, new },
-        t,
-        Outcome::Ok(Reply::Done),
-    )
+    op(p, OpKind::cas(expected, new), t, Outcome::Ok(Reply::Done))
 }
 
 /// A compare-and-swap that found `current` and did not swap.
@@ -53,7 +48,16 @@ pub fn cas_mismatch(
     current: Option<Value>,
 ) -> Op {
     let outcome = Outcome::Ok(Reply::Mismatch { current });
-    op(p, OpKind::Cas { expected, new }, t, outcome)
+    op(p, OpKind::cas(expected, new), t, outcome)
+}
+
+/// `op`, a write or a swap, giving its value a TTL of `ms` milliseconds.
+pub fn with_ttl(mut op: Op, ms: u64) -> Op {
+    match &mut op.kind {
+        OpKind::Write { ttl_ms, .. } | OpKind::Cas { ttl_ms, .. } => *ttl_ms = Some(ms),
+        other => panic!("{other:?} takes no TTL"),
+    }
+    op
 }
 
 /// `op` on another key.
@@ -99,21 +103,15 @@ pub fn simulate(steps: &[Step]) -> (Vec<Op>, BTreeMap<String, Option<Value>>) {
         let applies = matches!(s.outcome, 0 | 1);
         let (kind, reply, next) = match s.action % 4 {
             0 => (OpKind::Read, Reply::Value(current), current),
-            1 => (OpKind::Write { value: unique }, Reply::Done, Some(unique)),
+            1 => (OpKind::write(unique), Reply::Done, Some(unique)),
             2 => {
-                let kind = OpKind::Cas {
-                    expected: current,
-                    new: unique,
-                };
+                let kind = OpKind::cas(current, unique);
                 (kind, Reply::Done, Some(unique))
             }
             _ => {
                 let stale = previous.get(&s.key).copied().flatten();
                 let expected = if stale == current { Some(-7) } else { stale };
-                let kind = OpKind::Cas {
-                    expected,
-                    new: unique,
-                };
+                let kind = OpKind::cas(expected, unique);
                 (kind, Reply::Mismatch { current }, current)
             }
         };

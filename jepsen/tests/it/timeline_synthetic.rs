@@ -36,11 +36,8 @@ pub fn history(ops: usize, run_ms: u64, faults: &[FaultWindow], seed: u64) -> Ve
             let faulty = faults.iter().any(|f| f.start_ms <= ms && ms < f.end_ms);
             let kind = match i % 3 {
                 0 => OpKind::Read,
-                1 => OpKind::Write { value: i as i64 },
-                _ => OpKind::Cas {
-                    expected: Some(i as i64 - 1),
-                    new: i as i64,
-                },
+                1 => OpKind::write(i as i64),
+                _ => OpKind::cas(Some(i as i64 - 1), i as i64),
             };
             let op = Op::invoked(
                 ProcessId(i as u64 % 16),
