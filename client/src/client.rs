@@ -162,7 +162,10 @@ impl Client {
     }
 
     /// Values of many keys, in order (`None` where absent). Keys are grouped
-    /// per shard and the groups read in parallel.
+    /// per shard and the groups read in parallel. A shard's keys are read
+    /// as of one point in time when their values fit in one read page of
+    /// the server (4 MiB by default); larger groups are read page by page,
+    /// each page a linearizable read of its own.
     pub async fn batch_get<K: AsRef<[u8]>>(
         &self,
         keys: &[K],
@@ -178,21 +181,34 @@ impl Client {
         let calls = groups.into_iter().map(|(shard, idx)| {
             let shard_keys: Vec<Vec<u8>> = idx.iter().map(|&i| keys[i].as_ref().to_vec()).collect();
             async move {
-                let results = self
-                    .router
-                    .call(shard, Self::read_kind(consistency), |mut c, t| {
-                        let msg = wire::BatchGetRequest {
-                            shard_id: shard.get(),
-                            keys: shard_keys.clone(),
-                            consistency: consistency.wire(),
-                        };
-                        async move {
-                            c.batch_get(request(msg, t))
-                                .await
-                                .map(|r| r.into_inner().results)
-                        }
-                    })
-                    .await?;
+                let mut results = Vec::with_capacity(shard_keys.len());
+                while results.len() < shard_keys.len() {
+                    let rest = &shard_keys[results.len()..];
+                    let page = self
+                        .router
+                        .call(shard, Self::read_kind(consistency), |mut c, t| {
+                            let msg = wire::BatchGetRequest {
+                                shard_id: shard.get(),
+                                keys: rest.to_vec(),
+                                consistency: consistency.wire(),
+                                allow_partial: true,
+                            };
+                            async move {
+                                c.batch_get(request(msg, t))
+                                    .await
+                                    .map(|r| r.into_inner().results)
+                            }
+                        })
+                        .await?;
+                    if page.is_empty() || page.len() > rest.len() {
+                        return Err(Error::Internal(format!(
+                            "a BatchGet of {} keys was answered with {} results",
+                            rest.len(),
+                            page.len()
+                        )));
+                    }
+                    results.extend(page);
+                }
                 Ok::<_, Error>((idx, results))
             }
         });

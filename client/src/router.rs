@@ -1,7 +1,7 @@
 //! Routing and retries: the cached cluster map and shard leaders, one
 //! channel per server, and the retry loop every call goes through.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -48,6 +48,28 @@ fn backoff(attempt: u32) -> Duration {
     let base = 10u64.saturating_mul(1 << attempt.min(6)).min(500);
     let jitter = rand::rng().random_range(base / 2..=base);
     Duration::from_millis(jitter)
+}
+
+/// The seeds, then the map's node addresses, each once, in that order.
+fn known_addresses(seeds: &[String], map: Option<&ClusterMap>) -> Vec<String> {
+    let nodes = map
+        .into_iter()
+        .flat_map(|m| m.nodes.iter().map(|n| &n.address));
+    let mut seen = HashSet::new();
+    seeds
+        .iter()
+        .chain(nodes)
+        .filter(|a| seen.insert(a.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// Whether to wait before retrying after a `NotLeader` answer: not after
+/// the first hint of a call, which usually names the new leader, but after
+/// any later one, so hints that bounce between nodes during a leader
+/// transfer do not spin; and always when the answer names no leader.
+fn pause_after_hint(hinted: bool, hints_in_call: u32) -> bool {
+    !hinted || hints_in_call >= 2
 }
 
 impl Router {
@@ -102,11 +124,7 @@ impl Router {
 
     /// Fetches the newest map any known server has.
     pub async fn refresh(&self) -> Result<Arc<ClusterMap>> {
-        let mut addresses = self.seeds.clone();
-        if let Some(map) = self.map() {
-            addresses.extend(map.nodes.iter().map(|n| n.address.clone()));
-        }
-        addresses.dedup();
+        let addresses = known_addresses(&self.seeds, self.map().as_deref());
         let mut last_error = String::from("no endpoints given");
         let mut best: Option<(ClusterMap, Vec<atoll_proto::v1::ShardLeader>)> = None;
         for address in &addresses {
@@ -203,6 +221,7 @@ impl Router {
         // a leader cut off from its peers, which other nodes may still name
         // as leader until they elect another.
         let mut silent: Option<String> = None;
+        let mut hints = 0u32;
         loop {
             let map = self.current_map().await?;
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -255,7 +274,8 @@ impl Router {
                         .map(|l| NodeId(l.node_id))
                         .filter(|&n| map.node(n).map(|node| &node.address) != silent.as_ref());
                     self.set_leader(shard.get(), hinted);
-                    pause = hinted.is_none();
+                    hints += u32::from(hinted.is_some());
+                    pause = pause_after_hint(hinted.is_some(), hints);
                 }
                 Error::StaleMap(_) => {
                     let _ = self.refresh().await;
@@ -366,5 +386,26 @@ mod tests {
             3,
             "without a known leader every replica is tried"
         );
+    }
+
+    #[test]
+    fn each_known_address_is_tried_once() {
+        let seeds: Vec<String> = ["node-2:1", "node-1:1", "node-2:1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let addresses = known_addresses(&seeds, Some(&map()));
+        assert_eq!(addresses, ["node-2:1", "node-1:1", "node-3:1"]);
+    }
+
+    #[test]
+    fn hints_that_bounce_between_two_nodes_are_followed_with_backoff() {
+        assert!(
+            !pause_after_hint(true, 1),
+            "the first hint is followed at once"
+        );
+        assert!(pause_after_hint(true, 2), "the second one waits");
+        assert!(pause_after_hint(true, 7));
+        assert!(pause_after_hint(false, 0), "no hint: wait");
     }
 }

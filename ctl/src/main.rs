@@ -84,10 +84,12 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
-    /// Every key of the cluster (in storage order).
+    /// Every key of the cluster (in storage order), printed page by page as
+    /// it arrives, so any amount of data can be listed.
     ScanAll {
+        /// Most keys to list; 0 = all.
         #[arg(long, default_value_t = 1000)]
-        limit: u32,
+        limit: u64,
     },
     /// Cluster information.
     Cluster {
@@ -113,6 +115,12 @@ struct KvOut {
     expires_at_ms: Option<u64>,
 }
 
+impl KvOut {
+    fn print_line(&self) {
+        println!("{}\t{}\t(version {})", self.key, self.value, self.version);
+    }
+}
+
 impl From<&KeyValue> for KvOut {
     fn from(kv: &KeyValue) -> Self {
         KvOut {
@@ -135,12 +143,16 @@ fn print_kvs(output: Output, kvs: &[KeyValue]) -> anyhow::Result<()> {
         Output::Json => print_json(&rows),
         Output::Table => {
             for r in &rows {
-                println!("{}\t{}\t(version {})", r.key, r.value, r.version);
+                r.print_line();
             }
             Ok(())
         }
     }
 }
+
+/// Keys `scan-all` asks for per page (the server also stops a page at its
+/// read page budget).
+const PAGE_KEYS: u64 = 1000;
 
 /// The command's result: `Ok(false)` is a clean "no" (exit 1).
 async fn run(cli: Cli) -> anyhow::Result<bool> {
@@ -252,18 +264,34 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             Ok(true)
         }
         Cmd::ScanAll { limit } => {
-            let mut all = Vec::new();
+            let limit = if limit == 0 { u64::MAX } else { limit };
+            let mut printed = 0u64;
             let mut cursor = None;
+            if out == Output::Json {
+                println!("[");
+            }
             loop {
-                let page = client.scan_all(cursor.as_ref(), limit).await?;
-                all.extend(page.kvs);
+                let page_limit = (limit - printed).min(PAGE_KEYS);
+                let page = client.scan_all(cursor.as_ref(), page_limit as u32).await?;
+                for kv in page.kvs.iter().take((limit - printed) as usize) {
+                    let row = KvOut::from(kv);
+                    match out {
+                        Output::Json if printed > 0 => {
+                            println!(",{}", serde_json::to_string(&row)?)
+                        }
+                        Output::Json => println!("{}", serde_json::to_string(&row)?),
+                        Output::Table => row.print_line(),
+                    }
+                    printed += 1;
+                }
                 match page.next {
-                    Some(next) if (all.len() as u32) < limit => cursor = Some(next),
+                    Some(next) if printed < limit => cursor = Some(next),
                     _ => break,
                 }
             }
-            all.truncate(limit as usize);
-            print_kvs(out, &all)?;
+            if out == Output::Json {
+                println!("]");
+            }
             Ok(true)
         }
         Cmd::Cluster {

@@ -7,19 +7,19 @@ use std::time::Duration;
 
 use atoll_proto::{ReplicaId, ShardId};
 use atoll_raft::state_machine::read_cluster_map;
+use atoll_raft::state_machine::ttl::has_due;
 use atoll_raft::types::ServerState;
 use atoll_raft::{Command, Replica, ShardKind};
-use atoll_storage::keys::{data_range, split_data_key};
-use atoll_storage::{Cf, Record};
 use prost::Message;
 use tokio::time::Instant;
 
 use crate::node::{now_ms, Node};
 
-/// Rows one TTL pass reads per shard.
-const TTL_PAGE: usize = 512;
-/// Keys one `Expire` command removes at most.
-const TTL_BATCH: usize = 128;
+/// How often the leader looks for due TTLs.
+const TTL_SWEEP: Duration = Duration::from_millis(500);
+/// Records one expiry sweep removes at most, and sweeps one tick proposes.
+const TTL_BATCH: u32 = 1024;
+const TTL_ROUNDS: usize = 16;
 
 /// How long a shard must have had a stable leader before it hands over to
 /// its preferred replica, and how often it may try.
@@ -127,66 +127,39 @@ async fn map_loop(node: Weak<Node>) {
     }
 }
 
-/// Scans each led data shard a page at a time and proposes the removal of
-/// keys whose TTL has passed (reads already treat them as absent).
+/// Moves each led data shard's log clock past its due TTLs: when the
+/// expiry index holds a record due by now, proposes an expiry sweep, whose
+/// entry carries this leader's time, so the clock reaches it and reads see
+/// the keys absent; the sweep also removes them. Keys outlive their TTL by
+/// about [`TTL_SWEEP`] plus one commit (docs/design/ttl-and-clocks.md).
 async fn ttl_loop(node: Weak<Node>) {
-    let mut cursors: HashMap<ShardId, Vec<u8>> = HashMap::new();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(TTL_SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(node) = node.upgrade() else { return };
         for replica in node.replicas() {
-            if replica.leader() != Some(replica.spec.replica) {
+            if replica.leader() != Some(replica.spec.replica)
+                || !matches!(replica.spec.kind, ShardKind::Data { .. })
+            {
                 continue;
             }
-            let ShardKind::Data { first, last } = replica.spec.kind else {
-                continue;
-            };
-            let cursor = cursors.entry(replica.spec.shard).or_default();
-            if let Err(e) = sweep_page(&node, &replica, first, last, cursor).await {
+            if let Err(e) = sweep(&node, &replica).await {
                 tracing::debug!(shard = %replica.spec.shard, error = %e, "ttl sweep");
             }
         }
     }
 }
 
-async fn sweep_page(
-    node: &Node,
-    replica: &Replica,
-    first: u64,
-    last: u64,
-    cursor: &mut Vec<u8>,
-) -> Result<(), crate::errors::ApiError> {
-    let (start, end) = data_range(first, last);
-    let from = if cursor.as_slice() > start.as_slice() {
-        cursor.clone()
-    } else {
-        start
-    };
-    let rows = node.engine().scan(Cf::Data, &from, &end, TTL_PAGE)?;
-    *cursor = match rows.last() {
-        Some((k, _)) if rows.len() == TTL_PAGE => [k.as_slice(), &[0]].concat(),
-        _ => Vec::new(),
-    };
-    let now = now_ms();
-    let mut expired = Vec::new();
-    for (dkey, stored) in &rows {
-        let record = Record::decode(stored)?;
-        if record.is_expired(now) {
-            if let Some((_, key)) = split_data_key(dkey) {
-                expired.push((key.to_vec(), record.version));
-            }
+/// Proposes expiry sweeps while records are due, at most [`TTL_ROUNDS`]
+/// times (the next tick goes on).
+async fn sweep(node: &Node, replica: &Replica) -> Result<(), crate::errors::ApiError> {
+    for _ in 0..TTL_ROUNDS {
+        if !has_due(node.engine().as_ref(), replica.spec.replica, now_ms())? {
+            return Ok(());
         }
-    }
-    for chunk in expired.chunks(TTL_BATCH) {
-        node.propose(
-            replica,
-            Command::Expire {
-                keys: chunk.to_vec(),
-            },
-            None,
-        )
-        .await?;
+        let command = Command::ExpireDue { limit: TTL_BATCH };
+        node.propose(replica, command, None).await?;
     }
     Ok(())
 }

@@ -88,6 +88,10 @@ pub struct RaftConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     pub max_value_bytes: ByteSize,
+    /// The bytes one read answer (a Scan, ScanAll or BatchGet page) holds:
+    /// a page stops once its keys and values would pass it (it always
+    /// holds one key) and tells the caller where to go on.
+    pub read_page_bytes: ByteSize,
 }
 
 /// RocksDB tuning.
@@ -145,6 +149,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_value_bytes: ByteSize(atoll_proto::limits::DEFAULT_MAX_VALUE_BYTES as u64),
+            read_page_bytes: ByteSize(4 << 20),
         }
     }
 }
@@ -276,6 +281,9 @@ impl NodeConfig {
         self.raft.validate()?;
         if self.limits.max_value_bytes.0 == 0 || self.limits.max_value_bytes.0 > 64 << 20 {
             return invalid("limits.max_value_bytes must be between 1 byte and 64MiB".into());
+        }
+        if !(64 << 10..=8 << 20).contains(&self.limits.read_page_bytes.0) {
+            return invalid("limits.read_page_bytes must be between 64KiB and 8MiB".into());
         }
         let write_buffer = self.storage.write_buffer.0;
         if !(1 << 20..=1 << 30).contains(&write_buffer) {

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use atoll_proto::keyhash::key_hash;
 use atoll_proto::v1::kv_server::Kv;
 use atoll_proto::v1::{self as wire, batch_op, cas_request, Limit, ReadConsistency};
+use atoll_raft::state_machine::ttl::read_clock;
 use atoll_raft::{BatchStep, Command, Expected, Outcome, Replica};
 use atoll_storage::keys::data_key_with_hash;
-use atoll_storage::{Cf, Record};
+use atoll_storage::{Cf, Engine, EngineSnapshot, Record};
 use tonic::{Request, Response, Status};
 
 use crate::errors::ApiError;
-use crate::node::{now_ms, Node};
+use crate::node::Node;
 use crate::{scan, validate};
 
 /// Implements `atoll.v1.Kv` on a node.
@@ -42,32 +43,50 @@ impl KvService {
     }
 
     /// The live value of `key` in the local engine.
-    fn local_get(&self, key: &[u8]) -> Result<Option<wire::KeyValue>, ApiError> {
-        let stored = self.node.engine().get(Cf::Data, &data_key(key))?;
-        live(key, stored, now_ms())
+    fn local_get(&self, replica: &Replica, key: &[u8]) -> Result<Option<wire::KeyValue>, ApiError> {
+        let (view, clock) = read_view(self.node.engine().as_ref(), replica)?;
+        live(key, view.get(Cf::Data, &data_key(key))?, clock)
     }
 
     fn max_value(&self) -> u64 {
         self.node.config().limits.max_value_bytes.0
     }
+
+    /// The bytes one read answer holds (`limits.read_page_bytes`).
+    fn read_page(&self) -> usize {
+        self.node.config().limits.read_page_bytes.0 as usize
+    }
+}
+
+/// A consistent view of the engine and the log clock of `replica` in it,
+/// by which every read judges expiry: apply writes the clock in the same
+/// batch as the data it judges, so a read agrees with every replica on
+/// which keys are live at the state it sees (docs/design/ttl-and-clocks.md).
+pub(crate) fn read_view<'a>(
+    engine: &'a dyn Engine,
+    replica: &Replica,
+) -> Result<(Box<dyn EngineSnapshot + 'a>, u64), ApiError> {
+    let view = engine.snapshot();
+    let clock = read_clock(view.as_ref(), replica.spec.replica)?;
+    Ok((view, clock))
 }
 
 fn data_key(key: &[u8]) -> Vec<u8> {
     data_key_with_hash(key_hash(key), key)
 }
 
-/// The value a stored record gives `key` at `now_ms`: none if absent or
-/// expired.
+/// The value a stored record gives `key` at log clock `clock`: none if
+/// absent or expired.
 fn live(
     key: &[u8],
     stored: Option<Vec<u8>>,
-    now_ms: u64,
+    clock: u64,
 ) -> Result<Option<wire::KeyValue>, ApiError> {
     let Some(stored) = stored else {
         return Ok(None);
     };
     let record = Record::decode(&stored)?;
-    Ok((!record.is_expired(now_ms)).then(|| kv(key.to_vec(), record)))
+    Ok((!record.is_expired(clock)).then(|| kv(key.to_vec(), record)))
 }
 
 pub(crate) fn kv(key: Vec<u8>, record: Record) -> wire::KeyValue {
@@ -110,10 +129,11 @@ impl Kv for KvService {
     ) -> Result<Response<wire::GetResponse>, Status> {
         let req = request.into_inner();
         validate::key(&req.key)?;
-        self.read_replica(req.shard_id, &[&req.key], req.consistency)
+        let replica = self
+            .read_replica(req.shard_id, &[&req.key], req.consistency)
             .await?;
         Ok(Response::new(wire::GetResponse {
-            kv: self.local_get(&req.key)?,
+            kv: self.local_get(&replica, &req.key)?,
         }))
     }
 
@@ -127,20 +147,37 @@ impl Kv for KvService {
             validate::key(key)?;
         }
         let keys: Vec<&[u8]> = req.keys.iter().map(Vec::as_slice).collect();
-        self.read_replica(req.shard_id, &keys, req.consistency)
+        let replica = self
+            .read_replica(req.shard_id, &keys, req.consistency)
             .await?;
-        // One snapshot, one clock reading: the keys are read as of one
-        // instant, never half before and half after a batch.
-        let engine = self.node.engine();
-        let snapshot = engine.snapshot();
-        let now = now_ms();
-        let results = keys
-            .iter()
-            .map(|k| {
-                let stored = snapshot.get(Cf::Data, &data_key(k))?;
-                live(k, stored, now).map(|kv| wire::GetResult { kv })
-            })
-            .collect::<Result<_, ApiError>>()?;
+        // One view and its clock: the keys are read as of one applied
+        // index, never half before and half after a batch.
+        let (view, clock) = read_view(self.node.engine().as_ref(), &replica)?;
+        let budget = self.read_page();
+        let mut results = Vec::with_capacity(keys.len());
+        let mut bytes = 0;
+        for k in &keys {
+            let stored = view.get(Cf::Data, &data_key(k)).map_err(ApiError::from)?;
+            let kv = live(k, stored, clock)?;
+            let size = kv
+                .as_ref()
+                .map_or(0, |kv| kv.key.len() + kv.value.len() + 16);
+            if !results.is_empty() && bytes + size > budget {
+                if req.allow_partial {
+                    break;
+                }
+                return Err(ApiError::invalid(
+                    Limit::ReadTooLarge,
+                    format!(
+                        "the values of these {} keys exceed one read page ({budget} bytes,                          limits.read_page_bytes): read fewer keys at a time",
+                        keys.len()
+                    ),
+                )
+                .into());
+            }
+            bytes += size;
+            results.push(wire::GetResult { kv });
+        }
         Ok(Response::new(wire::BatchGetResponse { results }))
     }
 
@@ -295,12 +332,12 @@ impl Kv for KvService {
     ) -> Result<Response<wire::ScanResponse>, Status> {
         let req = request.into_inner();
         scan::check_tag_range(&req)?;
-        self.read_replica(req.shard_id, &[&req.start], req.consistency)
+        let replica = self
+            .read_replica(req.shard_id, &[&req.start], req.consistency)
             .await?;
-        Ok(Response::new(scan::tag_range(
-            self.node.engine().as_ref(),
-            &req,
-        )?))
+        let (view, clock) = read_view(self.node.engine().as_ref(), &replica)?;
+        let page = scan::tag_range(view.as_ref(), clock, self.read_page(), &req)?;
+        Ok(Response::new(page))
     }
 
     async fn scan_all(
@@ -311,7 +348,13 @@ impl Kv for KvService {
         let replica = self
             .read_replica(req.shard_id, &[], req.consistency)
             .await?;
-        let page = scan::shard_page(&self.node, &replica, req.cursor, req.limit)?;
+        let page = scan::shard_page(
+            &self.node,
+            &replica,
+            req.cursor,
+            req.limit,
+            self.read_page(),
+        )?;
         Ok(Response::new(page))
     }
 }

@@ -7,6 +7,7 @@ pub mod cluster_service;
 pub mod config;
 pub mod dev;
 pub mod errors;
+pub mod identity;
 pub mod kv_service;
 pub mod node;
 mod scan;

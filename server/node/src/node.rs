@@ -22,6 +22,7 @@ use atoll_storage::{Engine, GroupCommitter};
 use crate::bootstrap::initial_map;
 use crate::config::NodeConfig;
 use crate::errors::ApiError;
+use crate::identity::Identity;
 
 /// Switches that tests use to inject faults into a running node.
 #[derive(Debug, Default)]
@@ -40,6 +41,8 @@ pub enum NodeError {
     Bootstrap(String),
     #[error("storage: {0}")]
     Storage(#[from] atoll_storage::EngineError),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
     #[error("replica of shard {shard}: {source}")]
     Replica {
         shard: ShardId,
@@ -109,6 +112,7 @@ impl Node {
         config.validate()?;
         let id = NodeId(config.node_id);
         let initial = Arc::new(initial_map(&config.cluster).map_err(NodeError::Bootstrap)?);
+        crate::identity::check(engine.as_ref(), &Identity::of(&initial, config.node_id))?;
         // A restarted node prefers the map its meta replica has stored.
         let stored = match initial.meta.as_ref().and_then(|m| m.replica_on(id)) {
             Some(replica) => read_cluster_map(engine.as_ref(), ReplicaId(replica))?,

@@ -1,22 +1,19 @@
 //! Scans: the keys of one hash tag in key order (`Scan`), and one shard's
-//! keys in storage order (`ScanAll`), both read from the local engine after
-//! the caller's read barrier.
+//! keys in storage order (`ScanAll`), both read from one engine view after
+//! the caller's read barrier. A page stops at `limit` keys or once its
+//! bytes would pass the read page budget, whichever comes first, and says
+//! where the next page starts; it always holds one key if any is left.
 
 use atoll_proto::keyhash::{hash_tag, key_hash};
 use atoll_proto::v1::{self as wire, Limit};
 use atoll_raft::{Replica, ShardKind};
 use atoll_storage::keys::{data_key_with_hash, data_range, split_data_key};
-use atoll_storage::{Cf, Engine, Record};
+use atoll_storage::{Cf, EngineSnapshot, Record};
 
 use crate::errors::ApiError;
-use crate::kv_service::kv;
-use crate::node::{now_ms, Node};
+use crate::kv_service::{kv, read_view};
+use crate::node::Node;
 use crate::validate;
-
-/// The position right after `data_key`.
-fn successor(data_key: &[u8]) -> Vec<u8> {
-    [data_key, &[0]].concat()
-}
 
 /// Checks that a `Scan` stays within one hash tag.
 pub fn check_tag_range(req: &wire::ScanRequest) -> Result<(), ApiError> {
@@ -36,9 +33,20 @@ pub fn check_tag_range(req: &wire::ScanRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Keys of `req.start`'s tag in `[start, end)`, in key order.
+/// Bytes a key-value pair adds to a page: its key, its stored record and
+/// some framing.
+fn row_bytes(key: &[u8], stored: &[u8]) -> usize {
+    key.len() + stored.len() + 16
+}
+
+/// Keys of `req.start`'s tag in `[start, end)`, in key order, as of
+/// `view`, judged live by its log clock `clock`, up to `budget` bytes. A
+/// page that stops early resumes at a key of the same tag, so the next
+/// request is valid.
 pub fn tag_range(
-    engine: &dyn Engine,
+    view: &dyn EngineSnapshot,
+    clock: u64,
+    budget: usize,
     req: &wire::ScanRequest,
 ) -> Result<wire::ScanResponse, ApiError> {
     let tag = hash_tag(&req.start).unwrap_or_default();
@@ -49,49 +57,42 @@ pub fn tag_range(
     } else {
         data_key_with_hash(hash, &req.end)
     };
-    let now = now_ms();
+    let from = data_key_with_hash(hash, &req.start);
     let mut kvs = Vec::new();
-    let mut from = data_key_with_hash(hash, &req.start);
-    // Pages of raw rows: expired keys and other tags with the same hash are
-    // skipped, so one page may not fill the answer.
-    loop {
-        let rows = engine.scan(Cf::Data, &from, &end, limit + 1)?;
-        for (dkey, stored) in &rows {
-            let Some((_, key)) = split_data_key(dkey) else {
-                continue;
-            };
-            if kvs.len() == limit {
-                return Ok(wire::ScanResponse {
-                    kvs,
-                    resume_key: key.to_vec(),
-                });
-            }
-            if hash_tag(key) != Some(tag) {
-                continue;
-            }
-            let record = Record::decode(stored)?;
-            if !record.is_expired(now) {
-                kvs.push(kv(key.to_vec(), record));
-            }
+    let mut bytes = 0;
+    let mut resume_key = Vec::new();
+    // Other tags with the same hash share the range: skip their keys.
+    view.for_each(Cf::Data, &from, &end, &mut |dkey, stored| {
+        let Some((_, key)) = split_data_key(dkey) else {
+            return Ok(true);
+        };
+        if hash_tag(key) != Some(tag) {
+            return Ok(true);
         }
-        match rows.last() {
-            Some((last, _)) if rows.len() > limit => from = successor(last),
-            _ => {
-                return Ok(wire::ScanResponse {
-                    kvs,
-                    resume_key: Vec::new(),
-                })
-            }
+        let size = row_bytes(key, stored);
+        if kvs.len() == limit || (!kvs.is_empty() && bytes + size > budget) {
+            resume_key = key.to_vec();
+            return Ok(false);
         }
-    }
+        let record = Record::decode(stored)?;
+        if !record.is_expired(clock) {
+            kvs.push(kv(key.to_vec(), record));
+            bytes += size;
+        }
+        Ok(true)
+    })?;
+    Ok(wire::ScanResponse { kvs, resume_key })
 }
 
-/// Up to `limit` keys of `replica`'s shard from `cursor`, in storage order.
+/// Up to `limit` keys and `budget` bytes of `replica`'s shard from
+/// `cursor`, in storage order. Expired rows count toward `limit`, so a page
+/// reads at most `limit` rows.
 pub fn shard_page(
     node: &Node,
     replica: &Replica,
     cursor: Vec<u8>,
     limit: u32,
+    budget: usize,
 ) -> Result<wire::ScanAllResponse, ApiError> {
     let ShardKind::Data { first, last } = replica.spec.kind else {
         return Err(ApiError::StaleMap {
@@ -108,23 +109,29 @@ pub fn shard_page(
             message: "cursor is past this shard's range".into(),
         });
     }
-    let rows = node.engine().scan(Cf::Data, &from, &end, limit)?;
-    let shard_done = rows.len() < limit;
-    let cursor = rows.last().map_or(from, |(last, _)| successor(last));
-    let now = now_ms();
-    let mut kvs = Vec::with_capacity(rows.len());
-    for (dkey, stored) in rows {
-        let Some((_, key)) = split_data_key(&dkey) else {
-            continue;
-        };
-        let record = Record::decode(&stored)?;
-        if !record.is_expired(now) {
-            kvs.push(kv(key.to_vec(), record));
+    let (view, clock) = read_view(node.engine().as_ref(), replica)?;
+    let mut kvs = Vec::new();
+    let (mut rows, mut bytes) = (0, 0);
+    let mut next = None;
+    view.for_each(Cf::Data, &from, &end, &mut |dkey, stored| {
+        let size = row_bytes(dkey, stored);
+        if rows == limit || (!kvs.is_empty() && bytes + size > budget) {
+            next = Some(dkey.to_vec());
+            return Ok(false);
         }
-    }
+        rows += 1;
+        if let Some((_, key)) = split_data_key(dkey) {
+            let record = Record::decode(stored)?;
+            if !record.is_expired(clock) {
+                kvs.push(kv(key.to_vec(), record));
+                bytes += size;
+            }
+        }
+        Ok(true)
+    })?;
     Ok(wire::ScanAllResponse {
         kvs,
-        cursor,
-        shard_done,
+        shard_done: next.is_none(),
+        cursor: next.unwrap_or_default(),
     })
 }

@@ -14,8 +14,10 @@ pub struct WriteId {
 pub struct Request {
     /// Set for client writes: a retry with the same id is applied once.
     pub write_id: Option<WriteId>,
-    /// The proposer's wall clock (Unix ms). Every replica judges TTL expiry
-    /// by this time, so applying stays deterministic.
+    /// The proposer's wall clock (Unix ms). Applying advances the log clock
+    /// to it (never back); every replica and every read judges TTL expiry
+    /// by the log clock, so all agree at a given applied index
+    /// (docs/design/ttl-and-clocks.md).
     pub now_ms: u64,
     pub command: Command,
 }
@@ -100,6 +102,7 @@ pub enum Command {
     /// All steps apply, or none (if any check fails).
     Batch { steps: Vec<BatchStep> },
     /// Removes expired keys, each only if still at the given version.
+    /// Earlier versions proposed it; it is still applied, never proposed.
     Expire { keys: Vec<(Vec<u8>, u64)> },
     /// Meta shard only: replace the cluster map (an encoded
     /// `atoll.v1.ClusterMap`) if its current version is `expected_version`.
@@ -113,6 +116,10 @@ pub enum Command {
     /// its own write id and outcome ([`Outcome::Group`]). Their keys are
     /// pairwise disjoint, and none is itself a group or names no keys.
     Group { writes: Vec<Proposal> },
+    /// Removes up to `limit` records whose expiry time the log clock has
+    /// reached, earliest first, found through the expiry index. Proposed by
+    /// the leader's sweeper; its entry's time also moves the clock on.
+    ExpireDue { limit: u32 },
 }
 
 /// One write of a [`Command::Group`].
@@ -126,11 +133,14 @@ impl Command {
     /// Whether the command may go into a [`Command::Group`]: data commands
     /// may; cluster-map commands and groups go alone.
     pub fn groupable(&self) -> bool {
-        !matches!(self, Command::SetClusterMap { .. } | Command::Group { .. })
+        !matches!(
+            self,
+            Command::SetClusterMap { .. } | Command::Group { .. } | Command::ExpireDue { .. }
+        )
     }
 
     /// The keys a data command reads or writes; `None` for commands that
-    /// name no keys (cluster map) and for groups.
+    /// name no keys (cluster map, expiry sweeps) and for groups.
     pub fn keys(&self) -> Option<Vec<&[u8]>> {
         match self {
             Command::Put { key, .. } | Command::Delete { key } | Command::Cas { key, .. } => {
@@ -138,7 +148,9 @@ impl Command {
             }
             Command::Batch { steps } => Some(steps.iter().map(BatchStep::key).collect()),
             Command::Expire { keys } => Some(keys.iter().map(|(k, _)| k.as_slice()).collect()),
-            Command::SetClusterMap { .. } | Command::Group { .. } => None,
+            Command::SetClusterMap { .. } | Command::Group { .. } | Command::ExpireDue { .. } => {
+                None
+            }
         }
     }
 }
@@ -199,6 +211,7 @@ impl Command {
             Command::Expire { .. } => "expire",
             Command::SetClusterMap { .. } => "set-cluster-map",
             Command::Group { .. } => "group",
+            Command::ExpireDue { .. } => "expire-due",
         }
     }
 }
@@ -249,5 +262,6 @@ fn command_bytes(command: &Command) -> usize {
         Command::Expire { keys } => keys.iter().map(|(k, _)| k.len() + 8).sum(),
         Command::SetClusterMap { map, .. } => map.len(),
         Command::Group { writes } => writes.iter().map(|w| 16 + command_bytes(&w.command)).sum(),
+        Command::ExpireDue { .. } => 4,
     }
 }

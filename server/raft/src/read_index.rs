@@ -6,7 +6,8 @@
 //! round's start and the read's arrival.
 //!
 //! After a restart, reads also wait until the replica has applied every
-//! entry its log held when it opened (the *restart floor*). openraft can
+//! entry its log knew to be committed when it opened (the *restart floor*;
+//! not its last entry, which may never commit). openraft can
 //! restore a replica that led before the restart as leader at once, and its
 //! read index is then the larger of its first entry of the term and the
 //! commit index it last persisted, which can be older than writes it had
@@ -39,14 +40,14 @@ struct State {
 pub struct ReadIndex {
     raft: Raft,
     state: Arc<Mutex<State>>,
-    /// The last log index when the replica opened: no read is served
-    /// before it is applied.
+    /// The commit index the log had saved when the replica opened: no read
+    /// is served before it is applied.
     restart_floor: u64,
 }
 
 impl ReadIndex {
-    /// Read rounds for `raft`, just opened with `restart_floor` as its last
-    /// log index.
+    /// Read rounds for `raft`, just opened with `restart_floor` as its
+    /// saved commit index.
     pub fn new(raft: Raft, restart_floor: u64) -> Self {
         Self {
             raft,
@@ -55,13 +56,13 @@ impl ReadIndex {
         }
     }
 
-    /// The last log index when the replica opened.
+    /// The saved commit index when the replica opened.
     pub fn restart_floor(&self) -> u64 {
         self.restart_floor
     }
 
-    /// Waits (once after a restart) until everything the log held at open
-    /// is applied.
+    /// Waits (once after a restart) until everything known committed at
+    /// open is applied.
     async fn reach_restart_floor(&self) -> Result<(), RaftError<CheckIsLeaderError>> {
         let applied = self
             .raft

@@ -93,13 +93,14 @@ impl Replica {
         let mut log = LogStore::new(spec.replica, engine.clone(), committer)
             .ack_before_fsync(config.ack_before_fsync);
         // Read from the store itself: Raft's metrics are still empty when
-        // Raft::new returns.
-        let restart_floor = log
-            .get_log_state()
-            .await
-            .map_err(|e| ReplicaError::Raft(e.to_string()))?
-            .last_log_id
-            .map_or(0, |id| id.index);
+        // Raft::new returns. The floor is the commit index the log saved,
+        // not its last index: entries past it may never commit (a leader
+        // cut off with writes in flight), and a floor no entry reaches
+        // would refuse every read until new writes came.
+        let raft_err = |e: std::io::Error| ReplicaError::Raft(e.to_string());
+        let last = log.get_log_state().await.map_err(raft_err)?.last_log_id;
+        let committed = log.read_committed().await.map_err(raft_err)?;
+        let restart_floor = committed.min(last).map_or(0, |id| id.index);
         let sm = StateMachine::open(
             spec.replica,
             spec.shard,

@@ -66,8 +66,13 @@ fn upper_bound(end: &[u8]) -> Vec<u8> {
     }
 }
 
-fn range_read_options(start: &[u8], end: &[u8]) -> ReadOptions {
+/// Read options of a range read. Ranges of `data` are scans (ScanAll,
+/// Scan, snapshots) that read each block once: they bypass the block
+/// cache, so a scan of a large shard neither grows the node's memory nor
+/// evicts the blocks point reads use.
+fn range_read_options(cf: Cf, start: &[u8], end: &[u8]) -> ReadOptions {
     let mut opts = ReadOptions::default();
+    opts.fill_cache(cf != Cf::Data);
     opts.set_iterate_lower_bound(start.to_vec());
     if !end.is_empty() {
         opts.set_iterate_upper_bound(end.to_vec());
@@ -133,7 +138,7 @@ impl Engine for RocksEngine {
     fn scan(&self, cf: Cf, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KvPair>> {
         let iter = self.db.iterator_cf_opt(
             self.cf(cf)?,
-            range_read_options(start, end),
+            range_read_options(cf, start, end),
             IteratorMode::From(start, Direction::Forward),
         );
         let mut out = Vec::new();
@@ -147,7 +152,7 @@ impl Engine for RocksEngine {
     fn last_in_range(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<Option<KvPair>> {
         let mut iter = self
             .db
-            .raw_iterator_cf_opt(self.cf(cf)?, range_read_options(start, end));
+            .raw_iterator_cf_opt(self.cf(cf)?, range_read_options(cf, start, end));
         iter.seek_to_last();
         if iter.valid() {
             if let (Some(k), Some(v)) = (iter.key(), iter.value()) {
@@ -179,7 +184,7 @@ impl EngineSnapshot for RocksSnapshot<'_> {
     fn for_each(&self, cf: Cf, start: &[u8], end: &[u8], f: &mut Visitor<'_>) -> Result<()> {
         let iter = self.snap.iterator_cf_opt(
             self.engine.cf(cf)?,
-            range_read_options(start, end),
+            range_read_options(cf, start, end),
             IteratorMode::From(start, Direction::Forward),
         );
         for item in iter {

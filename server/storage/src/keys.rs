@@ -27,8 +27,15 @@ pub mod apply_tag {
     pub const DEDUP_GROUP: u8 = b'g';
     /// The meta shard's cluster map.
     pub const META: u8 = b'm';
-    /// The replica's identity (shard, range), written when it is created.
+    /// The node's identity (cluster name, cluster id, node id), under
+    /// replica id 0, written at first start and checked at every start.
     pub const IDENTITY: u8 = b'i';
+    /// The log clock: the largest proposer time of any applied entry (Unix
+    /// ms, u64 BE). Every replica judges TTL expiry by it.
+    pub const CLOCK: u8 = b't';
+    /// The expiry index: `++ expires_at BE ++ data key`, empty value, one
+    /// row per write of a record with a TTL (see [`super::expiry_key`]).
+    pub const EXPIRY: u8 = b'x';
 }
 
 /// The `data` key of a user key.
@@ -107,6 +114,32 @@ pub fn tag_range(replica: ReplicaId, tag: u8) -> (Vec<u8>, Vec<u8>) {
     )
 }
 
+/// The expiry-index row of a record with a TTL: sorted by expiry time, so
+/// the rows due by some time are one range.
+pub fn expiry_key(replica: ReplicaId, expires_at_ms: u64, data_key: &[u8]) -> Vec<u8> {
+    let mut rest = Vec::with_capacity(8 + data_key.len());
+    rest.extend_from_slice(&expires_at_ms.to_be_bytes());
+    rest.extend_from_slice(data_key);
+    tagged_key(replica, apply_tag::EXPIRY, &rest)
+}
+
+/// Splits an expiry-index row's key into its expiry time and data key.
+pub fn split_expiry_key(key: &[u8]) -> Option<(u64, &[u8])> {
+    let rest = key.get(9..)?;
+    let at: [u8; 8] = rest.get(..8)?.try_into().ok()?;
+    Some((u64::from_be_bytes(at), &rest[8..]))
+}
+
+/// The expiry-index rows of `replica` due at or before `last_ms`.
+pub fn expiry_range(replica: ReplicaId, last_ms: u64) -> (Vec<u8>, Vec<u8>) {
+    let start = tagged_key(replica, apply_tag::EXPIRY, &[]);
+    let end = match last_ms.checked_add(1) {
+        Some(next) => tagged_key(replica, apply_tag::EXPIRY, &next.to_be_bytes()),
+        None => tagged_key(replica, apply_tag::EXPIRY + 1, &[]),
+    };
+    (start, end)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,5 +165,22 @@ mod tests {
         assert!(log_key(r, 9) < log_key(r, 10));
         assert!(log_key(r, u64::MAX) < log_key(ReplicaId(4), 0));
         assert_eq!(log_index(&log_key(r, 42)), Some(42));
+    }
+
+    #[test]
+    fn expiry_keys_sort_by_time_and_split_back() {
+        let r = ReplicaId(7);
+        let early = expiry_key(r, 1_000, &data_key(b"zzz"));
+        let late = expiry_key(r, 1_001, &data_key(b"aaa"));
+        assert!(early < late);
+        assert_eq!(
+            split_expiry_key(&late),
+            Some((1_001, data_key(b"aaa").as_slice()))
+        );
+        let (start, end) = expiry_range(r, 1_000);
+        assert!(early >= start && early < end);
+        assert!(late >= end, "a row due later is outside the range");
+        let (_, all) = expiry_range(r, u64::MAX);
+        assert!(expiry_key(r, u64::MAX, b"k") < all);
     }
 }

@@ -241,3 +241,22 @@ pub async fn eventually<F: FnMut() -> bool>(timeout: Duration, mut check: F) -> 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Waits until `key` reads as absent at `consistency`: a key with a TTL
+/// does once the leader's sweeper has moved the log clock past it (about
+/// 500 ms late, docs/design/ttl-and-clocks.md).
+pub async fn wait_until_absent(
+    client: &Client,
+    key: &[u8],
+    consistency: atoll_client::Consistency,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while client.get_with(key, consistency).await.unwrap().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?} still reads as present 10 s later",
+            String::from_utf8_lossy(key)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

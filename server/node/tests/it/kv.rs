@@ -6,7 +6,7 @@ use std::time::Duration;
 use atoll_client::{BatchOp, Consistency, Error, Expect, Limit, ScanCursor};
 use atoll_proto::limits::{MAX_BATCH_BYTES, MAX_BATCH_OPS, MAX_KEY_BYTES};
 
-use crate::harness::{Spec, TestCluster};
+use crate::harness::{wait_until_absent, Spec, TestCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_get_delete_report_versions() {
@@ -97,19 +97,10 @@ async fn expired_keys_read_as_absent_and_are_removed() {
         .unwrap()
         .expect("alive before its TTL");
     assert!(kv.expires_at_ms > 0);
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(
-        client.get("session").await.unwrap(),
-        None,
-        "expired key reads as absent"
-    );
-    assert_eq!(
-        client
-            .get_with("session", Consistency::Stale)
-            .await
-            .unwrap(),
-        None
-    );
+    // Expiry is decided in the log: the key reads as absent once the
+    // leader's sweeper has moved the log clock past it.
+    wait_until_absent(&client, b"session", Consistency::Linearizable).await;
+    wait_until_absent(&client, b"session", Consistency::Stale).await;
     // A CAS that expects the key absent succeeds once it has expired.
     client
         .compare_and_swap("session", Expect::Version(0), Some(b"s2".to_vec()))
@@ -269,6 +260,35 @@ async fn scan_returns_a_tags_keys_in_order_and_resumes() {
             ..
         }
     ));
+    cluster.shutdown().await;
+}
+
+/// The untagged key `a` hashes like every key of tag `a`, so it sits in the
+/// same hash range, between `A{a}...` and `{a}...`: a page must neither
+/// resume at it (the next request would be refused) nor return it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_scan_resumes_at_a_key_of_its_tag() {
+    let cluster = TestCluster::start(Spec::default()).await;
+    let client = cluster.client().await;
+    for key in ["A{a}1", "a", "{a}:1"] {
+        client.put(key, "v").await.unwrap();
+    }
+    let first = client.scan("A{a}", "", 1).await.unwrap();
+    let keys = |page: &atoll_client::ScanPage| -> Vec<String> {
+        page.kvs
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+            .collect()
+    };
+    assert_eq!(keys(&first), ["A{a}1"]);
+    let resume = first
+        .resume_key
+        .clone()
+        .expect("more keys of the tag follow");
+    assert_eq!(resume, b"{a}:1", "the page resumes at the tag's next key");
+    let second = client.scan(&resume, "", 1).await.unwrap();
+    assert_eq!(keys(&second), ["{a}:1"]);
+    assert_eq!(second.resume_key, None);
     cluster.shutdown().await;
 }
 

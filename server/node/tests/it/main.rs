@@ -7,6 +7,10 @@
 
 mod faults;
 mod harness;
+mod identity;
 mod kv;
 mod placement;
 mod processes;
+mod read_floor;
+mod read_pages;
+mod ttl;

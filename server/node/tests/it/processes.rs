@@ -11,8 +11,8 @@ use atoll_client::{Client, Consistency, Error};
 use atoll_jepsen::cluster::{Cluster, ClusterSpec, FAST_RAFT};
 
 /// `atoll server` processes in a temp dir (see `atoll_jepsen::cluster`).
-struct ProcCluster {
-    cluster: Cluster,
+pub(crate) struct ProcCluster {
+    pub(crate) cluster: Cluster,
     dir: tempfile::TempDir,
 }
 
@@ -28,7 +28,7 @@ fn atoll_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_atoll"))
 }
 
-fn atollctl_bin() -> PathBuf {
+pub(crate) fn atollctl_bin() -> PathBuf {
     let path = atoll_bin().with_file_name("atollctl");
     assert!(
         path.exists(),
@@ -39,7 +39,7 @@ fn atollctl_bin() -> PathBuf {
 }
 
 impl ProcCluster {
-    fn start(islands: &[&str], shards: u32) -> ProcCluster {
+    pub(crate) fn start(islands: &[&str], shards: u32) -> ProcCluster {
         let dir = tempfile::tempdir().unwrap();
         let spec = ClusterSpec {
             islands: islands.iter().map(|s| s.to_string()).collect(),
@@ -55,7 +55,7 @@ impl ProcCluster {
         ProcCluster { cluster, dir }
     }
 
-    async fn client(&self, island: Option<String>) -> Client {
+    pub(crate) async fn client(&self, island: Option<String>) -> Client {
         match self.cluster.client(Duration::from_secs(20), island).await {
             Ok(client) => client,
             Err(e) => panic!(
@@ -66,7 +66,7 @@ impl ProcCluster {
     }
 
     /// Waits until every node answers and every shard has a leader.
-    async fn wait_healthy(&self, client: &Client) {
+    pub(crate) async fn wait_healthy(&self, client: &Client) {
         for _ in 0..300 {
             if let Ok(status) = client.cluster_status().await {
                 let all_up = status.nodes.iter().all(|n| n.status.is_some());

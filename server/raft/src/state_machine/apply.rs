@@ -3,11 +3,15 @@
 //! One [`Applier`] collects the writes of all entries handed to one `apply`
 //! call into one batch; an overlay lets a later entry see an earlier one's
 //! writes before the batch lands.
+//!
+//! Expiry is judged by the log clock handed to [`Applier::apply`], never by
+//! a local clock, so every replica computes the same outcome.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use atoll_proto::keyhash::key_hash;
-use atoll_storage::keys::data_key_with_hash;
+use atoll_proto::ReplicaId;
+use atoll_storage::keys::{data_key_with_hash, expiry_key, expiry_range, split_expiry_key};
 use atoll_storage::{Cf, Engine, EngineError, Record, WriteBatch};
 
 use crate::command::{BatchStep, Command, Current, Expected, Outcome};
@@ -15,9 +19,13 @@ use crate::command::{BatchStep, Command, Current, Expected, Outcome};
 /// The writes of one `apply` call.
 pub struct Applier<'a> {
     engine: &'a dyn Engine,
+    replica: ReplicaId,
     /// Hash range `[first, last]` the shard owns; `None` for the meta shard.
     range: Option<(u64, u64)>,
     overlay: HashMap<Vec<u8>, Option<Record>>,
+    /// Expiry-index rows this batch added, and those it deleted.
+    expiry_added: BTreeSet<Vec<u8>>,
+    expiry_deleted: HashSet<Vec<u8>>,
     pub batch: WriteBatch,
 }
 
@@ -38,11 +46,14 @@ fn current_of(record: &Record) -> Current {
 }
 
 impl<'a> Applier<'a> {
-    pub fn new(engine: &'a dyn Engine, range: Option<(u64, u64)>) -> Self {
+    pub fn new(engine: &'a dyn Engine, replica: ReplicaId, range: Option<(u64, u64)>) -> Self {
         Self {
             engine,
+            replica,
             range,
             overlay: HashMap::new(),
+            expiry_added: BTreeSet::new(),
+            expiry_deleted: HashSet::new(),
             batch: WriteBatch::new(),
         }
     }
@@ -63,9 +74,54 @@ impl<'a> Applier<'a> {
         Ok(self.stored(dkey)?.filter(|r| !r.is_expired(now_ms)))
     }
 
+    /// Writes a record, and its expiry-index row if it has a TTL. A row
+    /// left by an earlier write of the key stays until its time comes, and
+    /// is then dropped without touching the key ([`Self::expire_due`]).
     fn put(&mut self, dkey: Vec<u8>, record: Record) {
+        if record.expires_at_ms != 0 {
+            let row = expiry_key(self.replica, record.expires_at_ms, &dkey);
+            self.batch.put(Cf::ApplyState, row.clone(), Vec::new());
+            self.expiry_deleted.remove(&row);
+            self.expiry_added.insert(row);
+        }
         self.batch.put(Cf::Data, dkey.clone(), record.encode());
         self.overlay.insert(dkey, Some(record));
+    }
+
+    /// Removes up to `limit` records the log clock `clock` has expired,
+    /// earliest expiry first, with their index rows; drops index rows of
+    /// keys rewritten since. Which rows it takes depends on the state
+    /// before the entry only, not on how entries were batched.
+    pub fn expire_due(&mut self, clock: u64, limit: u32) -> Result<Outcome, EngineError> {
+        let limit = limit as usize;
+        let (start, end) = expiry_range(self.replica, clock);
+        let stored = self.engine.scan(
+            Cf::ApplyState,
+            &start,
+            &end,
+            limit + self.expiry_deleted.len(),
+        )?;
+        let mut due: BTreeSet<Vec<u8>> = stored
+            .into_iter()
+            .map(|(row, _)| row)
+            .filter(|row| !self.expiry_deleted.contains(row))
+            .collect();
+        due.extend(self.expiry_added.range(start..end).cloned());
+        let mut removed = 0;
+        for row in due.into_iter().take(limit) {
+            let Some((_, dkey)) = split_expiry_key(&row) else {
+                return Err(EngineError::Corruption("short expiry-index row".into()));
+            };
+            let dkey = dkey.to_vec();
+            if self.stored(&dkey)?.is_some_and(|r| r.is_expired(clock)) {
+                self.delete(dkey);
+                removed += 1;
+            }
+            self.batch.delete(Cf::ApplyState, row.clone());
+            self.expiry_added.remove(&row);
+            self.expiry_deleted.insert(row);
+        }
+        Ok(Outcome::Expired { removed })
     }
 
     fn delete(&mut self, dkey: Vec<u8>) {
@@ -83,8 +139,8 @@ impl<'a> Applier<'a> {
     }
 
     /// Applies one data command, which writes `version` (see
-    /// [`write_version`](crate::command::write_version)), proposed at `now`
-    /// (Unix ms).
+    /// [`write_version`](crate::command::write_version)), judging expiry
+    /// and computing new expiry times by the log clock `now` (Unix ms).
     pub fn apply(
         &mut self,
         version: u64,
@@ -202,7 +258,9 @@ impl<'a> Applier<'a> {
                 }
                 Ok(Outcome::Expired { removed })
             }
-            Command::SetClusterMap { .. } | Command::Group { .. } => Ok(not_data(command)),
+            Command::SetClusterMap { .. } | Command::Group { .. } | Command::ExpireDue { .. } => {
+                Ok(not_data(command))
+            }
         }
     }
 }
@@ -211,6 +269,7 @@ impl<'a> Applier<'a> {
 fn not_data(command: &Command) -> Outcome {
     let reason = match command {
         Command::Group { .. } => "a group of writes cannot hold another group",
+        Command::ExpireDue { .. } => "an expiry sweep goes alone",
         _ => "cluster map commands go to the meta shard",
     };
     Outcome::Rejected {

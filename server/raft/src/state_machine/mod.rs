@@ -6,7 +6,8 @@
 mod apply;
 mod dedup;
 mod meta;
-mod snapshot;
+pub mod snapshot;
+pub mod ttl;
 
 use std::io::{BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -67,6 +68,8 @@ pub struct StateMachine {
     dedup: DedupTable,
     /// Meta shard: version of the stored map (0 = none yet).
     map_version: u64,
+    /// The log clock ([`ttl`]).
+    clock_ms: u64,
 }
 
 impl StateMachine {
@@ -81,6 +84,7 @@ impl StateMachine {
         let applied = snapshot::read_applied(engine.snapshot().as_ref(), replica)?;
         let dedup = DedupTable::load(engine.as_ref(), replica)?;
         let map_version = meta::stored_version(engine.as_ref(), replica)?;
+        let clock_ms = ttl::read_clock(engine.snapshot().as_ref(), replica)?;
         Ok(Self {
             replica,
             shard,
@@ -90,6 +94,7 @@ impl StateMachine {
             applied,
             dedup,
             map_version,
+            clock_ms,
         })
     }
 
@@ -110,7 +115,8 @@ impl StateMachine {
     /// Applies `entries` in one write batch and returns their outcomes.
     pub fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<Vec<Outcome>, EngineError> {
         let engine = self.engine.clone();
-        let mut applier = apply::Applier::new(engine.as_ref(), self.kind.range());
+        let mut applier = apply::Applier::new(engine.as_ref(), self.replica, self.kind.range());
+        let clock_before = self.clock_ms;
         let mut outcomes = Vec::with_capacity(entries.len());
         for entry in entries {
             let log_id = entry.log_id;
@@ -122,6 +128,9 @@ impl StateMachine {
                     outcomes.push(Outcome::Done);
                 }
                 EntryPayload::Normal(req) => {
+                    // The clock never goes back, whatever the proposer's
+                    // clock says (a new leader's may be behind).
+                    self.clock_ms = self.clock_ms.max(req.now_ms);
                     let index = log_id.index;
                     let outcome = match &req.command {
                         Command::Group { writes } => Outcome::Group(
@@ -141,7 +150,6 @@ impl StateMachine {
                                         index,
                                         write_version(index, position),
                                         w.write_id,
-                                        req.now_ms,
                                         &w.command,
                                     )
                                 })
@@ -152,7 +160,6 @@ impl StateMachine {
                             index,
                             write_version(index, 0),
                             req.write_id,
-                            req.now_ms,
                             command,
                         )?,
                     };
@@ -162,13 +169,16 @@ impl StateMachine {
         }
         let mut batch = applier.batch;
         self.dedup.flush(self.replica, &mut batch)?;
+        if self.clock_ms != clock_before {
+            ttl::write_clock(self.replica, self.clock_ms, &mut batch);
+        }
         batch.put(Cf::ApplyState, self.applied_key(), encode(&self.applied)?);
         self.engine.write(batch, false)?;
         Ok(outcomes)
     }
 
-    /// Applies one write of the entry at `index`, as `version`, proposed at
-    /// `now_ms`, unless its id shows it was applied before: then it answers
+    /// Applies one write of the entry at `index`, as `version`, at the log
+    /// clock, unless its id shows it was applied before: then it answers
     /// with the first outcome.
     fn apply_write(
         &mut self,
@@ -176,9 +186,9 @@ impl StateMachine {
         index: u64,
         version: u64,
         write_id: Option<WriteId>,
-        now_ms: u64,
         command: &Command,
     ) -> Result<Outcome, EngineError> {
+        let now_ms = self.clock_ms;
         if let Some(first) = write_id.and_then(|id| self.dedup.get(&id)) {
             return Ok(first.clone());
         }
@@ -199,6 +209,9 @@ impl StateMachine {
             (_, ShardKind::Meta) => Outcome::Rejected {
                 reason: "data commands go to data shards".into(),
             },
+            (Command::ExpireDue { limit }, ShardKind::Data { .. }) => {
+                applier.expire_due(now_ms, *limit)?
+            }
             (_, ShardKind::Data { .. }) => applier.apply(version, now_ms, command)?,
         };
         if let Some(id) = write_id {
@@ -215,35 +228,62 @@ impl StateMachine {
 
     /// Replaces this replica's state with a snapshot's, in one write batch.
     /// The snapshot is checked whole (every item's crc32, every record's,
-    /// header and trailer) before anything is written.
+    /// header and trailer, and that it covers this replica's shard and hash
+    /// range, every record inside it) before anything is written.
     fn install(&mut self, meta: &SnapshotMeta, file: std::fs::File) -> Result<(), EngineError> {
         let mut batch = WriteBatch::new();
-        if let Some((first, last)) = self.kind.range() {
+        let range = self.kind.range();
+        if let Some((first, last)) = range {
             let (start, end) = keys::data_range(first, last);
             batch.delete_range(Cf::Data, start, end);
         }
         DedupTable::clear(self.replica, &mut batch);
+        ttl::clear_index(self.replica, &mut batch);
         let mut map_version = self.map_version;
+        let mut clock_ms = self.clock_ms;
         let mut dedup_rows = Vec::new();
+        let refuse =
+            |what: String| Err(EngineError::Corruption(format!("snapshot refused: {what}")));
         snapshot::read_items(BufReader::new(file), |item| {
             match item {
                 Item::Header { shard, .. } if shard != self.shard => {
-                    return Err(EngineError::Corruption(format!(
-                        "snapshot of shard {shard} offered to a replica of shard {}",
+                    return refuse(format!(
+                        "it is of shard {shard}, offered to a replica of shard {}",
                         self.shard
-                    )));
+                    ));
+                }
+                Item::Header { range: theirs, .. } if theirs != range => {
+                    return refuse(format!(
+                        "it covers hash range {theirs:?}, this replica owns {range:?}"
+                    ));
                 }
                 Item::Record { data_key, stored } => {
-                    Record::decode(&stored)?;
+                    let owned = keys::split_data_key(&data_key).is_some_and(|(hash, _)| {
+                        range.is_some_and(|(first, last)| (first..=last).contains(&hash))
+                    });
+                    if !owned {
+                        return refuse(format!("a record's key lies outside hash range {range:?}"));
+                    }
+                    let record = Record::decode(&stored)?;
+                    if record.expires_at_ms != 0 {
+                        let row = keys::expiry_key(self.replica, record.expires_at_ms, &data_key);
+                        batch.put(Cf::ApplyState, row, Vec::new());
+                    }
                     batch.put(Cf::Data, data_key, stored);
                 }
                 Item::Dedup(row) => dedup_rows.push(row),
                 Item::Meta { map } => map_version = meta::restore(self.replica, &map, &mut batch)?,
+                // The snapshot covers a longer prefix of the log than this
+                // replica applied, so its clock is not behind ours; max
+                // keeps the clock monotonic even for an older snapshot
+                // without one.
+                Item::Clock { ms } => clock_ms = clock_ms.max(ms),
                 Item::Header { .. } | Item::Trailer { .. } => {}
             }
             Ok(())
         })?;
         DedupTable::restore(self.replica, &dedup_rows, &mut batch)?;
+        ttl::write_clock(self.replica, clock_ms, &mut batch);
         let applied = AppliedState {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
@@ -252,6 +292,7 @@ impl StateMachine {
         self.engine.write(batch, true)?;
         self.applied = applied;
         self.map_version = map_version;
+        self.clock_ms = clock_ms;
         self.dedup = DedupTable::load(self.engine.as_ref(), self.replica)?;
         Ok(())
     }

@@ -15,7 +15,7 @@ use atoll_storage::{Cf, Engine, EngineError, EngineSnapshot};
 use serde::{Deserialize, Serialize};
 
 use super::dedup::{self, DedupRow};
-use super::AppliedState;
+use super::{ttl, AppliedState};
 use crate::codec::{decode, encode};
 
 /// One item of a snapshot stream.
@@ -36,6 +36,10 @@ pub enum Item {
     },
     Trailer {
         records: u64,
+    },
+    /// The log clock ([`super::ttl`]); snapshots of earlier versions lack it.
+    Clock {
+        ms: u64,
     },
 }
 
@@ -133,8 +137,10 @@ pub fn read_applied(
 }
 
 /// Serializes a replica's state machine from one consistent engine view:
-/// the applied state, data range, dedup rows and meta map all come from
-/// the same point in time, because apply writes them in one batch.
+/// the applied state, log clock, data range, dedup rows and meta map all
+/// come from
+/// the same point in time, because apply writes them in one batch. The
+/// expiry index is not sent: install rebuilds it from the records.
 pub fn build(
     engine: &Arc<dyn Engine>,
     replica: ReplicaId,
@@ -152,6 +158,8 @@ pub fn build(
             applied: applied.clone(),
         },
     )?;
+    let ms = ttl::read_clock(view.as_ref(), replica)?;
+    write_item(out, &Item::Clock { ms })?;
     let mut records = 0u64;
     if let Some((first, last)) = range {
         let (start, end) = keys::data_range(first, last);

@@ -5,5 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod conformance;
+mod expiry;
 mod log_cache;
+mod snapshot_install;
 mod state_machine;

@@ -12,7 +12,7 @@ use atoll_storage::{Cf, Engine, EngineError, MemEngine, Record};
 
 /// The state machine's apply, with the outcomes returned rather than sent
 /// to openraft's responders.
-trait ApplyAll {
+pub(crate) trait ApplyAll {
     async fn apply(&mut self, entries: Vec<Entry>) -> Result<Vec<Outcome>, EngineError>;
 }
 
@@ -22,7 +22,12 @@ impl ApplyAll for StateMachine {
     }
 }
 
-fn entry(index: u64, write_id: Option<(u64, u64)>, now_ms: u64, command: Command) -> Entry {
+pub(crate) fn entry(
+    index: u64,
+    write_id: Option<(u64, u64)>,
+    now_ms: u64,
+    command: Command,
+) -> Entry {
     Entry {
         log_id: LogId::new(
             LeaderId {
@@ -40,12 +45,12 @@ fn entry(index: u64, write_id: Option<(u64, u64)>, now_ms: u64, command: Command
 }
 
 /// The version of the write at `position` in the entry at `index`.
-fn v(index: u64, position: usize) -> u64 {
+pub(crate) fn v(index: u64, position: usize) -> u64 {
     write_version(index, position)
 }
 
 /// The record stored for `key`, if any.
-fn stored(engine: &Arc<dyn Engine>, key: &[u8]) -> Option<Record> {
+pub(crate) fn stored(engine: &Arc<dyn Engine>, key: &[u8]) -> Option<Record> {
     engine
         .get(Cf::Data, &data_key(key))
         .unwrap()
@@ -60,7 +65,7 @@ fn put(key: &str, value: &str) -> Command {
     }
 }
 
-fn open(engine: &Arc<dyn Engine>) -> StateMachine {
+pub(crate) fn open(engine: &Arc<dyn Engine>) -> StateMachine {
     StateMachine::open(
         ReplicaId(1),
         ShardId(1),

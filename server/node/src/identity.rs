@@ -1,0 +1,126 @@
+//! The node's identity: which cluster, which layout and which node id its
+//! data directory belongs to. Written at first start, checked at every
+//! start, so a data directory is never reused under another identity: a
+//! restart with a different `initial_shards`, `initial_nodes` or `node_id`
+//! would otherwise rebind its replica ids to other shards and ranges.
+
+use atoll_proto::v1::{ClusterMap, Shard};
+use atoll_proto::ReplicaId;
+use atoll_raft::codec::{decode, encode};
+use atoll_storage::keys::{apply_tag, tagged_key};
+use atoll_storage::{Cf, Engine, EngineError, WriteBatch};
+use serde::{Deserialize, Serialize};
+
+/// Who a data directory belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub cluster_name: String,
+    /// A fingerprint of the initial layout: every shard's id, hash range
+    /// and replicas (replica id and node id), and the replication factor.
+    /// Addresses and capacities may change between starts; this may not.
+    pub cluster_id: u64,
+    pub node_id: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error(
+        "this data directory belongs to cluster {stored_name:?} (id {stored_id:#018x}) as node {stored_node}, \
+         but the configuration says cluster {name:?} (id {id:#018x}) as node {node}: \
+         cluster.name, cluster.initial_nodes, cluster.initial_shards, cluster.replication_factor \
+         and node_id must stay as they were at the first start (or use a new data_dir)",
+        stored_name = .stored.cluster_name, stored_id = .stored.cluster_id, stored_node = .stored.node_id,
+        name = .configured.cluster_name, id = .configured.cluster_id, node = .configured.node_id
+    )]
+    Mismatch {
+        stored: Identity,
+        configured: Identity,
+    },
+    #[error(transparent)]
+    Storage(#[from] EngineError),
+}
+
+impl Identity {
+    /// The identity of node `node_id` in the cluster whose initial map is
+    /// `initial`.
+    pub fn of(initial: &ClusterMap, node_id: u64) -> Identity {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(initial.cluster_name.as_bytes());
+        h.update(&initial.replication_factor.to_be_bytes());
+        let shard = |h: &mut xxhash_rust::xxh3::Xxh3, s: &Shard| {
+            for n in [s.id, s.range_start, s.range_last] {
+                h.update(&n.to_be_bytes());
+            }
+            for r in &s.replicas {
+                h.update(&r.replica_id.to_be_bytes());
+                h.update(&r.node_id.to_be_bytes());
+            }
+        };
+        for s in initial.meta.iter().chain(&initial.shards) {
+            shard(&mut h, s);
+        }
+        Identity {
+            cluster_name: initial.cluster_name.clone(),
+            cluster_id: h.digest(),
+            node_id,
+        }
+    }
+}
+
+/// The identity row: stored under replica id 0, which no replica has.
+fn identity_key() -> Vec<u8> {
+    tagged_key(ReplicaId(0), apply_tag::IDENTITY, &[])
+}
+
+/// Stores `identity` if the engine holds none yet; otherwise checks that
+/// the stored one is the same.
+pub fn check(engine: &dyn Engine, identity: &Identity) -> Result<(), IdentityError> {
+    match engine.get(Cf::ApplyState, &identity_key())? {
+        Some(bytes) => {
+            let stored: Identity = decode(&bytes, "node identity")?;
+            if &stored != identity {
+                return Err(IdentityError::Mismatch {
+                    stored,
+                    configured: identity.clone(),
+                });
+            }
+            Ok(())
+        }
+        None => {
+            let mut batch = WriteBatch::new();
+            batch.put(Cf::ApplyState, identity_key(), encode(identity)?);
+            engine.write(batch, true)?;
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use atoll_storage::MemEngine;
+
+    use super::*;
+
+    fn identity(name: &str, cluster_id: u64, node_id: u64) -> Identity {
+        Identity {
+            cluster_name: name.into(),
+            cluster_id,
+            node_id,
+        }
+    }
+
+    #[test]
+    fn the_first_identity_sticks() {
+        let engine = MemEngine::new();
+        check(&engine, &identity("a", 1, 1)).unwrap();
+        check(&engine, &identity("a", 1, 1)).unwrap();
+        for other in [
+            identity("b", 1, 1),
+            identity("a", 2, 1),
+            identity("a", 1, 2),
+        ] {
+            let err = check(&engine, &other).unwrap_err();
+            assert!(matches!(err, IdentityError::Mismatch { .. }), "{err}");
+        }
+    }
+}
