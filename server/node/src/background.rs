@@ -155,7 +155,8 @@ async fn ttl_loop(node: Weak<Node>) {
 /// times (the next tick goes on).
 async fn sweep(node: &Node, replica: &Replica) -> Result<(), crate::errors::ApiError> {
     for _ in 0..TTL_ROUNDS {
-        if !has_due(node.engine().as_ref(), replica.spec.replica, now_ms())? {
+        let due_by = replica.stamp(now_ms());
+        if !has_due(node.engine().as_ref(), replica.spec.replica, due_by)? {
             return Ok(());
         }
         let command = Command::ExpireDue { limit: TTL_BATCH };

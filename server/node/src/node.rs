@@ -329,7 +329,7 @@ impl Node {
     ) -> Result<Outcome, ApiError> {
         let request = Request {
             write_id,
-            now_ms: now_ms(),
+            now_ms: replica.stamp(now_ms()),
             command,
         };
         let client_write = write_id.is_some();

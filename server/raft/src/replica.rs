@@ -3,7 +3,8 @@
 //! proposer).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use atoll_proto::{ReplicaId, ShardId};
@@ -16,6 +17,7 @@ use crate::log_store::LogStore;
 use crate::network::{NetworkFactory, PeerPool};
 use crate::proposer::Proposer;
 use crate::read_index::ReadIndex;
+use crate::state_machine::ttl::Stamper;
 use crate::state_machine::{ShardKind, StateMachine};
 use crate::types::{Raft, RaftMetrics, ReplicaNode};
 
@@ -69,6 +71,10 @@ pub struct Replica {
     pub raft: Raft,
     pub read_index: ReadIndex,
     pub proposer: Proposer,
+    /// The applied log clock, and the stamps this replica puts on the
+    /// entries it proposes (docs/design/ttl-and-clocks.md).
+    log_clock: Arc<AtomicU64>,
+    stamper: Arc<Mutex<Stamper>>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -108,6 +114,7 @@ impl Replica {
             engine,
             &config.snapshot_dir,
         )?;
+        let log_clock = sm.log_clock();
         let raft_config = openraft::Config {
             cluster_name: format!("atoll-{}", spec.shard),
             heartbeat_interval: config.heartbeat.as_millis() as u64,
@@ -156,12 +163,27 @@ impl Replica {
             raft,
             read_index,
             proposer,
+            log_clock,
+            stamper: Arc::default(),
         })
     }
 
     /// The latest metrics (role, term, leader, log positions).
     pub fn metrics(&self) -> RaftMetrics {
         self.raft.metrics().borrow_watched().clone()
+    }
+
+    /// The time to stamp on an entry this replica proposes now, given the
+    /// wall clock `wall_ms` ([`Stamper`]).
+    pub fn stamp(&self, wall_ms: u64) -> u64 {
+        let log_clock = self.log_clock.load(Ordering::Acquire);
+        let mut stamper = self.stamper.lock().unwrap_or_else(|p| p.into_inner());
+        stamper.stamp(log_clock, wall_ms, std::time::Instant::now())
+    }
+
+    /// The applied log clock.
+    pub fn log_clock(&self) -> u64 {
+        self.log_clock.load(Ordering::Acquire)
     }
 
     /// The leader this replica knows of.

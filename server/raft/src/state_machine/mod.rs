@@ -11,6 +11,7 @@ pub mod ttl;
 
 use std::io::{BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use atoll_proto::{ReplicaId, ShardId};
@@ -68,8 +69,10 @@ pub struct StateMachine {
     dedup: DedupTable,
     /// Meta shard: version of the stored map (0 = none yet).
     map_version: u64,
-    /// The log clock ([`ttl`]).
+    /// The log clock ([`ttl`]), and where it is published for the leader's
+    /// [`ttl::Stamper`].
     clock_ms: u64,
+    published_clock: Arc<AtomicU64>,
 }
 
 impl StateMachine {
@@ -95,7 +98,13 @@ impl StateMachine {
             dedup,
             map_version,
             clock_ms,
+            published_clock: Arc::new(AtomicU64::new(clock_ms)),
         })
+    }
+
+    /// The applied log clock, kept current as entries apply.
+    pub fn log_clock(&self) -> Arc<AtomicU64> {
+        self.published_clock.clone()
     }
 
     /// Deletes every row of a replica's state machine (its data range too).
@@ -174,6 +183,7 @@ impl StateMachine {
         }
         batch.put(Cf::ApplyState, self.applied_key(), encode(&self.applied)?);
         self.engine.write(batch, false)?;
+        self.published_clock.store(self.clock_ms, Ordering::Release);
         Ok(outcomes)
     }
 
@@ -293,6 +303,7 @@ impl StateMachine {
         self.applied = applied;
         self.map_version = map_version;
         self.clock_ms = clock_ms;
+        self.published_clock.store(clock_ms, Ordering::Release);
         self.dedup = DedupTable::load(self.engine.as_ref(), self.replica)?;
         Ok(())
     }
