@@ -91,6 +91,27 @@ fn a_short_register_run_under_kill_is_valid() {
     );
 }
 
+/// Keys with short TTLs expire while a node is paused: no read sees a key
+/// gone before its time, or back after it.
+#[test]
+fn a_short_register_ttl_run_under_pause_is_valid() {
+    let (report, passed) = harness(
+        "register-ttl-pause",
+        &[
+            "--workload",
+            "register-ttl",
+            "--nemesis",
+            "pause",
+            "--time",
+            "10s",
+            "--fault-period",
+            "2s",
+        ],
+    );
+    assert!(passed, "{report}");
+    assert!(report.contains("verdict: valid"), "{report}");
+}
+
 #[test]
 fn a_short_set_run_under_partitions_is_valid() {
     let (report, passed) = harness(
