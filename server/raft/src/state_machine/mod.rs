@@ -87,6 +87,9 @@ impl StateMachine {
         let applied = snapshot::read_applied(engine.snapshot().as_ref(), replica)?;
         let dedup = DedupTable::load(engine.as_ref(), replica)?;
         let map_version = meta::stored_version(engine.as_ref(), replica)?;
+        if let Some(range) = kind.range() {
+            ttl::build_index_once(engine.as_ref(), replica, range)?;
+        }
         let clock_ms = ttl::read_clock(engine.snapshot().as_ref(), replica)?;
         Ok(Self {
             replica,

@@ -7,7 +7,7 @@
 
 use atoll_proto::ReplicaId;
 use atoll_storage::keys::{self, apply_tag};
-use atoll_storage::{Cf, Engine, EngineError, EngineSnapshot, WriteBatch};
+use atoll_storage::{Cf, Engine, EngineError, EngineSnapshot, Record, WriteBatch};
 
 fn clock_key(replica: ReplicaId) -> Vec<u8> {
     keys::tagged_key(replica, apply_tag::CLOCK, &[])
@@ -15,15 +15,46 @@ fn clock_key(replica: ReplicaId) -> Vec<u8> {
 
 /// The log clock of `replica` in an engine view (0 before any entry).
 pub fn read_clock(view: &dyn EngineSnapshot, replica: ReplicaId) -> Result<u64, EngineError> {
-    match view.get(Cf::ApplyState, &clock_key(replica))? {
-        None => Ok(0),
-        Some(bytes) => {
-            let raw: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
-                EngineError::Corruption(format!("log clock of {} bytes", bytes.len()))
-            })?;
-            Ok(u64::from_be_bytes(raw))
-        }
+    Ok(stored_clock(view, replica)?.unwrap_or(0))
+}
+
+/// The stored clock row, if any: replicas written by versions before the
+/// log clock have none, nor an expiry index.
+fn stored_clock(view: &dyn EngineSnapshot, replica: ReplicaId) -> Result<Option<u64>, EngineError> {
+    let Some(bytes) = view.get(Cf::ApplyState, &clock_key(replica))? else {
+        return Ok(None);
+    };
+    let raw: [u8; 8] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| EngineError::Corruption(format!("log clock of {} bytes", bytes.len())))?;
+    Ok(Some(u64::from_be_bytes(raw)))
+}
+
+/// Builds the expiry index of a data replica that has none (written before
+/// the index existed), from its records, with a clock row marking it
+/// built. A no-op once the clock row exists.
+pub(super) fn build_index_once(
+    engine: &dyn Engine,
+    replica: ReplicaId,
+    (first, last): (u64, u64),
+) -> Result<(), EngineError> {
+    let view = engine.snapshot();
+    if stored_clock(view.as_ref(), replica)?.is_some() {
+        return Ok(());
     }
+    let mut batch = WriteBatch::new();
+    let (start, end) = keys::data_range(first, last);
+    view.for_each(Cf::Data, &start, &end, &mut |dkey, stored| {
+        let record = Record::decode(stored)?;
+        if record.expires_at_ms != 0 {
+            let row = keys::expiry_key(replica, record.expires_at_ms, dkey);
+            batch.put(Cf::ApplyState, row, Vec::new());
+        }
+        Ok(true)
+    })?;
+    write_clock(replica, 0, &mut batch);
+    engine.write(batch, true)
 }
 
 pub(super) fn write_clock(replica: ReplicaId, ms: u64, batch: &mut WriteBatch) {

@@ -117,3 +117,35 @@ async fn expire_due_removes_what_ran_out_however_the_entries_are_batched() {
     assert_eq!(removed, vec![0, 1, 1, 2, 0]);
     assert!(data_rows(&one).is_empty(), "every key expired and went");
 }
+
+/// A replica written before the expiry index existed: its records with a
+/// TTL are indexed when it opens, so sweeps find them.
+#[tokio::test]
+async fn records_written_before_the_index_are_indexed_on_open() {
+    let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+    let old = atoll_storage::Record {
+        version: 1,
+        expires_at_ms: 1_100,
+        value: b"v".to_vec(),
+    };
+    let mut batch = atoll_storage::WriteBatch::new();
+    batch.put(
+        Cf::Data,
+        atoll_storage::keys::data_key(b"old"),
+        old.encode(),
+    );
+    engine.write(batch, true).unwrap();
+
+    let mut sm = open(&engine);
+    let out = sm
+        .apply(vec![entry(
+            1,
+            None,
+            2_000,
+            Command::ExpireDue { limit: 10 },
+        )])
+        .await
+        .unwrap();
+    assert_eq!(out, vec![Outcome::Expired { removed: 1 }]);
+    assert_eq!(stored(&engine, b"old"), None);
+}
