@@ -3,7 +3,6 @@
 //! proposer).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use crate::log_store::LogStore;
 use crate::network::{NetworkFactory, PeerPool};
 use crate::proposer::Proposer;
 use crate::read_index::ReadIndex;
-use crate::state_machine::ttl::Stamper;
+use crate::state_machine::ttl::{SharedClock, Stamper};
 use crate::state_machine::{ShardKind, StateMachine};
 use crate::types::{Raft, RaftMetrics, ReplicaNode};
 
@@ -73,7 +72,7 @@ pub struct Replica {
     pub proposer: Proposer,
     /// The applied log clock, and the stamps this replica puts on the
     /// entries it proposes (docs/design/ttl-and-clocks.md).
-    log_clock: Arc<AtomicU64>,
+    log_clock: Arc<SharedClock>,
     stamper: Arc<Mutex<Stamper>>,
 }
 
@@ -176,14 +175,27 @@ impl Replica {
     /// The time to stamp on an entry this replica proposes now, given the
     /// wall clock `wall_ms` ([`Stamper`]).
     pub fn stamp(&self, wall_ms: u64) -> u64 {
-        let log_clock = self.log_clock.load(Ordering::Acquire);
+        let term = self.raft.metrics().borrow_watched().current_term;
+        let applied = self.log_clock.get();
         let mut stamper = self.stamper.lock().unwrap_or_else(|p| p.into_inner());
-        stamper.stamp(log_clock, wall_ms, std::time::Instant::now())
+        stamper.stamp(term, applied, wall_ms, std::time::Instant::now())
+    }
+
+    /// How long this replica, leading, has gone without an answer from a
+    /// quorum; `None` unless it leads and has had one.
+    pub fn since_quorum_ack(&self) -> Option<Duration> {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        if metrics.state != openraft::ServerState::Leader {
+            return None;
+        }
+        metrics
+            .last_quorum_acked
+            .map(|at| openraft::Instant::elapsed(&*at))
     }
 
     /// The applied log clock.
     pub fn log_clock(&self) -> u64 {
-        self.log_clock.load(Ordering::Acquire)
+        self.log_clock.get().ms
     }
 
     /// The leader this replica knows of.

@@ -11,7 +11,6 @@ pub mod ttl;
 
 use std::io::{BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use atoll_proto::{ReplicaId, ShardId};
@@ -72,7 +71,7 @@ pub struct StateMachine {
     /// The log clock ([`ttl`]), and where it is published for the leader's
     /// [`ttl::Stamper`].
     clock_ms: u64,
-    published_clock: Arc<AtomicU64>,
+    published_clock: Arc<ttl::SharedClock>,
 }
 
 impl StateMachine {
@@ -101,12 +100,12 @@ impl StateMachine {
             dedup,
             map_version,
             clock_ms,
-            published_clock: Arc::new(AtomicU64::new(clock_ms)),
+            published_clock: Arc::new(ttl::SharedClock::new(clock_ms)),
         })
     }
 
     /// The applied log clock, kept current as entries apply.
-    pub fn log_clock(&self) -> Arc<AtomicU64> {
+    pub fn log_clock(&self) -> Arc<ttl::SharedClock> {
         self.published_clock.clone()
     }
 
@@ -186,7 +185,7 @@ impl StateMachine {
         }
         batch.put(Cf::ApplyState, self.applied_key(), encode(&self.applied)?);
         self.engine.write(batch, false)?;
-        self.published_clock.store(self.clock_ms, Ordering::Release);
+        self.published_clock.advance(self.clock_ms);
         Ok(outcomes)
     }
 
@@ -306,7 +305,7 @@ impl StateMachine {
         self.applied = applied;
         self.map_version = map_version;
         self.clock_ms = clock_ms;
-        self.published_clock.store(clock_ms, Ordering::Release);
+        self.published_clock.advance(clock_ms);
         self.dedup = DedupTable::load(self.engine.as_ref(), self.replica)?;
         Ok(())
     }

@@ -5,6 +5,9 @@
 //! replica, and every read at a given applied index, agrees on which keys
 //! are live. The clock is stored in the same batch as the data it judges.
 
+use std::sync::Mutex;
+use std::time::Instant;
+
 use atoll_proto::ReplicaId;
 use atoll_storage::keys::{self, apply_tag};
 use atoll_storage::{Cf, Engine, EngineError, EngineSnapshot, Record, WriteBatch};
@@ -79,95 +82,185 @@ pub fn has_due(engine: &dyn Engine, replica: ReplicaId, now_ms: u64) -> Result<b
     Ok(!engine.scan(Cf::ApplyState, &start, &end, 1)?.is_empty())
 }
 
-/// How much faster than real time a leader's stamps may run while its wall
-/// clock is ahead of the log clock: 1/100, so a key expires at worst 1%
-/// early on the leader's monotonic clock, whatever its wall clock says.
+/// The applied log clock as one replica saw it: its value, and when (on
+/// this node's monotonic clock) the replica applied the entry that set it.
+#[derive(Clone, Copy, Debug)]
+pub struct AppliedClock {
+    pub ms: u64,
+    pub at: Instant,
+}
+
+/// Shared between a state machine, which sets it as entries apply, and its
+/// replica's [`Stamper`].
+#[derive(Debug)]
+pub struct SharedClock(Mutex<AppliedClock>);
+
+impl SharedClock {
+    pub fn new(ms: u64) -> Self {
+        SharedClock(Mutex::new(AppliedClock {
+            ms,
+            at: Instant::now(),
+        }))
+    }
+
+    pub fn get(&self) -> AppliedClock {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that the clock is now `ms`, if that moves it.
+    pub(super) fn advance(&self, ms: u64) {
+        let mut clock = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if ms > clock.ms {
+            *clock = AppliedClock {
+                ms,
+                at: Instant::now(),
+            };
+        }
+    }
+}
+
+/// A lag of the log clock behind a leader's wall clock larger than this is
+/// made up, slowly ([`CATCH_UP_PER_MS`]); a smaller one stays.
+pub const CATCH_UP_AFTER_MS: u64 = 1_000;
+/// While catching up, stamps run 1/100 faster than real time.
 const CATCH_UP_PER_MS: u64 = 100;
 
-/// Chooses the time a leader stamps on its entries (`Request::now_ms`), so
-/// that the log clock follows real time as the leader's monotonic clock
-/// measures it, whatever its wall clock does:
+/// Chooses the times a leader stamps on its entries (`Request::now_ms`).
 ///
-/// - the stamp never falls behind the log clock plus the real time elapsed
-///   since this node saw it: a leader whose wall clock is behind does not
-///   stall the log clock (a stall, later jumped over, would expire keys
-///   written during it early);
-/// - it never runs ahead of that by more than 1% of the elapsed time: a
-///   leader whose wall clock is ahead (or runs fast) moves the log clock
-///   towards it slowly, never in a jump;
-/// - between those bounds it is the wall clock, so the log clock, and
-///   every `expires_at_ms`, stays in Unix time when clocks agree.
+/// The log clock must never run faster than real time: a key expires when
+/// the clock has moved its TTL past the clock at its write, so a clock
+/// that jumped would expire keys early. So every stamp continues a chain
+/// measured on this node's monotonic clock:
+///
+/// - a new term starts from the applied log clock and the moment this
+///   replica applied it, whatever this node stamped in earlier terms (its
+///   old chain may be ahead of a clock that other leaders let lag);
+/// - later stamps of the term continue from the previous stamp, plus the
+///   real time elapsed since it;
+/// - a stamp is never above the wall clock, so with clocks in agreement the
+///   log clock is Unix time, less a few milliseconds per leader change;
+/// - when the wall clock is ahead by more than [`CATCH_UP_AFTER_MS`] (after
+///   an outage of the whole shard, or a clock set back), stamps run 1%
+///   faster than real time until they reach it: the only case where a key
+///   can expire early, by at most 1% of its TTL.
 #[derive(Debug, Default)]
 pub struct Stamper {
-    /// The log clock as last seen, and when (monotonic).
-    anchor: Option<(u64, std::time::Instant)>,
-    last: u64,
+    /// The term, the last stamp and when it was made.
+    chain: Option<(u64, u64, Instant)>,
 }
 
 impl Stamper {
-    /// The stamp for an entry proposed at monotonic time `now`, on a replica
-    /// whose applied log clock is `log_clock` and whose wall clock reads
-    /// `wall_ms`. Stamps of one stamper never go back.
-    pub fn stamp(&mut self, log_clock: u64, wall_ms: u64, now: std::time::Instant) -> u64 {
-        if log_clock == 0 {
-            // A new shard: nothing to follow yet.
-            self.last = self.last.max(wall_ms);
-            return self.last;
-        }
-        let projected = |(base, at): (u64, std::time::Instant)| {
-            base.saturating_add(now.saturating_duration_since(at).as_millis() as u64)
+    /// The stamp for an entry this replica proposes in `term` at monotonic
+    /// time `now`, with the wall clock at `wall_ms`. Stamps of one term
+    /// never go back.
+    pub fn stamp(&mut self, term: u64, applied: AppliedClock, wall_ms: u64, now: Instant) -> u64 {
+        let since = |at: Instant| now.saturating_duration_since(at).as_millis() as u64;
+        let (base, at) = match self.chain {
+            Some((t, base, at)) if t == term && base.saturating_add(since(at)) >= applied.ms => {
+                (base, at)
+            }
+            // A new term, or entries of an earlier term applied since
+            // moved the clock past this chain.
+            _ => (applied.ms, applied.at),
         };
-        // Re-anchor when the log is ahead of our projection (another
-        // leader's stamps, or our first look).
-        if self.anchor.is_none_or(|a| projected(a) < log_clock) {
-            self.anchor = Some((log_clock, now));
-        }
-        let Some((base, at)) = self.anchor else {
-            return self.last;
+        let stamp = if base == 0 {
+            // A new shard: nothing to continue.
+            wall_ms
+        } else {
+            let elapsed = since(at);
+            let chain = base.saturating_add(elapsed);
+            let target = if wall_ms > chain.saturating_add(CATCH_UP_AFTER_MS) {
+                chain.saturating_add(elapsed / CATCH_UP_PER_MS)
+            } else {
+                chain
+            };
+            target.min(wall_ms).max(base)
         };
-        let elapsed = now.saturating_duration_since(at).as_millis() as u64;
-        let low = base.saturating_add(elapsed);
-        let high = low.saturating_add(elapsed / CATCH_UP_PER_MS);
-        self.last = self.last.max(wall_ms.clamp(low, high));
-        self.last
+        self.chain = Some((term, stamp, now));
+        stamp
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use super::*;
 
+    const LOG: u64 = 1_000_000;
+
+    fn at(start: Instant, ms: u64) -> Instant {
+        start + Duration::from_millis(ms)
+    }
+
+    fn applied(ms: u64, at: Instant) -> AppliedClock {
+        AppliedClock { ms, at }
+    }
+
     #[test]
-    fn stamps_follow_real_time_whatever_the_wall_clock_does() {
-        let start = Instant::now();
-        let at = |ms: u64| start + Duration::from_millis(ms);
-        let log = 1_000_000;
-
-        // Wall clock in step: stamps are the wall clock.
+    fn stamps_are_the_wall_clock_when_clocks_agree() {
+        let t0 = Instant::now();
         let mut s = Stamper::default();
-        assert_eq!(s.stamp(log, log, at(0)), log);
-        assert_eq!(s.stamp(log, log + 500, at(500)), log + 500);
-
-        // Wall clock 22 s behind: stamps still advance with real time.
-        let mut s = Stamper::default();
-        assert_eq!(s.stamp(log, log - 22_000, at(0)), log);
-        assert_eq!(s.stamp(log, log - 21_000, at(1_000)), log + 1_000);
-
-        // Wall clock 259 s ahead: stamps move at most 1% faster.
-        let mut s = Stamper::default();
-        assert_eq!(s.stamp(log, log + 259_000, at(0)), log);
-        assert_eq!(s.stamp(log, log + 269_000, at(10_000)), log + 10_100);
-
-        // Another leader moved the log ahead: stamps follow it.
+        assert_eq!(s.stamp(1, applied(LOG, t0), LOG, t0), LOG);
         assert_eq!(
-            s.stamp(log + 60_000, log + 269_000, at(10_000)),
-            log + 60_000
+            s.stamp(1, applied(LOG, t0), LOG + 500, at(t0, 500)),
+            LOG + 500
         );
+        assert_eq!(s.stamp(1, applied(0, t0), 42, t0), LOG + 500, "never back");
+        let mut fresh = Stamper::default();
+        assert_eq!(fresh.stamp(1, applied(0, t0), 42, t0), 42, "a new shard");
+    }
 
-        // A new shard takes the wall clock.
+    #[test]
+    fn a_wall_clock_behind_or_far_ahead_moves_the_log_clock_at_real_time() {
+        let t0 = Instant::now();
+        // 22 s behind: the clock stands still (keys live longer).
         let mut s = Stamper::default();
-        assert_eq!(s.stamp(0, 42, at(0)), 42);
+        assert_eq!(
+            s.stamp(1, applied(LOG, t0), LOG - 22_000, at(t0, 1_000)),
+            LOG
+        );
+        // 259 s ahead: real time, plus 1% to catch up.
+        let mut s = Stamper::default();
+        assert_eq!(
+            s.stamp(1, applied(LOG, t0), LOG + 259_000, at(t0, 10_000)),
+            LOG + 10_100
+        );
+        assert_eq!(
+            s.stamp(1, applied(LOG, t0), LOG + 259_000, at(t0, 20_000)),
+            LOG + 20_200
+        );
+        // A small lead of the wall clock is not made up.
+        let mut s = Stamper::default();
+        assert_eq!(
+            s.stamp(1, applied(LOG, t0), LOG + 1_500, at(t0, 1_000)),
+            LOG + 1_000
+        );
+    }
+
+    /// The failure jepsen found: leader A's stamps lagged real time by
+    /// 800 ms; B, whose chain from an earlier term ran at real time, took
+    /// over and stamped real time, and keys A had written expired 800 ms
+    /// early. B must continue A's clock instead.
+    #[test]
+    fn a_new_term_continues_the_applied_clock_not_an_older_chain() {
+        let t0 = Instant::now();
+        let mut b = Stamper::default();
+        assert_eq!(b.stamp(1, applied(LOG, t0), LOG, t0), LOG);
+        // Term 2 (A's) ends with the clock at LOG + 9_200, applied on B at
+        // 10 s: 800 ms behind real time.
+        let seen = applied(LOG + 9_200, at(t0, 10_000));
+        let stamp = b.stamp(3, seen, LOG + 10_050, at(t0, 10_050));
+        assert_eq!(stamp, LOG + 9_250, "real time since B applied it, no jump");
+    }
+
+    /// After an election gap the new leader counts the gap: its chain
+    /// starts when it applied the clock, not when it first stamps.
+    #[test]
+    fn an_election_gap_is_counted() {
+        let t0 = Instant::now();
+        let mut a = Stamper::default();
+        let seen = applied(LOG, t0);
+        assert_eq!(a.stamp(2, seen, LOG + 1_000, at(t0, 1_000)), LOG + 1_000);
     }
 }
