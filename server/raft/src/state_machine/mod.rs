@@ -128,6 +128,9 @@ impl StateMachine {
         let engine = self.engine.clone();
         let mut applier = apply::Applier::new(engine.as_ref(), self.replica, self.kind.range());
         let clock_before = self.clock_ms;
+        // Whether any entry carried a stamp (blank and membership entries
+        // do not).
+        let mut stamped = false;
         let mut outcomes = Vec::with_capacity(entries.len());
         for entry in entries {
             let log_id = entry.log_id;
@@ -139,6 +142,7 @@ impl StateMachine {
                     outcomes.push(Outcome::Done);
                 }
                 EntryPayload::Normal(req) => {
+                    stamped = true;
                     // The clock never goes back, whatever the proposer's
                     // clock says (a new leader's may be behind).
                     self.clock_ms = self.clock_ms.max(req.now_ms);
@@ -185,7 +189,9 @@ impl StateMachine {
         }
         batch.put(Cf::ApplyState, self.applied_key(), encode(&self.applied)?);
         self.engine.write(batch, false)?;
-        self.published_clock.advance(self.clock_ms);
+        if stamped {
+            self.published_clock.applied(self.clock_ms);
+        }
         Ok(outcomes)
     }
 
@@ -305,7 +311,7 @@ impl StateMachine {
         self.applied = applied;
         self.map_version = map_version;
         self.clock_ms = clock_ms;
-        self.published_clock.advance(clock_ms);
+        self.published_clock.applied(clock_ms);
         self.dedup = DedupTable::load(self.engine.as_ref(), self.replica)?;
         Ok(())
     }

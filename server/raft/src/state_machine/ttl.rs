@@ -83,7 +83,8 @@ pub fn has_due(engine: &dyn Engine, replica: ReplicaId, now_ms: u64) -> Result<b
 }
 
 /// The applied log clock as one replica saw it: its value, and when (on
-/// this node's monotonic clock) the replica applied the entry that set it.
+/// this node's monotonic clock) the replica last applied an entry, which
+/// says the clock was still that value then.
 #[derive(Clone, Copy, Debug)]
 pub struct AppliedClock {
     pub ms: u64,
@@ -107,42 +108,36 @@ impl SharedClock {
         *self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records that the clock is now `ms`, if that moves it.
-    pub(super) fn advance(&self, ms: u64) {
+    /// Records that entries were just applied, with the clock at `ms`.
+    pub(super) fn applied(&self, ms: u64) {
         let mut clock = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if ms > clock.ms {
-            *clock = AppliedClock {
-                ms,
-                at: Instant::now(),
-            };
-        }
+        *clock = AppliedClock {
+            ms: ms.max(clock.ms),
+            at: Instant::now(),
+        };
     }
 }
 
-/// A lag of the log clock behind a leader's wall clock larger than this is
-/// made up, slowly ([`CATCH_UP_PER_MS`]); a smaller one stays.
-pub const CATCH_UP_AFTER_MS: u64 = 1_000;
-/// While catching up, stamps run 1/100 faster than real time.
-const CATCH_UP_PER_MS: u64 = 100;
-
 /// Chooses the times a leader stamps on its entries (`Request::now_ms`).
 ///
-/// The log clock must never run faster than real time: a key expires when
-/// the clock has moved its TTL past the clock at its write, so a clock
-/// that jumped would expire keys early. So every stamp continues a chain
-/// measured on this node's monotonic clock:
+/// A key expires when the log clock has moved its TTL past the clock at its
+/// write, so the log clock must never run faster than real time, and wall
+/// clocks cannot promise that: one set ahead, or a leader change from a
+/// clock that lagged to one that does not, makes the log clock jump. So
+/// stamps follow monotonic clocks only, in a chain per term:
 ///
-/// - a new term starts from the applied log clock and the moment this
-///   replica applied it, whatever this node stamped in earlier terms (its
-///   old chain may be ahead of a clock that other leaders let lag);
-/// - later stamps of the term continue from the previous stamp, plus the
-///   real time elapsed since it;
-/// - a stamp is never above the wall clock, so with clocks in agreement the
-///   log clock is Unix time, less a few milliseconds per leader change;
-/// - when the wall clock is ahead by more than [`CATCH_UP_AFTER_MS`] (after
-///   an outage of the whole shard, or a clock set back), stamps run 1%
-///   faster than real time until they reach it: the only case where a key
-///   can expire early, by at most 1% of its TTL.
+/// - a term's first stamp is the applied log clock plus the real time since
+///   this replica last applied an entry (so an election gap counts), never
+///   what this node stamped in an earlier term;
+/// - later stamps add the real time since the previous one, restarting from
+///   the applied clock if entries of an earlier term moved it past the
+///   chain.
+///
+/// The wall clock only gives a new shard its first time. So the log clock
+/// starts at Unix time and then lags it by a few milliseconds per leader
+/// change, and by the length of any outage of the whole shard (a restarted
+/// node's chain starts when it opens): keys outlive their TTL by that much,
+/// as etcd's leases, renewed on a leader change, do.
 #[derive(Debug, Default)]
 pub struct Stamper {
     /// The term, the last stamp and when it was made.
@@ -151,8 +146,8 @@ pub struct Stamper {
 
 impl Stamper {
     /// The stamp for an entry this replica proposes in `term` at monotonic
-    /// time `now`, with the wall clock at `wall_ms`. Stamps of one term
-    /// never go back.
+    /// time `now`; `wall_ms` is used only for a shard's first entry. Stamps
+    /// of one term never go back.
     pub fn stamp(&mut self, term: u64, applied: AppliedClock, wall_ms: u64, now: Instant) -> u64 {
         let since = |at: Instant| now.saturating_duration_since(at).as_millis() as u64;
         let (base, at) = match self.chain {
@@ -164,17 +159,9 @@ impl Stamper {
             _ => (applied.ms, applied.at),
         };
         let stamp = if base == 0 {
-            // A new shard: nothing to continue.
             wall_ms
         } else {
-            let elapsed = since(at);
-            let chain = base.saturating_add(elapsed);
-            let target = if wall_ms > chain.saturating_add(CATCH_UP_AFTER_MS) {
-                chain.saturating_add(elapsed / CATCH_UP_PER_MS)
-            } else {
-                chain
-            };
-            target.min(wall_ms).max(base)
+            base.saturating_add(since(at))
         };
         self.chain = Some((term, stamp, now));
         stamp
@@ -198,44 +185,26 @@ mod tests {
     }
 
     #[test]
-    fn stamps_are_the_wall_clock_when_clocks_agree() {
+    fn stamps_follow_real_time_whatever_the_wall_clock_says() {
         let t0 = Instant::now();
         let mut s = Stamper::default();
         assert_eq!(s.stamp(1, applied(LOG, t0), LOG, t0), LOG);
+        // 22 s behind, or 259 s ahead: the same real time.
         assert_eq!(
-            s.stamp(1, applied(LOG, t0), LOG + 500, at(t0, 500)),
+            s.stamp(1, applied(LOG, t0), LOG - 22_000, at(t0, 500)),
             LOG + 500
         );
-        assert_eq!(s.stamp(1, applied(0, t0), 42, t0), LOG + 500, "never back");
+        assert_eq!(
+            s.stamp(1, applied(LOG, t0), LOG + 259_000, at(t0, 1_500)),
+            LOG + 1_500
+        );
+        assert_eq!(
+            s.stamp(1, applied(0, t0), 42, t0),
+            LOG + 1_500,
+            "never back"
+        );
         let mut fresh = Stamper::default();
         assert_eq!(fresh.stamp(1, applied(0, t0), 42, t0), 42, "a new shard");
-    }
-
-    #[test]
-    fn a_wall_clock_behind_or_far_ahead_moves_the_log_clock_at_real_time() {
-        let t0 = Instant::now();
-        // 22 s behind: the clock stands still (keys live longer).
-        let mut s = Stamper::default();
-        assert_eq!(
-            s.stamp(1, applied(LOG, t0), LOG - 22_000, at(t0, 1_000)),
-            LOG
-        );
-        // 259 s ahead: real time, plus 1% to catch up.
-        let mut s = Stamper::default();
-        assert_eq!(
-            s.stamp(1, applied(LOG, t0), LOG + 259_000, at(t0, 10_000)),
-            LOG + 10_100
-        );
-        assert_eq!(
-            s.stamp(1, applied(LOG, t0), LOG + 259_000, at(t0, 20_000)),
-            LOG + 20_200
-        );
-        // A small lead of the wall clock is not made up.
-        let mut s = Stamper::default();
-        assert_eq!(
-            s.stamp(1, applied(LOG, t0), LOG + 1_500, at(t0, 1_000)),
-            LOG + 1_000
-        );
     }
 
     /// The failure jepsen found: leader A's stamps lagged real time by
@@ -247,20 +216,30 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Stamper::default();
         assert_eq!(b.stamp(1, applied(LOG, t0), LOG, t0), LOG);
-        // Term 2 (A's) ends with the clock at LOG + 9_200, applied on B at
-        // 10 s: 800 ms behind real time.
+        // Term 2 (A's) left the clock at LOG + 9_200, which B last saw
+        // applied at 10 s: 800 ms behind real time.
         let seen = applied(LOG + 9_200, at(t0, 10_000));
         let stamp = b.stamp(3, seen, LOG + 10_050, at(t0, 10_050));
         assert_eq!(stamp, LOG + 9_250, "real time since B applied it, no jump");
     }
 
     /// After an election gap the new leader counts the gap: its chain
-    /// starts when it applied the clock, not when it first stamps.
+    /// starts when it last applied an entry, not when it first stamps.
     #[test]
     fn an_election_gap_is_counted() {
         let t0 = Instant::now();
         let mut a = Stamper::default();
-        let seen = applied(LOG, t0);
-        assert_eq!(a.stamp(2, seen, LOG + 1_000, at(t0, 1_000)), LOG + 1_000);
+        assert_eq!(a.stamp(2, applied(LOG, t0), 0, at(t0, 1_000)), LOG + 1_000);
+    }
+
+    /// Entries of an earlier term applied after the new term began, with
+    /// a clock ahead of the new chain: the chain follows them.
+    #[test]
+    fn a_chain_behind_the_applied_clock_restarts_from_it() {
+        let t0 = Instant::now();
+        let mut s = Stamper::default();
+        assert_eq!(s.stamp(2, applied(LOG, t0), 0, t0), LOG);
+        let later = applied(LOG + 5_000, at(t0, 100));
+        assert_eq!(s.stamp(2, later, 0, at(t0, 200)), LOG + 5_100);
     }
 }
