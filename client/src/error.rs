@@ -57,6 +57,10 @@ pub enum Error {
     /// No endpoint answered, or none was given.
     #[error("no reachable endpoint: {0}")]
     NoEndpoint(String),
+    /// The server had too much queued to take the request; it was not
+    /// applied (retried internally, after a pause).
+    #[error("overloaded: {0}")]
+    Overloaded(String),
     /// The server failed in a way not covered above.
     #[error("internal: {0}")]
     Internal(String),
@@ -74,6 +78,7 @@ impl Error {
                 | Error::Ambiguous(_)
                 | Error::Transport(_)
                 | Error::NoEndpoint(_)
+                | Error::Overloaded(_)
         )
     }
 
@@ -96,6 +101,7 @@ impl Error {
             Error::DataCorruption(_) => ErrorCode::DataCorruption,
             Error::Unauthenticated(_) => ErrorCode::Unauthenticated,
             Error::Timeout(_) => ErrorCode::Timeout,
+            Error::Overloaded(_) => ErrorCode::Overloaded,
             Error::Internal(_) => ErrorCode::Internal,
             Error::Ambiguous(_) | Error::Transport(_) | Error::NoEndpoint(_) => return None,
         })
@@ -152,6 +158,7 @@ impl From<Status> for Error {
             ErrorCode::DataCorruption => Error::DataCorruption(message),
             ErrorCode::Unauthenticated => Error::Unauthenticated(message),
             ErrorCode::Timeout => Error::Timeout(message),
+            ErrorCode::Overloaded => Error::Overloaded(message),
             ErrorCode::Internal | ErrorCode::Unspecified => Error::Internal(message),
         }
     }

@@ -283,6 +283,8 @@ impl Router {
                 Error::Transport(_) | Error::Timeout(_) | Error::ShardUnavailable(_) => {
                     self.set_leader(shard.get(), None);
                 }
+                // The leader is busy, not gone: try it again after a pause.
+                Error::Overloaded(_) => {}
                 _ => return Err(error),
             }
             attempt += 1;

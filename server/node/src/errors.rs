@@ -25,6 +25,8 @@ pub enum ApiError {
     DataCorruption(String),
     #[error("timed out: {0}")]
     Timeout(String),
+    #[error("overloaded: {0}")]
+    Overloaded(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -47,6 +49,7 @@ impl ApiError {
             ApiError::InvalidArgument { .. } => ErrorCode::InvalidArgument,
             ApiError::DataCorruption(_) => ErrorCode::DataCorruption,
             ApiError::Timeout(_) => ErrorCode::Timeout,
+            ApiError::Overloaded(_) => ErrorCode::Overloaded,
             ApiError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -62,6 +65,7 @@ impl ApiError {
             ApiError::InvalidArgument { .. } => Code::InvalidArgument,
             ApiError::DataCorruption(_) => Code::DataLoss,
             ApiError::Timeout(_) => Code::DeadlineExceeded,
+            ApiError::Overloaded(_) => Code::ResourceExhausted,
             ApiError::Internal(_) => Code::Internal,
         };
         let mut detail = ErrorDetail {

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use atoll_proto::keyhash::key_hash;
 use atoll_proto::v1::{ClusterMap, LeaderHint, Shard};
 use atoll_proto::{NodeId, ReplicaId, ShardId};
+use atoll_raft::proposer::ProposeError;
 use atoll_raft::state_machine::read_cluster_map;
 use atoll_raft::types::{CheckIsLeaderError, ClientWriteError, Raft, RaftError, ReplicaNode};
 use atoll_raft::{
@@ -332,6 +333,15 @@ impl Node {
             now_ms: replica.stamp(now_ms()),
             command,
         };
+        // A leader cut off from its quorum commits nothing: new writes go
+        // elsewhere at once rather than wait out their deadline here.
+        let cut_off = self.config.raft.election_timeout_max;
+        if let Some(silent) = replica.since_quorum_ack().filter(|s| *s > cut_off) {
+            return Err(ApiError::ShardUnavailable(format!(
+                "this leader has not heard from a quorum for {}: it may be cut off",
+                humantime::format_duration(Duration::from_millis(silent.as_millis() as u64))
+            )));
+        }
         let client_write = write_id.is_some();
         let timeout = self.config.raft.write_timeout;
         let result = tokio::time::timeout(timeout, replica.proposer.propose(request)).await;
@@ -343,7 +353,15 @@ impl Node {
                 )))
             }
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+            Ok(Err(ProposeError::Overloaded { queued })) => {
+                return Err(ApiError::Overloaded(format!(
+                    "{queued} bytes of writes already wait for shard {}",
+                    replica.spec.shard
+                )))
+            }
+            Ok(Err(ProposeError::Raft(RaftError::APIError(
+                ClientWriteError::ForwardToLeader(f),
+            )))) => {
                 return Err(ApiError::NotLeader {
                     leader: self.leader_hint(replica.spec.shard, f.leader_id),
                 })

@@ -8,12 +8,14 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io::SeekFrom;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use atoll_proto::v1::raft_client::RaftClient;
 use atoll_proto::v1::{RaftCall, RaftCallKind, RaftMessage, RaftReply, SnapshotChunk};
 use atoll_proto::{NodeId, ReplicaId, ShardId};
+use futures::StreamExt;
 use openraft::error::{
     NetworkError, RPCError, ReplicationClosed, StreamingError, Timeout, Unreachable,
 };
@@ -44,6 +46,12 @@ pub const MAX_APPEND_BYTES: usize = 2 << 20;
 pub const MAX_RAFT_MESSAGE: usize = 64 << 20;
 /// Calls whose message is larger than this travel on [`Lane::Bulk`].
 const BULK_CALL_BYTES: usize = 64 << 10;
+/// Most message bytes queued on one peer stream and not yet taken by
+/// HTTP/2. A peer that stops reading (paused, overloaded) fills its flow
+/// control window, then this queue; further calls fail at once as
+/// unreachable, and openraft backs off, instead of queueing a copy of
+/// every resent AppendEntries until keepalive gives up on the peer.
+pub const MAX_STREAM_QUEUE_BYTES: usize = 8 * MAX_APPEND_BYTES;
 
 /// How many of `entries` (at least one) fit in [`MAX_APPEND_BYTES`].
 fn entries_that_fit(entries: &[crate::types::Entry]) -> usize {
@@ -225,6 +233,9 @@ struct PeerStream {
 struct StreamState {
     /// Calls to send; `None` once the stream is closed.
     outgoing: Option<mpsc::UnboundedSender<RaftCall>>,
+    /// Message bytes in `outgoing` (at most [`MAX_STREAM_QUEUE_BYTES`],
+    /// or one call).
+    queued: Arc<AtomicUsize>,
     waiting: HashMap<u64, oneshot::Sender<Answer>>,
     next_id: u64,
     /// Why the stream ended.
@@ -255,8 +266,15 @@ impl PeerStream {
     /// wait in its queue.
     fn open(channel: Channel, node: NodeId) -> Self {
         let (outgoing, calls) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let taken = queued.clone();
+        let calls = UnboundedReceiverStream::new(calls).map(move |call: RaftCall| {
+            taken.fetch_sub(call_bytes(&call), Ordering::Relaxed);
+            call
+        });
         let shared = Arc::new(Mutex::new(StreamState {
             outgoing: Some(outgoing),
+            queued,
             waiting: HashMap::new(),
             next_id: 0,
             closed: None,
@@ -268,15 +286,12 @@ impl PeerStream {
     async fn run(
         shared: Arc<Mutex<StreamState>>,
         channel: Channel,
-        calls: mpsc::UnboundedReceiver<RaftCall>,
+        calls: impl futures::Stream<Item = RaftCall> + Send + 'static,
         node: NodeId,
     ) {
         let mut client = RaftClient::new(channel).max_decoding_message_size(MAX_RAFT_MESSAGE);
         let ended = async {
-            let mut replies = client
-                .exchange(UnboundedReceiverStream::new(calls))
-                .await?
-                .into_inner();
+            let mut replies = client.exchange(calls).await?.into_inner();
             while let Some(reply) = replies.message().await? {
                 Self::deliver(&shared, reply);
             }
@@ -314,12 +329,20 @@ impl PeerStream {
             return Err(why.clone());
         }
         let call_id = state.next_id;
-        state.next_id += 1;
         let call = RaftCall {
             call_id,
             kind: kind as i32,
             message: Some(message),
         };
+        let size = call_bytes(&call);
+        let queued = state.queued.load(Ordering::Relaxed);
+        if queued > 0 && queued + size > MAX_STREAM_QUEUE_BYTES {
+            return Err(format!(
+                "the peer is not taking messages: {queued} bytes wait on its stream"
+            ));
+        }
+        state.queued.fetch_add(size, Ordering::Relaxed);
+        state.next_id += 1;
         let sent = state
             .outgoing
             .as_ref()
@@ -342,6 +365,11 @@ impl Drop for PeerStream {
     fn drop(&mut self) {
         lock(&self.shared).close("raft stream no longer used".into());
     }
+}
+
+/// The bytes a call holds while queued.
+fn call_bytes(call: &RaftCall) -> usize {
+    64 + call.message.as_ref().map_or(0, |m| m.payload.len())
 }
 
 /// A call waiting for its answer; dropping it before the answer came (the
@@ -742,6 +770,33 @@ mod stream_tests {
         }
     }
 
+    /// A peer that takes the stream and never reads a call: a paused node.
+    struct DeafPeer;
+
+    #[tonic::async_trait]
+    impl RaftRpc for DeafPeer {
+        type ExchangeStream = Pin<Box<dyn Stream<Item = Result<RaftReply, Status>> + Send>>;
+
+        async fn exchange(
+            &self,
+            request: Request<Streaming<RaftCall>>,
+        ) -> Result<Response<Self::ExchangeStream>, Status> {
+            let calls = request.into_inner();
+            let silence = futures::stream::pending::<Result<RaftReply, Status>>();
+            Ok(Response::new(Box::pin(silence.map(move |reply| {
+                let _keep_open = &calls;
+                reply
+            }))))
+        }
+
+        async fn install_snapshot(
+            &self,
+            _request: Request<Streaming<SnapshotChunk>>,
+        ) -> Result<Response<RaftMessage>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+    }
+
     struct OneAddress(String);
 
     impl PeerDirectory for OneAddress {
@@ -751,14 +806,44 @@ mod stream_tests {
     }
 
     async fn pool_with_peer() -> PeerPool {
+        pool_with(ReversingPeer).await
+    }
+
+    async fn pool_with(peer: impl RaftRpc) -> PeerPool {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(RaftServer::new(ReversingPeer))
+                .add_service(RaftServer::new(peer).max_decoding_message_size(MAX_RAFT_MESSAGE))
                 .serve_with_incoming(TcpListenerStream::new(listener)),
         );
         PeerPool::new(Arc::new(OneAddress(address)), Arc::default())
+    }
+
+    #[tokio::test]
+    async fn calls_to_a_peer_that_stops_reading_fail_once_its_queue_is_full() {
+        let pool = pool_with(DeafPeer).await;
+        let stream = pool.stream(PEER, Lane::Bulk).unwrap();
+        let payload = vec![7u8; 1 << 20];
+        let mut held = Vec::new();
+        let mut refused = None;
+        for i in 0..256 {
+            match stream.send(RaftCallKind::AppendEntries, call(&payload)) {
+                Ok(pending) => held.push(pending),
+                Err(e) => {
+                    refused = Some((i, e));
+                    break;
+                }
+            }
+            // Let the stream's task hand what it can to HTTP/2.
+            tokio::task::yield_now().await;
+        }
+        let (sent, why) = refused.expect("calls are refused once the queue is full");
+        eprintln!("{sent} calls of 1 MiB taken before the first refusal: {why}");
+        assert!(why.contains("not taking messages"), "{why}");
+        let queued = lock(&stream.shared).queued.load(Ordering::Relaxed);
+        assert!(queued <= MAX_STREAM_QUEUE_BYTES, "{queued} bytes queued");
+        assert!(sent < 128, "{sent} MiB were taken before the first refusal");
     }
 
     fn call(payload: &[u8]) -> RaftMessage {

@@ -28,8 +28,25 @@ pub const MAX_GROUP_WRITES: usize = WRITES_PER_ENTRY;
 /// write still goes alone.
 pub const MAX_GROUP_BYTES: usize = 512 * 1024;
 
+/// Most bytes (keys and values, roughly) of writes waiting in one
+/// replica's queue. Beyond it new writes are refused with
+/// [`ProposeError::Overloaded`] rather than growing memory: the queue
+/// drains only as fast as the shard commits, which is not at all for a
+/// leader cut off from its quorum.
+pub const MAX_QUEUED_BYTES: usize = 32 << 20;
+
 /// Why a proposed write has no outcome.
-pub type ProposeError = RaftError<ClientWriteError>;
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ProposeError {
+    #[error(transparent)]
+    Raft(#[from] RaftError<ClientWriteError>),
+    /// The queue is full; the write was not proposed.
+    #[error(
+        "{queued} bytes of writes wait for this shard already (at most {MAX_QUEUED_BYTES}); \
+         try again shortly"
+    )]
+    Overloaded { queued: usize },
+}
 
 struct Pending {
     request: Request,
@@ -39,8 +56,44 @@ struct Pending {
 #[derive(Default)]
 struct State {
     queue: VecDeque<Pending>,
+    /// Bytes of the writes in `queue` ([`Request::approx_bytes`]).
+    queued_bytes: usize,
     /// Tasks proposing groups; each has one entry in openraft at a time.
     runners: usize,
+}
+
+impl State {
+    /// Queues `pending` unless the queue is full, after dropping the writes
+    /// whose callers stopped waiting.
+    fn push(&mut self, pending: Pending) -> Result<(), ProposeError> {
+        let size = pending.request.approx_bytes();
+        if !self.queue.is_empty() && self.queued_bytes + size > MAX_QUEUED_BYTES {
+            self.queue.retain(|p| !p.reply.is_closed());
+            self.queued_bytes = self.queue.iter().map(|p| p.request.approx_bytes()).sum();
+            if !self.queue.is_empty() && self.queued_bytes + size > MAX_QUEUED_BYTES {
+                return Err(ProposeError::Overloaded {
+                    queued: self.queued_bytes,
+                });
+            }
+        }
+        self.queued_bytes += size;
+        self.queue.push_back(pending);
+        Ok(())
+    }
+
+    /// Takes the next group off the queue ([`take_group`]).
+    fn take_group(&mut self) -> Vec<Pending> {
+        let before = self.queue.len();
+        let group = take_group(&mut self.queue);
+        if self.queue.len() + group.len() == before {
+            let taken: usize = group.iter().map(|p| p.request.approx_bytes()).sum();
+            self.queued_bytes = self.queued_bytes.saturating_sub(taken);
+        } else {
+            // Abandoned writes were dropped too: count afresh.
+            self.queued_bytes = self.queue.iter().map(|p| p.request.approx_bytes()).sum();
+        }
+        group
+    }
 }
 
 /// Counters of a proposer, for status and benchmarks.
@@ -84,7 +137,7 @@ impl Proposer {
         let (reply, rx) = oneshot::channel();
         let start_runner = {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            state.queue.push_back(Pending { request, reply });
+            state.push(Pending { request, reply })?;
             let start = state.runners < self.max_in_flight;
             if start {
                 state.runners += 1;
@@ -103,7 +156,7 @@ impl Proposer {
         loop {
             let group = {
                 let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                let group = take_group(&mut state.queue);
+                let group = state.take_group();
                 if group.is_empty() {
                     state.runners -= 1;
                     return;
@@ -122,8 +175,8 @@ impl Proposer {
             let Some(Pending { request, reply }) = group.pop() else {
                 return;
             };
-            let result = self.raft.client_write(request).await.map(|r| r.data);
-            let _ = reply.send(result);
+            let result = self.raft.client_write(request).await;
+            let _ = reply.send(result.map(|r| r.data).map_err(ProposeError::from));
             return;
         }
         let now_ms = group.iter().map(|p| p.request.now_ms).max().unwrap_or(0);
@@ -152,12 +205,13 @@ impl Proposer {
             Ok(other) => {
                 tracing::error!(outcome = ?other, writes = replies.len(), "a group of writes was answered with the wrong outcome");
                 for reply in replies {
-                    let _ = reply.send(Err(RaftError::Fatal(openraft::error::Fatal::Panicked)));
+                    let fatal = RaftError::Fatal(openraft::error::Fatal::Panicked);
+                    let _ = reply.send(Err(fatal.into()));
                 }
             }
             Err(e) => {
                 for reply in replies {
-                    let _ = reply.send(Err(e.clone()));
+                    let _ = reply.send(Err(e.clone().into()));
                 }
             }
         }
@@ -165,7 +219,7 @@ impl Proposer {
 }
 
 fn stopped() -> ProposeError {
-    RaftError::Fatal(openraft::error::Fatal::Stopped)
+    RaftError::Fatal(openraft::error::Fatal::Stopped).into()
 }
 
 /// Takes the next group off the front of `queue`: one write that cannot
@@ -288,6 +342,46 @@ mod tests {
             ttl_ms: 0,
         };
         assert_eq!(sizes_of(["a", "b", "c"].map(big).to_vec()), vec![1, 1, 1]);
+    }
+
+    #[test]
+    fn a_full_queue_refuses_writes_until_it_drains() {
+        let big = |k: &str| Command::Put {
+            key: k.into(),
+            value: vec![0; MAX_QUEUED_BYTES / 4],
+            ttl_ms: 0,
+        };
+        let mut state = State::default();
+        let mut receivers = Vec::new();
+        for k in ["a", "b", "c"] {
+            let (pending, rx) = waiting(big(k));
+            state.push(pending).unwrap();
+            receivers.push(rx);
+        }
+        let (fourth, _rx) = waiting(big("d"));
+        let refused = state.push(fourth);
+        assert!(
+            matches!(refused, Err(ProposeError::Overloaded { .. })),
+            "the fourth quarter does not fit"
+        );
+        // A caller that stopped waiting frees its room.
+        drop(receivers.remove(0));
+        let (fourth, _rx) = waiting(big("d"));
+        state.push(fourth).unwrap();
+        assert_eq!(
+            state.take_group().len(),
+            1,
+            "b goes alone (too big to group)"
+        );
+        assert_eq!(state.queue.len(), 2);
+        assert_eq!(
+            state.queued_bytes,
+            state
+                .queue
+                .iter()
+                .map(|p| p.request.approx_bytes())
+                .sum::<usize>()
+        );
     }
 
     #[test]

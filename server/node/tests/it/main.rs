@@ -9,6 +9,7 @@ mod faults;
 mod harness;
 mod identity;
 mod kv;
+mod overload;
 mod placement;
 mod processes;
 mod read_floor;

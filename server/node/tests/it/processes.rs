@@ -24,7 +24,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn atoll_bin() -> PathBuf {
+pub(crate) fn atoll_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_atoll"))
 }
 

@@ -22,7 +22,7 @@ fn value_of(i: usize) -> Vec<u8> {
 }
 
 /// A process's resident set, in bytes.
-fn rss(pid: u32) -> u64 {
+pub(crate) fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kib: u64 = status
         .lines()
@@ -34,7 +34,10 @@ fn rss(pid: u32) -> u64 {
 }
 
 /// Samples every node's RSS until `done`; returns each node's peak.
-fn sample_peaks(pids: Vec<u32>, done: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<u64>> {
+pub(crate) fn sample_peaks(
+    pids: Vec<u32>,
+    done: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<u64>> {
     std::thread::spawn(move || {
         let mut peaks = vec![0; pids.len()];
         while !done.load(Ordering::SeqCst) {
