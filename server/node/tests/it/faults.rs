@@ -189,14 +189,27 @@ async fn a_restarted_node_keeps_its_data_and_serves_again() {
     // Restart every node in turn; the cluster keeps a majority throughout.
     for i in 0..3 {
         cluster.restart(i).await;
-        // Reads on a restarted replica wait until its whole log at open is
-        // applied: the floor must be the real last index, not zero.
+        // Reads on a restarted replica wait until what its log knew to be
+        // committed at open is applied: the floor is the saved commit
+        // index, never past the log's end (entries there may never
+        // commit). The commit index is saved with a later append, so the
+        // data shards, which took 50 writes, have one above zero; the meta
+        // shard, with its few entries, may not.
         for replica in cluster.node(i).replicas() {
+            let floor = replica.read_index.restart_floor();
+            let last = replica.metrics().last_log_index.unwrap_or(0);
             assert!(
-                replica.read_index.restart_floor() > 0,
-                "{:?} reopened with an empty restart floor",
+                floor <= last,
+                "{:?}: floor {floor} past the log's end {last}",
                 replica.spec
             );
+            if matches!(replica.spec.kind, ShardKind::Data { .. }) {
+                assert!(
+                    floor > 0,
+                    "{:?} reopened with an empty restart floor",
+                    replica.spec
+                );
+            }
         }
         cluster.wait_for_leaders().await;
         client.put(format!("after-{i}"), "x").await.unwrap();
