@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use atoll_proto::limits::MAX_MESSAGE_BYTES;
 use atoll_proto::v1::cluster_client::ClusterClient;
 use atoll_proto::v1::kv_client::KvClient;
 use atoll_proto::v1::{ClusterMap, GetClusterMapRequest, Shard};
@@ -241,8 +242,8 @@ impl Router {
                 )),
                 Some(address) => {
                     let client = KvClient::new(self.channel(&address)?)
-                        .max_decoding_message_size(16 << 20)
-                        .max_encoding_message_size(16 << 20);
+                        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                        .max_encoding_message_size(MAX_MESSAGE_BYTES);
                     let budget = remaining.min(self.attempt_timeout);
                     match tokio::time::timeout(budget, call(client, budget)).await {
                         Ok(Ok(value)) => {

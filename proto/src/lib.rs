@@ -26,6 +26,12 @@ pub mod limits {
     pub const MAX_KEY_BYTES: usize = 4 * 1024;
     /// Default largest value, in bytes (configurable on the server).
     pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
+    /// The most a server may be configured to accept as a value, and as a
+    /// read page: a request or answer holds one such value or page, a key
+    /// and framing, so it always fits in [`MAX_MESSAGE_BYTES`].
+    pub const MAX_VALUE_BYTES_LIMIT: usize = 8 * 1024 * 1024;
+    /// Largest gRPC message a client and a server exchange.
+    pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
     /// Most operations in one `Batch` or `BatchGet`.
     pub const MAX_BATCH_OPS: usize = 1000;
     /// Largest total size of keys and values in one `Batch`, in bytes.

@@ -279,10 +279,12 @@ impl NodeConfig {
             }
         }
         self.raft.validate()?;
-        if self.limits.max_value_bytes.0 == 0 || self.limits.max_value_bytes.0 > 64 << 20 {
-            return invalid("limits.max_value_bytes must be between 1 byte and 64MiB".into());
+        // A value must fit in one gRPC message with its key and framing.
+        let most = atoll_proto::limits::MAX_VALUE_BYTES_LIMIT as u64;
+        if self.limits.max_value_bytes.0 == 0 || self.limits.max_value_bytes.0 > most {
+            return invalid("limits.max_value_bytes must be between 1 byte and 8MiB".into());
         }
-        if !(64 << 10..=8 << 20).contains(&self.limits.read_page_bytes.0) {
+        if !(64 << 10..=most).contains(&self.limits.read_page_bytes.0) {
             return invalid("limits.read_page_bytes must be between 64KiB and 8MiB".into());
         }
         let write_buffer = self.storage.write_buffer.0;
@@ -431,6 +433,27 @@ mod tests {
         assert_eq!(cfg.raft.heartbeat, Duration::from_millis(100));
         assert_eq!(cfg.limits.max_value_bytes.0, 2 << 20);
         assert_eq!(cfg.storage.write_buffer.0, 16 << 20);
+    }
+
+    /// A value or a read page must fit in one gRPC message (16 MiB): a
+    /// larger limit could never be used, so it is refused at start.
+    #[test]
+    fn limits_that_no_message_could_carry_are_refused() {
+        let mut cfg = NodeConfig::default();
+        cfg.cluster.initial_nodes = vec![crate::config::InitialNode {
+            id: 1,
+            island: cfg.island.clone(),
+            address: "127.0.0.1:7001".into(),
+            capacity: 1,
+        }];
+        cfg.cluster.replication_factor = 1;
+        cfg.validate().unwrap();
+        cfg.limits.max_value_bytes = ByteSize(32 << 20);
+        assert!(cfg.validate().is_err(), "a 32 MiB value limit");
+        cfg.limits.max_value_bytes = ByteSize(8 << 20);
+        cfg.validate().unwrap();
+        cfg.limits.read_page_bytes = ByteSize(16 << 20);
+        assert!(cfg.validate().is_err(), "a 16 MiB read page");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use atoll_proto::keyhash::{hash_tag, key_hash};
 use atoll_proto::v1::{self as wire, Limit};
 use atoll_raft::{Replica, ShardKind};
 use atoll_storage::keys::{data_key_with_hash, data_range, split_data_key};
-use atoll_storage::{Cf, EngineSnapshot, Record};
+use atoll_storage::{Cf, EngineError, EngineSnapshot, Record};
 
 use crate::errors::ApiError;
 use crate::kv_service::{kv, read_view};
@@ -33,10 +33,43 @@ pub fn check_tag_range(req: &wire::ScanRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Bytes a key-value pair adds to a page: its key, its stored record and
-/// some framing.
-fn row_bytes(key: &[u8], stored: &[u8]) -> usize {
-    key.len() + stored.len() + 16
+/// A page being filled: the live pairs kept, and their bytes.
+struct Page {
+    kvs: Vec<wire::KeyValue>,
+    bytes: usize,
+    budget: usize,
+}
+
+impl Page {
+    fn new(budget: usize) -> Self {
+        Page {
+            kvs: Vec::new(),
+            bytes: 0,
+            budget,
+        }
+    }
+
+    /// Bytes a pair adds to a page: its key, its stored record and some
+    /// framing.
+    fn size(key: &[u8], stored: &[u8]) -> usize {
+        key.len() + stored.len() + 16
+    }
+
+    /// Whether the pair would pass the byte budget (a page always takes
+    /// its first pair).
+    fn full_before(&self, key: &[u8], stored: &[u8]) -> bool {
+        !self.kvs.is_empty() && self.bytes + Self::size(key, stored) > self.budget
+    }
+
+    /// Keeps the pair if its record is live at log clock `clock`.
+    fn keep(&mut self, key: &[u8], stored: &[u8], clock: u64) -> Result<(), EngineError> {
+        let record = Record::decode(stored)?;
+        if !record.is_expired(clock) {
+            self.bytes += Self::size(key, stored);
+            self.kvs.push(kv(key.to_vec(), record));
+        }
+        Ok(())
+    }
 }
 
 /// Keys of `req.start`'s tag in `[start, end)`, in key order, as of
@@ -58,8 +91,7 @@ pub fn tag_range(
         data_key_with_hash(hash, &req.end)
     };
     let from = data_key_with_hash(hash, &req.start);
-    let mut kvs = Vec::new();
-    let mut bytes = 0;
+    let mut page = Page::new(budget);
     let mut resume_key = Vec::new();
     // Other tags with the same hash share the range: skip their keys.
     view.for_each(Cf::Data, &from, &end, &mut |dkey, stored| {
@@ -69,19 +101,17 @@ pub fn tag_range(
         if hash_tag(key) != Some(tag) {
             return Ok(true);
         }
-        let size = row_bytes(key, stored);
-        if kvs.len() == limit || (!kvs.is_empty() && bytes + size > budget) {
+        if page.kvs.len() == limit || page.full_before(key, stored) {
             resume_key = key.to_vec();
             return Ok(false);
         }
-        let record = Record::decode(stored)?;
-        if !record.is_expired(clock) {
-            kvs.push(kv(key.to_vec(), record));
-            bytes += size;
-        }
+        page.keep(key, stored, clock)?;
         Ok(true)
     })?;
-    Ok(wire::ScanResponse { kvs, resume_key })
+    Ok(wire::ScanResponse {
+        kvs: page.kvs,
+        resume_key,
+    })
 }
 
 /// Up to `limit` keys and `budget` bytes of `replica`'s shard from
@@ -110,27 +140,22 @@ pub fn shard_page(
         });
     }
     let (view, clock) = read_view(node.engine().as_ref(), replica)?;
-    let mut kvs = Vec::new();
-    let (mut rows, mut bytes) = (0, 0);
+    let mut page = Page::new(budget);
+    let mut rows = 0;
     let mut next = None;
     view.for_each(Cf::Data, &from, &end, &mut |dkey, stored| {
-        let size = row_bytes(dkey, stored);
-        if rows == limit || (!kvs.is_empty() && bytes + size > budget) {
+        if rows == limit || page.full_before(dkey, stored) {
             next = Some(dkey.to_vec());
             return Ok(false);
         }
         rows += 1;
         if let Some((_, key)) = split_data_key(dkey) {
-            let record = Record::decode(stored)?;
-            if !record.is_expired(clock) {
-                kvs.push(kv(key.to_vec(), record));
-                bytes += size;
-            }
+            page.keep(key, stored, clock)?;
         }
         Ok(true)
     })?;
     Ok(wire::ScanAllResponse {
-        kvs,
+        kvs: page.kvs,
         shard_done: next.is_none(),
         cursor: next.unwrap_or_default(),
     })

@@ -15,8 +15,9 @@ use crate::cluster_service::ClusterService;
 use crate::kv_service::KvService;
 use crate::node::Node;
 
-/// Largest gRPC message accepted from clients (a 4 MiB batch plus framing).
-const MAX_CLIENT_MESSAGE: usize = 16 << 20;
+/// Largest gRPC message exchanged with clients (a value or read page of at
+/// most 8 MiB, or a 4 MiB batch, plus framing).
+const MAX_CLIENT_MESSAGE: usize = atoll_proto::limits::MAX_MESSAGE_BYTES;
 
 /// Serves Kv, Cluster and Raft on `listener` until `shutdown` completes.
 /// Shutting down waits for the calls in flight; the peers' Raft streams,
