@@ -42,10 +42,17 @@ impl KvService {
         Ok(replica)
     }
 
-    /// The live value of `key` in the local engine.
+    /// The live value of `key` in the local engine. One key needs no
+    /// engine view: the clock is read first (the replica publishes it after
+    /// the batch that set it has landed), then the record, which is as new
+    /// or newer. A record newer than the clock was written at a later clock
+    /// and is judged live as it was then; an unchanged one is judged as in
+    /// the state the clock came from. Either way the answer is that of one
+    /// state at or after the read barrier.
     fn local_get(&self, replica: &Replica, key: &[u8]) -> Result<Option<wire::KeyValue>, ApiError> {
-        let (view, clock) = read_view(self.node.engine().as_ref(), replica)?;
-        live(key, view.get(Cf::Data, &data_key(key))?, clock)
+        let clock = replica.log_clock();
+        let stored = self.node.engine().get(Cf::Data, &data_key(key))?;
+        live(key, stored, clock)
     }
 
     fn max_value(&self) -> u64 {
@@ -169,7 +176,8 @@ impl Kv for KvService {
                 return Err(ApiError::invalid(
                     Limit::ReadTooLarge,
                     format!(
-                        "the values of these {} keys exceed one read page ({budget} bytes,                          limits.read_page_bytes): read fewer keys at a time",
+                        "the values of these {} keys exceed one read page ({budget} bytes, \
+                         limits.read_page_bytes): read fewer keys at a time",
                         keys.len()
                     ),
                 )

@@ -184,16 +184,19 @@ impl Replica {
     /// How long this replica, leading, has gone without an answer from a
     /// quorum; `None` unless it leads and has had one.
     pub fn since_quorum_ack(&self) -> Option<Duration> {
-        let metrics = self.raft.metrics().borrow_watched().clone();
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
         if metrics.state != openraft::ServerState::Leader {
             return None;
         }
         metrics
             .last_quorum_acked
-            .map(|at| openraft::Instant::elapsed(&*at))
+            .as_ref()
+            .map(|at| openraft::Instant::elapsed(&**at))
     }
 
-    /// The applied log clock.
+    /// The applied log clock, published once the batch that set it has
+    /// landed in the engine.
     pub fn log_clock(&self) -> u64 {
         self.log_clock.get().ms
     }
