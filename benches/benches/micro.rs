@@ -16,7 +16,7 @@ use atoll_proto::{NodeId, ReplicaId, ShardId};
 use atoll_raft::codec;
 use atoll_raft::state_machine::StateMachine;
 use atoll_raft::types::{Entry, EntryPayload, LeaderId, LogId};
-use atoll_raft::{Command, Request, ShardKind, WriteId};
+use atoll_raft::{Command, Request, SessionWrite, ShardKind, WriteId};
 use atoll_rocks::{RocksEngine, RocksOptions};
 use atoll_storage::{Engine, MemEngine, Record};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
@@ -96,9 +96,13 @@ fn put_entry(index: u64, value: &[u8]) -> Entry {
             index,
         ),
         payload: EntryPayload::Normal(Request {
-            write_id: Some(WriteId {
+            // One client awaiting one write at a time: each write drops
+            // the row of the one before.
+            write_id: WriteId::Session(SessionWrite {
                 client_id: 7,
                 seq: index,
+                lowest_awaited: index,
+                session_start: 1,
             }),
             now_ms: 1_700_000_000_000,
             command: Command::Put {

@@ -1,20 +1,23 @@
 //! The client API.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use atoll_proto::keyhash::key_hash;
 use atoll_proto::limits::{MAX_BATCH_BYTES, MAX_BATCH_OPS};
 use atoll_proto::v1::cluster_client::ClusterClient;
+use atoll_proto::v1::kv_client::KvClient;
 use atoll_proto::v1::{
     self as wire, cas_request, ClusterMap, KeyValue, Limit, StatusRequest, StatusResponse,
 };
 use atoll_proto::ShardId;
 use futures::future::try_join_all;
+use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
 use crate::router::{CallKind, Router};
+use crate::session::Sessions;
 use crate::types::{BatchOp, Consistency, Expect};
 
 /// Connection settings.
@@ -50,17 +53,42 @@ impl Default for ClientOptions {
 #[derive(Clone)]
 pub struct Client {
     pub(crate) router: Arc<Router>,
-    client_id: u64,
-    seq: Arc<AtomicU64>,
+    sessions: Arc<Sessions>,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("client_id", &self.client_id)
+            .field("client_id", &self.sessions.client_id())
             .finish_non_exhaustive()
     }
 }
+
+/// Most times one write is sent, each in a new session, while its
+/// session is refused (`SESSION_EXPIRED`) and no attempt may have applied.
+const SESSION_ROUNDS: u32 = 3;
+
+/// A write request, which carries a write id.
+trait WriteRequest: Clone {
+    fn set_write_id(&mut self, id: wire::WriteId);
+}
+
+macro_rules! write_request {
+    ($($message:ty),*) => {$(
+        impl WriteRequest for $message {
+            fn set_write_id(&mut self, id: wire::WriteId) {
+                self.write_id = Some(id);
+            }
+        }
+    )*};
+}
+
+write_request!(
+    wire::PutRequest,
+    wire::DeleteRequest,
+    wire::CasRequest,
+    wire::BatchRequest
+);
 
 pub(crate) fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
@@ -105,21 +133,52 @@ impl Client {
         };
         Ok(Client {
             router: Arc::new(router),
-            client_id,
-            seq: Arc::new(AtomicU64::new(1)),
+            sessions: Arc::new(Sessions::new(client_id)),
         })
     }
 
     /// This client's id in write ids.
     pub fn client_id(&self) -> u64 {
-        self.client_id
+        self.sessions.client_id()
     }
 
-    fn write_id(&self) -> Option<wire::WriteId> {
-        Some(wire::WriteId {
-            client_id: self.client_id,
-            seq: self.seq.fetch_add(1, Ordering::Relaxed),
-        })
+    /// Sends the write `msg` to `shard` with `send`, under a write id of
+    /// this client's session there (docs/design/sessions.md). If the shard
+    /// refuses it with `SESSION_EXPIRED` and no attempt may have applied,
+    /// it is sent again with a new id, which opens a new session.
+    async fn write<M, T, F, Fut>(&self, shard: ShardId, msg: M, send: F) -> Result<T>
+    where
+        M: WriteRequest,
+        F: Fn(KvClient<Channel>, M, Duration) -> Fut,
+        Fut: Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        let mut rounds = 1;
+        loop {
+            let ticket = self.sessions.begin(shard);
+            let result = self
+                .router
+                .call(shard, CallKind::Write, |client, timeout| {
+                    let mut msg = msg.clone();
+                    msg.set_write_id(ticket.write_id());
+                    send(client, msg, timeout)
+                })
+                .await;
+            match result {
+                Err(Error::SessionExpired(_)) if rounds < SESSION_ROUNDS => {
+                    ticket.expired();
+                    rounds += 1;
+                }
+                Err(Error::SessionExpired(message)) => {
+                    ticket.expired();
+                    return Err(Error::SessionExpired(message));
+                }
+                Ok(_) | Err(Error::CasFailed { .. }) => {
+                    ticket.answered();
+                    return result;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     pub(crate) async fn shard_of(&self, key: &[u8]) -> Result<ShardId> {
@@ -240,14 +299,12 @@ impl Client {
             key: key.to_vec(),
             value: value.to_vec(),
             ttl_ms: ttl.map_or(0, |t| t.as_millis().max(1) as u64),
-            write_id: self.write_id(),
+            write_id: None,
         };
-        self.router
-            .call(shard, CallKind::Write, |mut c, t| {
-                let msg = msg.clone();
-                async move { c.put(request(msg, t)).await.map(|r| r.into_inner().version) }
-            })
-            .await
+        self.write(shard, msg, |mut c, msg, t| async move {
+            c.put(request(msg, t)).await.map(|r| r.into_inner().version)
+        })
+        .await
     }
 
     /// Deletes `key`; returns whether a live key was removed.
@@ -257,18 +314,14 @@ impl Client {
         let msg = wire::DeleteRequest {
             shard_id: shard.get(),
             key: key.to_vec(),
-            write_id: self.write_id(),
+            write_id: None,
         };
-        self.router
-            .call(shard, CallKind::Write, |mut c, t| {
-                let msg = msg.clone();
-                async move {
-                    c.delete(request(msg, t))
-                        .await
-                        .map(|r| r.into_inner().deleted)
-                }
-            })
-            .await
+        self.write(shard, msg, |mut c, msg, t| async move {
+            c.delete(request(msg, t))
+                .await
+                .map(|r| r.into_inner().deleted)
+        })
+        .await
     }
 
     /// Sets `key` to `new_value` (or deletes it, for `None`) if it matches
@@ -292,18 +345,14 @@ impl Client {
             expected: Some(expected),
             new_value,
             ttl_ms: 0,
-            write_id: self.write_id(),
+            write_id: None,
         };
-        self.router
-            .call(shard, CallKind::Write, |mut c, t| {
-                let msg = msg.clone();
-                async move {
-                    c.compare_and_swap(request(msg, t))
-                        .await
-                        .map(|r| r.into_inner().version)
-                }
-            })
-            .await
+        self.write(shard, msg, |mut c, msg, t| async move {
+            c.compare_and_swap(request(msg, t))
+                .await
+                .map(|r| r.into_inner().version)
+        })
+        .await
     }
 
     /// Applies `ops` atomically; all keys must be in one shard (share a
@@ -364,18 +413,14 @@ impl Client {
         let msg = wire::BatchRequest {
             shard_id: shard.get(),
             ops: ops.iter().map(BatchOp::wire).collect(),
-            write_id: self.write_id(),
+            write_id: None,
         };
-        self.router
-            .call(shard, CallKind::Write, |mut c, t| {
-                let msg = msg.clone();
-                async move {
-                    c.batch(request(msg, t))
-                        .await
-                        .map(|r| r.into_inner().version)
-                }
-            })
-            .await
+        self.write(shard, msg, |mut c, msg, t| async move {
+            c.batch(request(msg, t))
+                .await
+                .map(|r| r.into_inner().version)
+        })
+        .await
     }
 
     /// The cluster map (refreshed from the servers).

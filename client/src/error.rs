@@ -28,6 +28,11 @@ pub enum Error {
         key: Vec<u8>,
         /// Its current value; `None` if it does not exist.
         current: Option<KeyValue>,
+        /// Set on the answer to a retry when the value the check saw was
+        /// too large to keep and has changed since: `current` then has the
+        /// version and expiry the check saw, and an empty value. Read the
+        /// key again for its value.
+        value_omitted: bool,
     },
     /// The request broke a limit or was malformed; nothing was written.
     #[error("invalid argument ({limit:?}): {message}")]
@@ -61,6 +66,12 @@ pub enum Error {
     /// applied (retried internally, after a pause).
     #[error("overloaded: {0}")]
     Overloaded(String),
+    /// The shard refused the write because its session is gone or no
+    /// longer keeps its outcome, again after the client opened a new
+    /// session for it: it was not applied. (When an earlier attempt may
+    /// have applied, the error is `Ambiguous` instead.)
+    #[error("session expired: {0}")]
+    SessionExpired(String),
     /// The server failed in a way not covered above.
     #[error("internal: {0}")]
     Internal(String),
@@ -79,6 +90,7 @@ impl Error {
                 | Error::Transport(_)
                 | Error::NoEndpoint(_)
                 | Error::Overloaded(_)
+                | Error::SessionExpired(_)
         )
     }
 
@@ -102,6 +114,7 @@ impl Error {
             Error::Unauthenticated(_) => ErrorCode::Unauthenticated,
             Error::Timeout(_) => ErrorCode::Timeout,
             Error::Overloaded(_) => ErrorCode::Overloaded,
+            Error::SessionExpired(_) => ErrorCode::SessionExpired,
             Error::Internal(_) => ErrorCode::Internal,
             Error::Ambiguous(_) | Error::Transport(_) | Error::NoEndpoint(_) => return None,
         })
@@ -150,6 +163,7 @@ impl From<Status> for Error {
                     .map(|c| c.key.clone())
                     .unwrap_or_default(),
                 current: detail.current,
+                value_omitted: detail.current_value_omitted,
             },
             ErrorCode::InvalidArgument => Error::InvalidArgument {
                 limit: Limit::try_from(detail.limit).unwrap_or(Limit::Unspecified),
@@ -159,6 +173,7 @@ impl From<Status> for Error {
             ErrorCode::Unauthenticated => Error::Unauthenticated(message),
             ErrorCode::Timeout => Error::Timeout(message),
             ErrorCode::Overloaded => Error::Overloaded(message),
+            ErrorCode::SessionExpired => Error::SessionExpired(message),
             ErrorCode::Internal | ErrorCode::Unspecified => Error::Internal(message),
         }
     }

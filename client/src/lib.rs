@@ -23,6 +23,7 @@ mod client;
 mod error;
 mod router;
 mod scan;
+mod session;
 mod types;
 
 pub use atoll_proto::v1::{ClusterMap, KeyValue, LeaderHint, Limit, StatusResponse};

@@ -286,6 +286,12 @@ impl Router {
                 }
                 // The leader is busy, not gone: try it again after a pause.
                 Error::Overloaded(_) => {}
+                // This attempt was refused; an earlier one may have applied.
+                Error::SessionExpired(message) if maybe_applied => {
+                    return Err(Error::Ambiguous(format!(
+                        "an attempt may have applied, then the session expired: {message}"
+                    )))
+                }
                 _ => return Err(error),
             }
             attempt += 1;

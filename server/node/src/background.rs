@@ -9,7 +9,7 @@ use atoll_proto::{ReplicaId, ShardId};
 use atoll_raft::state_machine::read_cluster_map;
 use atoll_raft::state_machine::ttl::has_due;
 use atoll_raft::types::ServerState;
-use atoll_raft::{Command, Replica, ShardKind};
+use atoll_raft::{Command, Replica, ShardKind, WriteId};
 use prost::Message;
 use tokio::time::Instant;
 
@@ -118,7 +118,7 @@ async fn map_loop(node: Weak<Node>) {
                     expected_version: 0,
                     map,
                 };
-                if let Err(e) = node.propose(&meta, command, None).await {
+                if let Err(e) = node.propose(&meta, command, WriteId::Untracked).await {
                     tracing::debug!(error = %e, "publishing the initial cluster map");
                 }
             }
@@ -160,7 +160,7 @@ async fn sweep(node: &Node, replica: &Replica) -> Result<(), crate::errors::ApiE
             return Ok(());
         }
         let command = Command::ExpireDue { limit: TTL_BATCH };
-        node.propose(replica, command, None).await?;
+        node.propose(replica, command, WriteId::Untracked).await?;
     }
     Ok(())
 }

@@ -18,6 +18,8 @@ pub enum ApiError {
     CasFailed {
         key: String,
         current: Option<KeyValue>,
+        /// `current` lacks its value (see `ErrorDetail`).
+        value_omitted: bool,
     },
     #[error("{message}")]
     InvalidArgument { limit: Limit, message: String },
@@ -27,6 +29,8 @@ pub enum ApiError {
     Timeout(String),
     #[error("overloaded: {0}")]
     Overloaded(String),
+    #[error("session expired: {0}")]
+    SessionExpired(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -50,6 +54,7 @@ impl ApiError {
             ApiError::DataCorruption(_) => ErrorCode::DataCorruption,
             ApiError::Timeout(_) => ErrorCode::Timeout,
             ApiError::Overloaded(_) => ErrorCode::Overloaded,
+            ApiError::SessionExpired(_) => ErrorCode::SessionExpired,
             ApiError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -58,9 +63,10 @@ impl ApiError {
     pub fn into_status(self) -> Status {
         let message = self.to_string();
         let grpc = match &self {
-            ApiError::NotLeader { .. } | ApiError::StaleMap { .. } | ApiError::CasFailed { .. } => {
-                Code::FailedPrecondition
-            }
+            ApiError::NotLeader { .. }
+            | ApiError::StaleMap { .. }
+            | ApiError::CasFailed { .. }
+            | ApiError::SessionExpired(_) => Code::FailedPrecondition,
             ApiError::ShardUnavailable(_) => Code::Unavailable,
             ApiError::InvalidArgument { .. } => Code::InvalidArgument,
             ApiError::DataCorruption(_) => Code::DataLoss,
@@ -76,7 +82,14 @@ impl ApiError {
         match self {
             ApiError::NotLeader { leader } => detail.leader = leader,
             ApiError::StaleMap { map_version, .. } => detail.map_version = map_version,
-            ApiError::CasFailed { current, .. } => detail.current = current,
+            ApiError::CasFailed {
+                current,
+                value_omitted,
+                ..
+            } => {
+                detail.current = current;
+                detail.current_value_omitted = value_omitted;
+            }
             ApiError::InvalidArgument { limit, .. } => detail.limit = limit as i32,
             _ => {}
         }

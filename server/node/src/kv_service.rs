@@ -116,6 +116,21 @@ fn check(outcome: Outcome) -> Result<Outcome, ApiError> {
                 expires_at_ms: c.expires_at_ms,
             }),
             key: String::from_utf8_lossy(&key).into_owned(),
+            value_omitted: false,
+        }),
+        Outcome::CasFailedValueOmitted {
+            key,
+            version,
+            expires_at_ms,
+        } => Err(ApiError::CasFailed {
+            current: Some(wire::KeyValue {
+                key: key.clone(),
+                value: Vec::new(),
+                version,
+                expires_at_ms,
+            }),
+            key: String::from_utf8_lossy(&key).into_owned(),
+            value_omitted: true,
         }),
         other => Ok(other),
     }
@@ -194,6 +209,7 @@ impl Kv for KvService {
         request: Request<wire::PutRequest>,
     ) -> Result<Response<wire::PutResponse>, Status> {
         let req = request.into_inner();
+        let write_id = validate::write_id(req.write_id)?;
         validate::key(&req.key)?;
         validate::value(&req.value, self.max_value())?;
         validate::ttl(req.ttl_ms)?;
@@ -203,10 +219,7 @@ impl Kv for KvService {
             value: req.value,
             ttl_ms: req.ttl_ms,
         };
-        let outcome = self
-            .node
-            .propose(&replica, command, validate::write_id(req.write_id))
-            .await?;
+        let outcome = self.node.propose(&replica, command, write_id).await?;
         Ok(Response::new(wire::PutResponse {
             version: written_version(outcome)?,
         }))
@@ -217,14 +230,11 @@ impl Kv for KvService {
         request: Request<wire::DeleteRequest>,
     ) -> Result<Response<wire::DeleteResponse>, Status> {
         let req = request.into_inner();
+        let write_id = validate::write_id(req.write_id)?;
         validate::key(&req.key)?;
         let replica = self.node.route(req.shard_id, &[&req.key])?;
         let command = Command::Delete { key: req.key };
-        match check(
-            self.node
-                .propose(&replica, command, validate::write_id(req.write_id))
-                .await?,
-        )? {
+        match check(self.node.propose(&replica, command, write_id).await?)? {
             Outcome::Deleted { deleted, version } => {
                 Ok(Response::new(wire::DeleteResponse { deleted, version }))
             }
@@ -237,6 +247,7 @@ impl Kv for KvService {
         request: Request<wire::CasRequest>,
     ) -> Result<Response<wire::CasResponse>, Status> {
         let req = request.into_inner();
+        let write_id = validate::write_id(req.write_id)?;
         validate::key(&req.key)?;
         if let Some(v) = &req.new_value {
             validate::value(v, self.max_value())?;
@@ -260,10 +271,7 @@ impl Kv for KvService {
             new_value: req.new_value,
             ttl_ms: req.ttl_ms,
         };
-        let outcome = self
-            .node
-            .propose(&replica, command, validate::write_id(req.write_id))
-            .await?;
+        let outcome = self.node.propose(&replica, command, write_id).await?;
         Ok(Response::new(wire::CasResponse {
             version: written_version(outcome)?,
         }))
@@ -274,6 +282,7 @@ impl Kv for KvService {
         request: Request<wire::BatchRequest>,
     ) -> Result<Response<wire::BatchResponse>, Status> {
         let req = request.into_inner();
+        let write_id = validate::write_id(req.write_id)?;
         let mut steps = Vec::with_capacity(req.ops.len());
         let mut bytes = 0usize;
         for op in req.ops {
@@ -323,11 +332,7 @@ impl Kv for KvService {
         let replica = self.node.route(req.shard_id, &keys)?;
         let outcome = self
             .node
-            .propose(
-                &replica,
-                Command::Batch { steps },
-                validate::write_id(req.write_id),
-            )
+            .propose(&replica, Command::Batch { steps }, write_id)
             .await?;
         Ok(Response::new(wire::BatchResponse {
             version: written_version(outcome)?,

@@ -326,7 +326,7 @@ impl Node {
         &self,
         replica: &Replica,
         command: Command,
-        write_id: Option<WriteId>,
+        write_id: WriteId,
     ) -> Result<Outcome, ApiError> {
         let request = Request {
             write_id,
@@ -342,7 +342,7 @@ impl Node {
                 humantime::format_duration(Duration::from_millis(silent.as_millis() as u64))
             )));
         }
-        let client_write = write_id.is_some();
+        let client_write = write_id.is_tracked();
         let timeout = self.config.raft.write_timeout;
         let result = tokio::time::timeout(timeout, replica.proposer.propose(request)).await;
         let outcome = match result {
@@ -385,6 +385,8 @@ impl Node {
                 map_version: self.map().map_version,
                 message: reason,
             }),
+            Outcome::SessionExpired { reason } => Err(ApiError::SessionExpired(reason)),
+            Outcome::Overloaded { reason } => Err(ApiError::Overloaded(reason)),
             other => Ok(other),
         }
     }

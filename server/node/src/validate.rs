@@ -5,7 +5,7 @@ use atoll_proto::limits::{
     MAX_BATCH_BYTES, MAX_BATCH_OPS, MAX_KEY_BYTES, MAX_SCAN_LIMIT, MAX_TTL_MS,
 };
 use atoll_proto::v1::{Limit, WriteId as WireWriteId};
-use atoll_raft::WriteId;
+use atoll_raft::{SessionWrite, WriteId};
 
 use crate::errors::ApiError;
 
@@ -76,11 +76,34 @@ pub fn scan_limit(limit: u32) -> usize {
     }
 }
 
-pub fn write_id(id: Option<WireWriteId>) -> Option<WriteId> {
-    id.filter(|w| w.client_id != 0).map(|w| WriteId {
-        client_id: w.client_id,
-        seq: w.seq,
-    })
+/// A write's id in its client's session (docs/design/sessions.md); no id,
+/// or client id 0, is an untracked write.
+pub fn write_id(id: Option<WireWriteId>) -> Result<WriteId, ApiError> {
+    let Some(id) = id.filter(|w| w.client_id != 0) else {
+        return Ok(WriteId::Untracked);
+    };
+    if id.lowest_awaited == 0 {
+        return Err(ApiError::invalid(
+            Limit::MissingField,
+            "write_id.lowest_awaited is missing (clients built before sessions do not send it; \
+             upgrade the client)",
+        ));
+    }
+    if id.seq < id.lowest_awaited || id.seq < id.session_start {
+        return Err(ApiError::invalid(
+            Limit::Unspecified,
+            format!(
+                "write_id.seq {} is below its lowest_awaited {} or session_start {}",
+                id.seq, id.lowest_awaited, id.session_start
+            ),
+        ));
+    }
+    Ok(WriteId::Session(SessionWrite {
+        client_id: id.client_id,
+        seq: id.seq,
+        lowest_awaited: id.lowest_awaited,
+        session_start: id.session_start,
+    }))
 }
 
 #[cfg(test)]

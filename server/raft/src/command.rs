@@ -2,18 +2,55 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Identifies a client write for deduplication (Raft thesis section 6.3).
+/// A client write as entries of earlier versions identify it: deduplicated
+/// by the bounded table of [`DedupTable`](crate::state_machine::DedupTable).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct WriteId {
+pub struct LegacyWriteId {
     pub client_id: u64,
     pub seq: u64,
+}
+
+/// A client write in its client's session (docs/design/sessions.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SessionWrite {
+    pub client_id: u64,
+    /// Unique per client, growing.
+    pub seq: u64,
+    /// The lowest seq of the client's writes to this shard it still awaits
+    /// (at most `seq`): the shard drops the outcomes below it.
+    pub lowest_awaited: u64,
+    /// Non-zero while the client has no confirmed session on the shard: the
+    /// seq from which the shard may open one.
+    pub session_start: u64,
+}
+
+/// Who sent a write, for exactly-once (Raft thesis section 6.3).
+///
+/// Encoded as the `Option<LegacyWriteId>` of earlier versions was (postcard
+/// writes an `Option` as the variant index of `None` = 0 or `Some` = 1), so
+/// their log entries decode unchanged: variants may only be added at the
+/// end.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum WriteId {
+    /// Not a client write, or one without an id: applied every time.
+    #[default]
+    Untracked,
+    /// Proposed by an earlier version.
+    Legacy(LegacyWriteId),
+    Session(SessionWrite),
+}
+
+impl WriteId {
+    pub fn is_tracked(&self) -> bool {
+        !matches!(self, WriteId::Untracked)
+    }
 }
 
 /// The application payload of a log entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     /// Set for client writes: a retry with the same id is applied once.
-    pub write_id: Option<WriteId>,
+    pub write_id: WriteId,
     /// The proposer's wall clock (Unix ms). Applying advances the log clock
     /// to it (never back); every replica and every read judges TTL expiry
     /// by the log clock, so all agree at a given applied index
@@ -125,7 +162,7 @@ pub enum Command {
 /// One write of a [`Command::Group`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
-    pub write_id: Option<WriteId>,
+    pub write_id: WriteId,
     pub command: Command,
 }
 
@@ -198,6 +235,24 @@ pub enum Outcome {
     },
     /// The outcomes of a [`Command::Group`], one per write, in order.
     Group(Vec<Outcome>),
+    /// The write's session is gone, or its outcome is no longer kept: it
+    /// was not applied (docs/design/sessions.md).
+    SessionExpired {
+        reason: String,
+    },
+    /// The write could not be taken (its session could not be opened); it
+    /// was not applied. Retryable.
+    Overloaded {
+        reason: String,
+    },
+    /// A CAS or batch check failed, as a session row keeps it when the key's
+    /// value was too large to keep: its version and expiry, not its value.
+    CasFailedValueOmitted {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        version: u64,
+        expires_at_ms: u64,
+    },
 }
 
 impl Command {
@@ -219,10 +274,14 @@ impl Command {
 /// A short form for logs: the kind and the write id, never keys or values.
 impl std::fmt::Display for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = self.command.kind();
         match (&self.command, self.write_id) {
             (Command::Group { writes }, _) => write!(f, "group of {} writes", writes.len()),
-            (command, Some(id)) => write!(f, "{} {}:{}", command.kind(), id.client_id, id.seq),
-            (command, None) => f.write_str(command.kind()),
+            (_, WriteId::Legacy(LegacyWriteId { client_id, seq }))
+            | (_, WriteId::Session(SessionWrite { client_id, seq, .. })) => {
+                write!(f, "{kind} {client_id}:{seq}")
+            }
+            (_, WriteId::Untracked) => f.write_str(kind),
         }
     }
 }
@@ -263,5 +322,31 @@ fn command_bytes(command: &Command) -> usize {
         Command::SetClusterMap { map, .. } => map.len(),
         Command::Group { writes } => writes.iter().map(|w| 16 + command_bytes(&w.command)).sum(),
         Command::ExpireDue { .. } => 4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Entries written before sessions carry an `Option<LegacyWriteId>`
+    /// where [`WriteId`] is now: they must decode unchanged.
+    #[test]
+    fn write_ids_written_by_earlier_versions_decode() {
+        let id = LegacyWriteId {
+            client_id: 7,
+            seq: 300,
+        };
+        let old = postcard::to_allocvec(&Some(id)).unwrap();
+        assert_eq!(old, [1, 7, 0xac, 0x02], "the bytes earlier versions wrote");
+        assert_eq!(
+            postcard::from_bytes::<WriteId>(&old).unwrap(),
+            WriteId::Legacy(id)
+        );
+        let none = postcard::to_allocvec(&None::<LegacyWriteId>).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<WriteId>(&none).unwrap(),
+            WriteId::Untracked
+        );
     }
 }

@@ -19,7 +19,10 @@ pub mod service;
 pub mod state_machine;
 pub mod types;
 
-pub use command::{BatchStep, Command, Current, Expected, Outcome, Proposal, Request, WriteId};
+pub use command::{
+    BatchStep, Command, Current, Expected, LegacyWriteId, Outcome, Proposal, Request, SessionWrite,
+    WriteId,
+};
 pub use network::{NetworkFaults, PeerDirectory, PeerPool};
 pub use proposer::{Proposer, ProposerStats};
 pub use read_index::ReadIndex;

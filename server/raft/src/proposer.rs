@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use crate::command::{Command, Outcome, Proposal, Request, WRITES_PER_ENTRY};
+use crate::command::{Command, Outcome, Proposal, Request, WriteId, WRITES_PER_ENTRY};
 use crate::types::{ClientWriteError, Raft, RaftError};
 
 /// Most writes in one group.
@@ -192,7 +192,7 @@ impl Proposer {
             })
             .collect();
         let request = Request {
-            write_id: None,
+            write_id: WriteId::Untracked,
             now_ms,
             command: Command::Group { writes },
         };
@@ -255,7 +255,7 @@ fn take_group(queue: &mut VecDeque<Pending>) -> Vec<Pending> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::WriteId;
+    use crate::command::SessionWrite;
 
     type Receiver = oneshot::Receiver<Result<Outcome, ProposeError>>;
 
@@ -263,9 +263,11 @@ mod tests {
     fn waiting(command: Command) -> (Pending, Receiver) {
         let (reply, rx) = oneshot::channel();
         let request = Request {
-            write_id: Some(WriteId {
+            write_id: WriteId::Session(SessionWrite {
                 client_id: 1,
                 seq: 1,
+                lowest_awaited: 1,
+                session_start: 1,
             }),
             now_ms: 0,
             command,

@@ -25,6 +25,10 @@ pub mod apply_tag {
     pub const DEDUP: u8 = b'd';
     /// Groups of dedup rows: `++ ordinal of the first row BE`.
     pub const DEDUP_GROUP: u8 = b'g';
+    /// A client session's header: `++ client_id BE`.
+    pub const SESSION: u8 = b's';
+    /// A client session's kept outcome: `++ client_id BE ++ seq BE`.
+    pub const SESSION_ROW: u8 = b'r';
     /// The meta shard's cluster map.
     pub const META: u8 = b'm';
     /// The node's identity (cluster name, cluster id, node id), under

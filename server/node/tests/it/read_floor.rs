@@ -29,7 +29,7 @@ async fn a_leader_restarted_with_uncommitted_entries_serves_reads_on_an_idle_sha
     for i in 0..5 {
         let raft = replica.raft.clone();
         let request = Request {
-            write_id: None,
+            write_id: atoll_raft::WriteId::Untracked,
             now_ms: 0,
             command: Command::Put {
                 key: format!("lost-{i}").into_bytes(),

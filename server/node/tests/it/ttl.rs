@@ -22,7 +22,7 @@ async fn propose_stamped(
     let leader = cluster.leader_of(shard).expect("the shard has a leader");
     let replica = cluster.node(leader).replica(shard).unwrap();
     let request = Request {
-        write_id: None,
+        write_id: atoll_raft::WriteId::Untracked,
         now_ms,
         command,
     };

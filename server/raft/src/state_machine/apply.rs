@@ -129,6 +129,40 @@ impl<'a> Applier<'a> {
         self.overlay.insert(dkey, None);
     }
 
+    /// A write's first outcome, as its session row kept it, for a retry:
+    /// a failed check whose value the row left out gets the key's value
+    /// back if the key is still at the version the check saw (so the same
+    /// answer as the first), else stays without it.
+    pub fn answer_again(&mut self, first: Outcome) -> Result<Outcome, EngineError> {
+        let Outcome::CasFailedValueOmitted {
+            key,
+            version,
+            expires_at_ms,
+        } = first
+        else {
+            return Ok(first);
+        };
+        let record = match self.data_key(&key) {
+            Some(dkey) => self.stored(&dkey)?,
+            None => None,
+        };
+        Ok(match record {
+            Some(record) if record.version == version => Outcome::CasFailed {
+                key,
+                current: Some(Current {
+                    value: record.value,
+                    version,
+                    expires_at_ms,
+                }),
+            },
+            _ => Outcome::CasFailedValueOmitted {
+                key,
+                version,
+                expires_at_ms,
+            },
+        })
+    }
+
     /// The data key of `key`, or `None` if the key is not in this shard.
     fn data_key(&self, key: &[u8]) -> Option<Vec<u8>> {
         let (first, last) = self.range?;

@@ -1,6 +1,8 @@
-//! The bounded dedup table (Raft thesis section 6.3): the first outcome of
-//! every recent client write, so a retried write is applied at most once and
-//! answered with the first result.
+//! The bounded dedup table of earlier versions: the first outcome of every
+//! recent client write they identified by a [`LegacyWriteId`], so replaying
+//! a log they wrote gives the answers it gave then. Client writes now go
+//! through [sessions](super::sessions); this table takes rows only from
+//! such old entries, and its rows age out by the log clock.
 //!
 //! Eviction is decided per row from the entry's own timestamp and the row
 //! count, oldest row first, so every replica keeps exactly the same rows in
@@ -25,7 +27,7 @@ use atoll_storage::{Cf, Engine, EngineError, EngineSnapshot, WriteBatch};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, encode};
-use crate::command::{Outcome, WriteId};
+use crate::command::{LegacyWriteId, Outcome};
 
 /// Most rows kept per replica.
 pub const MAX_ROWS: usize = 100_000;
@@ -37,7 +39,7 @@ const RESTORE_GROUP_ROWS: usize = 4096;
 /// One remembered write.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DedupRow {
-    pub id: WriteId,
+    pub id: LegacyWriteId,
     pub index: u64,
     pub now_ms: u64,
     pub outcome: Outcome,
@@ -60,9 +62,9 @@ struct GroupRef<'a> {
 
 #[derive(Debug, Default)]
 pub struct DedupTable {
-    rows: HashMap<WriteId, DedupRow>,
+    rows: HashMap<LegacyWriteId, DedupRow>,
     /// Live rows in insertion order, oldest first, with their ordinals.
-    order: VecDeque<(u64, WriteId)>,
+    order: VecDeque<(u64, LegacyWriteId)>,
     /// Ordinal of the next row inserted.
     next: u64,
     /// Ordinal of the first row not stored yet (`next` when all are).
@@ -161,7 +163,7 @@ impl DedupTable {
         Ok(table)
     }
 
-    pub fn get(&self, id: &WriteId) -> Option<&Outcome> {
+    pub fn get(&self, id: &LegacyWriteId) -> Option<&Outcome> {
         self.rows.get(id).map(|r| &r.outcome)
     }
 
@@ -192,6 +194,12 @@ impl DedupTable {
         self.order.push_back((self.next, row.id));
         self.next += 1;
         self.rows.insert(row.id, row);
+        self.evict(now_ms);
+    }
+
+    /// Evicts the rows older than [`ROW_TTL_MS`] at log clock `now_ms`, and
+    /// the oldest beyond [`MAX_ROWS`].
+    pub fn evict(&mut self, now_ms: u64) {
         while let Some(&(_, oldest)) = self.order.front() {
             let too_old = self
                 .rows
@@ -278,7 +286,7 @@ mod tests {
 
     fn row(seq: u64, now_ms: u64) -> DedupRow {
         DedupRow {
-            id: WriteId { client_id: 1, seq },
+            id: LegacyWriteId { client_id: 1, seq },
             index: seq,
             now_ms,
             outcome: Outcome::Written { version: seq },
@@ -316,7 +324,7 @@ mod tests {
         let loaded = DedupTable::load(&engine, r).unwrap();
         assert_eq!(ids(&loaded), [1, 2]);
         assert_eq!(
-            loaded.get(&WriteId {
+            loaded.get(&LegacyWriteId {
                 client_id: 1,
                 seq: 2
             }),

@@ -6,6 +6,7 @@
 mod apply;
 mod dedup;
 mod meta;
+pub mod sessions;
 pub mod snapshot;
 pub mod ttl;
 
@@ -23,6 +24,8 @@ use serde::{Deserialize, Serialize};
 
 pub use self::dedup::{DedupRow, DedupTable};
 pub use self::meta::read_cluster_map;
+use self::sessions::Verdict;
+pub use self::sessions::{SessionTable, StoredSession};
 use self::snapshot::Item;
 use crate::codec::{encode, io_err};
 use crate::command::{write_version, Command, Outcome, WriteId, WRITES_PER_ENTRY};
@@ -65,7 +68,9 @@ pub struct StateMachine {
     /// as openraft holds them).
     snapshot_dir: PathBuf,
     applied: AppliedState,
+    /// Outcomes of the writes of earlier versions' log entries.
     dedup: DedupTable,
+    sessions: SessionTable,
     /// Meta shard: version of the stored map (0 = none yet).
     map_version: u64,
     /// The log clock ([`ttl`]), and where it is published for the leader's
@@ -85,6 +90,7 @@ impl StateMachine {
     ) -> Result<Self, EngineError> {
         let applied = snapshot::read_applied(engine.snapshot().as_ref(), replica)?;
         let dedup = DedupTable::load(engine.as_ref(), replica)?;
+        let sessions = SessionTable::load(engine.as_ref(), replica)?;
         let map_version = meta::stored_version(engine.as_ref(), replica)?;
         if let Some(range) = kind.range() {
             ttl::build_index_once(engine.as_ref(), replica, range)?;
@@ -98,6 +104,7 @@ impl StateMachine {
             snapshot_dir: snapshot_dir.to_owned(),
             applied,
             dedup,
+            sessions,
             map_version,
             clock_ms,
             published_clock: Arc::new(ttl::SharedClock::new(clock_ms)),
@@ -146,6 +153,7 @@ impl StateMachine {
                     // The clock never goes back, whatever the proposer's
                     // clock says (a new leader's may be behind).
                     self.clock_ms = self.clock_ms.max(req.now_ms);
+                    self.dedup.evict(self.clock_ms);
                     let index = log_id.index;
                     let outcome = match &req.command {
                         Command::Group { writes } => Outcome::Group(
@@ -184,6 +192,7 @@ impl StateMachine {
         }
         let mut batch = applier.batch;
         self.dedup.flush(self.replica, &mut batch)?;
+        self.sessions.flush(&mut batch)?;
         if self.clock_ms != clock_before {
             ttl::write_clock(self.replica, self.clock_ms, &mut batch);
         }
@@ -196,21 +205,53 @@ impl StateMachine {
     }
 
     /// Applies one write of the entry at `index`, as `version`, at the log
-    /// clock, unless its id shows it was applied before: then it answers
-    /// with the first outcome.
+    /// clock, unless its id shows it was applied before (then it answers
+    /// with the first outcome) or its session refuses it.
     fn apply_write(
         &mut self,
         applier: &mut apply::Applier<'_>,
         index: u64,
         version: u64,
-        write_id: Option<WriteId>,
+        write_id: WriteId,
         command: &Command,
     ) -> Result<Outcome, EngineError> {
         let now_ms = self.clock_ms;
-        if let Some(first) = write_id.and_then(|id| self.dedup.get(&id)) {
-            return Ok(first.clone());
+        match write_id {
+            WriteId::Untracked => self.apply_command(applier, version, command),
+            WriteId::Legacy(id) => {
+                if let Some(first) = self.dedup.get(&id) {
+                    return Ok(first.clone());
+                }
+                let outcome = self.apply_command(applier, version, command)?;
+                self.dedup.insert(DedupRow {
+                    id,
+                    index,
+                    now_ms,
+                    outcome: outcome.clone(),
+                });
+                Ok(outcome)
+            }
+            WriteId::Session(write) => match self.sessions.check(&write, now_ms) {
+                Verdict::Refuse(refusal) => Ok(refusal),
+                Verdict::Answer(first) => applier.answer_again(first),
+                Verdict::Apply => {
+                    let outcome = self.apply_command(applier, version, command)?;
+                    self.sessions.record(&write, &outcome)?;
+                    Ok(outcome)
+                }
+            },
         }
-        let outcome = match (command, self.kind) {
+    }
+
+    /// Applies one command, as `version`, at the log clock.
+    fn apply_command(
+        &mut self,
+        applier: &mut apply::Applier<'_>,
+        version: u64,
+        command: &Command,
+    ) -> Result<Outcome, EngineError> {
+        let now_ms = self.clock_ms;
+        Ok(match (command, self.kind) {
             (
                 Command::SetClusterMap {
                     expected_version,
@@ -231,17 +272,7 @@ impl StateMachine {
                 applier.expire_due(now_ms, *limit)?
             }
             (_, ShardKind::Data { .. }) => applier.apply(version, now_ms, command)?,
-        };
-        if let Some(id) = write_id {
-            let row = DedupRow {
-                id,
-                index,
-                now_ms,
-                outcome: outcome.clone(),
-            };
-            self.dedup.insert(row);
-        }
-        Ok(outcome)
+        })
     }
 
     /// Replaces this replica's state with a snapshot's, in one write batch.
@@ -256,10 +287,12 @@ impl StateMachine {
             batch.delete_range(Cf::Data, start, end);
         }
         DedupTable::clear(self.replica, &mut batch);
+        SessionTable::clear(self.replica, &mut batch);
         ttl::clear_index(self.replica, &mut batch);
         let mut map_version = self.map_version;
         let mut clock_ms = self.clock_ms;
         let mut dedup_rows = Vec::new();
+        let mut sessions: std::collections::BTreeMap<u64, StoredSession> = Default::default();
         let refuse =
             |what: String| Err(EngineError::Corruption(format!("snapshot refused: {what}")));
         snapshot::read_items(BufReader::new(file), |item| {
@@ -290,6 +323,15 @@ impl StateMachine {
                     batch.put(Cf::Data, data_key, stored);
                 }
                 Item::Dedup(row) => dedup_rows.push(row),
+                // A session comes in items of at most a few rows each.
+                Item::Session(part) => match sessions.entry(part.client_id) {
+                    std::collections::btree_map::Entry::Vacant(slot) => {
+                        slot.insert(part);
+                    }
+                    std::collections::btree_map::Entry::Occupied(mut whole) => {
+                        whole.get_mut().rows.extend(part.rows);
+                    }
+                },
                 Item::Meta { map } => map_version = meta::restore(self.replica, &map, &mut batch)?,
                 // The snapshot covers a longer prefix of the log than this
                 // replica applied, so its clock is not behind ours; max
@@ -301,6 +343,9 @@ impl StateMachine {
             Ok(())
         })?;
         DedupTable::restore(self.replica, &dedup_rows, &mut batch)?;
+        for session in sessions.values() {
+            SessionTable::restore(self.replica, session, &mut batch)?;
+        }
         ttl::write_clock(self.replica, clock_ms, &mut batch);
         let applied = AppliedState {
             last_applied: meta.last_log_id,
@@ -313,6 +358,7 @@ impl StateMachine {
         self.clock_ms = clock_ms;
         self.published_clock.applied(clock_ms);
         self.dedup = DedupTable::load(self.engine.as_ref(), self.replica)?;
+        self.sessions = SessionTable::load(self.engine.as_ref(), self.replica)?;
         Ok(())
     }
 

@@ -15,6 +15,7 @@ use atoll_storage::{Cf, Engine, EngineError, EngineSnapshot};
 use serde::{Deserialize, Serialize};
 
 use super::dedup::{self, DedupRow};
+use super::sessions::{self, StoredSession};
 use super::{ttl, AppliedState};
 use crate::codec::{decode, encode};
 
@@ -41,7 +42,13 @@ pub enum Item {
     Clock {
         ms: u64,
     },
+    /// A client session, or more rows of the one in the item before
+    /// (snapshots of earlier versions have none).
+    Session(StoredSession),
 }
+
+/// Most session rows one snapshot item carries.
+const SESSION_ROWS_PER_ITEM: usize = 1024;
 
 /// Writes one item to `out`.
 pub fn write_item(out: &mut impl Write, item: &Item) -> Result<(), EngineError> {
@@ -137,9 +144,8 @@ pub fn read_applied(
 }
 
 /// Serializes a replica's state machine from one consistent engine view:
-/// the applied state, log clock, data range, dedup rows and meta map all
-/// come from
-/// the same point in time, because apply writes them in one batch. The
+/// the applied state, log clock, data range, sessions, dedup rows and meta
+/// map all come from the same point in time, because apply writes them in one batch. The
 /// expiry index is not sent: install rebuilds it from the records.
 pub fn build(
     engine: &Arc<dyn Engine>,
@@ -177,6 +183,28 @@ pub fn build(
     }
     for row in dedup::stored_rows(view.as_ref(), replica)? {
         write_item(out, &Item::Dedup(row))?;
+    }
+    for session in sessions::stored_sessions(view.as_ref(), replica)? {
+        let StoredSession {
+            client_id,
+            floor,
+            last_active_ms,
+            rows,
+        } = session;
+        let mut chunks = rows.chunks(SESSION_ROWS_PER_ITEM).peekable();
+        // A session without rows still goes, as one item.
+        loop {
+            let part = StoredSession {
+                client_id,
+                floor,
+                last_active_ms,
+                rows: chunks.next().unwrap_or_default().to_vec(),
+            };
+            write_item(out, &Item::Session(part))?;
+            if chunks.peek().is_none() {
+                break;
+            }
+        }
     }
     if let Some(map) = view.get(
         Cf::ApplyState,

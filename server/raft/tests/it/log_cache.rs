@@ -29,7 +29,7 @@ fn entry(term: u64, index: u64, value_len: usize) -> Entry {
     Entry {
         log_id: log_id(term, index),
         payload: EntryPayload::Normal(Request {
-            write_id: None,
+            write_id: atoll_raft::WriteId::Untracked,
             now_ms: index,
             command: Command::Put {
                 key: format!("k{index}").into_bytes(),

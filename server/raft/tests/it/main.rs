@@ -7,5 +7,6 @@
 mod conformance;
 mod expiry;
 mod log_cache;
+mod sessions;
 mod snapshot_install;
 mod state_machine;

@@ -6,7 +6,9 @@ use atoll_proto::{ReplicaId, ShardId};
 use atoll_raft::command::write_version;
 use atoll_raft::state_machine::StateMachine;
 use atoll_raft::types::{Entry, EntryPayload, LeaderId, LogId};
-use atoll_raft::{BatchStep, Command, Expected, Outcome, Proposal, Request, ShardKind, WriteId};
+use atoll_raft::{
+    BatchStep, Command, Expected, Outcome, Proposal, Request, SessionWrite, ShardKind, WriteId,
+};
 use atoll_storage::keys::data_key;
 use atoll_storage::{Cf, Engine, EngineError, MemEngine, Record};
 
@@ -37,11 +39,24 @@ pub(crate) fn entry(
             index,
         ),
         payload: EntryPayload::Normal(Request {
-            write_id: write_id.map(|(client_id, seq)| WriteId { client_id, seq }),
+            write_id: session_write(write_id),
             now_ms,
             command,
         }),
     }
+}
+
+/// A write of session `client_id` that keeps every outcome (its client
+/// still awaits its first write).
+pub(crate) fn session_write(id: Option<(u64, u64)>) -> WriteId {
+    id.map_or(WriteId::Untracked, |(client_id, seq)| {
+        WriteId::Session(SessionWrite {
+            client_id,
+            seq,
+            lowest_awaited: 1,
+            session_start: 1,
+        })
+    })
 }
 
 /// The version of the write at `position` in the entry at `index`.
@@ -257,7 +272,7 @@ fn group(writes: Vec<(Option<(u64, u64)>, Command)>) -> Command {
         writes: writes
             .into_iter()
             .map(|(id, command)| Proposal {
-                write_id: id.map(|(client_id, seq)| WriteId { client_id, seq }),
+                write_id: session_write(id),
                 command,
             })
             .collect(),
