@@ -520,3 +520,60 @@ async fn a_request_routed_to_the_wrong_shard_gets_stale_map() {
     assert_eq!(client.get("k").await.unwrap(), None, "nothing was written");
     cluster.shutdown().await;
 }
+
+/// Write ids as a client sends them in its session on a shard
+/// (docs/design/sessions.md): one without `lowest_awaited` is malformed; one
+/// of a session the shard does not hold is refused with SESSION_EXPIRED,
+/// unless it opens one; a retry is answered with the first outcome; a write
+/// below the session's floor never applies. Refused writes change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_deduplicated_in_sessions_and_refused_without_one() {
+    use atoll_proto::v1::kv_client::KvClient;
+    use atoll_proto::v1::{ErrorCode, ErrorDetail, PutRequest, WriteId};
+    use atoll_proto::ShardId;
+    use prost::Message;
+
+    let cluster = TestCluster::start(Spec::default()).await;
+    cluster.wait_for_leaders().await;
+    let client = cluster.client().await;
+    let map = client.cluster_map().await.unwrap();
+    let shard = map.shard_for_key(b"k").unwrap().id;
+    let leader = cluster.leader_of(ShardId(shard)).unwrap();
+    let mut raw = KvClient::connect(format!("http://{}", cluster.addresses()[leader]))
+        .await
+        .unwrap();
+    let put = |value: &str, seq, lowest_awaited, session_start| PutRequest {
+        shard_id: shard,
+        key: b"k".to_vec(),
+        value: value.as_bytes().to_vec(),
+        ttl_ms: 0,
+        write_id: Some(WriteId {
+            client_id: 42,
+            seq,
+            lowest_awaited,
+            session_start,
+        }),
+    };
+    let code_of = |status: tonic::Status| {
+        let detail = ErrorDetail::decode(status.details()).unwrap();
+        ErrorCode::try_from(detail.code).unwrap()
+    };
+
+    let malformed = raw.put(put("a", 5, 0, 0)).await.unwrap_err();
+    assert_eq!(code_of(malformed), ErrorCode::InvalidArgument);
+    let no_session = raw.put(put("a", 5, 5, 0)).await.unwrap_err();
+    assert_eq!(code_of(no_session), ErrorCode::SessionExpired);
+    assert_eq!(client.get("k").await.unwrap(), None, "nothing was written");
+
+    let first = raw.put(put("b", 6, 5, 6)).await.unwrap().into_inner();
+    let retry = raw.put(put("b", 6, 6, 0)).await.unwrap().into_inner();
+    assert_eq!(retry.version, first.version, "the first outcome, again");
+    let below = raw.put(put("c", 5, 5, 5)).await.unwrap_err();
+    assert_eq!(code_of(below), ErrorCode::SessionExpired);
+    let kv = client.get("k").await.unwrap().unwrap();
+    assert_eq!(
+        (kv.value.as_slice(), kv.version),
+        (&b"b"[..], first.version)
+    );
+    cluster.shutdown().await;
+}

@@ -474,3 +474,98 @@ impl SessionTable {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Current;
+
+    fn write(client_id: u64, seq: u64, lowest_awaited: u64) -> SessionWrite {
+        SessionWrite {
+            client_id,
+            seq,
+            lowest_awaited,
+            session_start: 1,
+        }
+    }
+
+    /// A failed CAS whose row keeps a value of `MAX_KEPT_VALUE_BYTES`.
+    fn large_row() -> Outcome {
+        Outcome::CasFailed {
+            key: b"k".to_vec(),
+            current: Some(Current {
+                value: vec![0; MAX_KEPT_VALUE_BYTES],
+                version: 1,
+                expires_at_ms: 0,
+            }),
+        }
+    }
+
+    fn apply(table: &mut SessionTable, w: SessionWrite, now: u64, outcome: &Outcome) {
+        assert_eq!(table.check(&w, now), Verdict::Apply);
+        table.record(&w, outcome).unwrap();
+    }
+
+    #[test]
+    fn the_session_with_most_bytes_gives_way_when_the_table_is_full() {
+        let mut table = SessionTable::new(ReplicaId(1));
+        let row = large_row();
+        // A client that never reports progress, and one that awaits three.
+        let mut hog = 0;
+        while table.bytes() + 2 * MAX_KEPT_VALUE_BYTES as u64 <= MAX_TABLE_BYTES {
+            hog += 1;
+            apply(&mut table, write(1, hog, 1), 0, &row);
+        }
+        for seq in 1..=3 {
+            apply(&mut table, write(2, seq, 1), 0, &row);
+        }
+        assert!(table.bytes() <= MAX_TABLE_BYTES);
+        for seq in 1..=3 {
+            let retry = table.check(&write(2, seq, 1), 0);
+            assert!(matches!(retry, Verdict::Answer(_)), "{retry:?}");
+        }
+        // The hog's oldest rows went, and its floor moved past them: their
+        // retries are refused, never applied again.
+        let retry = table.check(&write(1, 1, 1), 0);
+        assert!(
+            matches!(retry, Verdict::Refuse(Outcome::SessionExpired { .. })),
+            "{retry:?}"
+        );
+        assert!(matches!(
+            table.check(&write(1, hog, 1), 0),
+            Verdict::Answer(_)
+        ));
+    }
+
+    #[test]
+    fn a_full_table_removes_only_a_session_idle_for_a_minute() {
+        let mut table = SessionTable::new(ReplicaId(1));
+        let done = Outcome::Written { version: 1 };
+        for client in 1..=MAX_SESSIONS as u64 {
+            apply(&mut table, write(client, 1, 1), 0, &done);
+        }
+        let newcomer = write(0, 1, 1);
+        let refused = table.check(&newcomer, EVICTABLE_AFTER_MS - 1);
+        assert!(
+            matches!(refused, Verdict::Refuse(Outcome::Overloaded { .. })),
+            "{refused:?}"
+        );
+        assert_eq!(table.len(), MAX_SESSIONS, "nothing grew");
+
+        // All have been idle for a minute; the first of them goes, and only
+        // it.
+        apply(&mut table, newcomer, EVICTABLE_AFTER_MS, &done);
+        assert_eq!(table.len(), MAX_SESSIONS);
+        let retry = SessionWrite {
+            session_start: 0,
+            ..write(1, 1, 1)
+        };
+        let gone = table.check(&retry, EVICTABLE_AFTER_MS);
+        assert!(
+            matches!(gone, Verdict::Refuse(Outcome::SessionExpired { .. })),
+            "{gone:?}"
+        );
+        let kept = table.check(&write(3, 1, 1), EVICTABLE_AFTER_MS);
+        assert!(matches!(kept, Verdict::Answer(_)), "{kept:?}");
+    }
+}
