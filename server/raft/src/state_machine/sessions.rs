@@ -507,6 +507,26 @@ mod tests {
     }
 
     #[test]
+    fn a_row_costs_the_same_whatever_the_value_size() {
+        let failed = |size| Outcome::CasFailed {
+            key: b"k".to_vec(),
+            current: Some(Current {
+                value: vec![0; size],
+                version: 1,
+                expires_at_ms: 0,
+            }),
+        };
+        let cost = |size| {
+            let mut table = SessionTable::new(ReplicaId(1));
+            apply(&mut table, write(1, 1, 1), 0, &failed(size));
+            table.bytes()
+        };
+        assert_eq!(cost(MAX_KEPT_VALUE_BYTES + 1), cost(8 << 20));
+        assert!(cost(8 << 20) < 128, "{} bytes", cost(8 << 20));
+        assert!(cost(MAX_KEPT_VALUE_BYTES) < 1200);
+    }
+
+    #[test]
     fn the_session_with_most_bytes_gives_way_when_the_table_is_full() {
         let mut table = SessionTable::new(ReplicaId(1));
         let row = large_row();
