@@ -45,7 +45,7 @@ fn session(client_id: u64, seq: u64, lowest_awaited: u64, session_start: u64) ->
     })
 }
 
-fn entry(index: u64, now_ms: u64, writes: Vec<Proposal>) -> Entry {
+fn entry(index: u64, now_ms: u64, write_id: WriteId, command: Command) -> Entry {
     let leader = LeaderId {
         term: 1,
         node_id: ReplicaId(1),
@@ -53,9 +53,9 @@ fn entry(index: u64, now_ms: u64, writes: Vec<Proposal>) -> Entry {
     Entry {
         log_id: LogId::new(leader, index),
         payload: EntryPayload::Normal(Request {
-            write_id: WriteId::Untracked,
+            write_id,
             now_ms,
-            command: Command::Group { writes },
+            command,
         }),
     }
 }
@@ -117,7 +117,8 @@ async fn a_retry_after_a_hundred_thousand_other_writes_applies_nothing() {
             })
             .collect();
         let now_ms = start_ms + applied * 1000 / WRITES_PER_SECOND;
-        let outcomes = sm.apply_entries(vec![entry(index, now_ms, proposals)]);
+        let group = Command::Group { writes: proposals };
+        let outcomes = sm.apply_entries(vec![entry(index, now_ms, WriteId::Untracked, group)]);
         let Ok([Outcome::Group(outcomes)]) = outcomes.as_deref() else {
             panic!("entry {index}: {outcomes:?}");
         };
@@ -160,20 +161,7 @@ fn apply_one(
     write_id: WriteId,
     command: Command,
 ) -> Outcome {
-    let entry = Entry {
-        log_id: LogId::new(
-            LeaderId {
-                term: 1,
-                node_id: ReplicaId(1),
-            },
-            index,
-        ),
-        payload: EntryPayload::Normal(Request {
-            write_id,
-            now_ms,
-            command,
-        }),
-    };
+    let entry = entry(index, now_ms, write_id, command);
     let mut outcomes = sm.apply_entries(vec![entry]).unwrap();
     outcomes.pop().unwrap()
 }
