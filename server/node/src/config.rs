@@ -72,6 +72,14 @@ pub struct RaftConfig {
     pub snapshot_after_entries: u64,
     /// Entries kept behind the last snapshot for slow followers.
     pub keep_entries_after_snapshot: u64,
+    /// Snapshot bytes per second this node sends, over all its snapshots
+    /// ("0B" for no limit).
+    pub snapshot_rate: ByteSize,
+    /// A snapshot send that hands over no chunk for this long (waiting for
+    /// `snapshot_rate` aside) is given up and tried again later. There is
+    /// no deadline on the whole send.
+    #[serde(with = "humantime_serde")]
+    pub snapshot_stall_timeout: Duration,
     /// How long a write may wait for commit before the client is told the
     /// outcome is unknown.
     #[serde(with = "humantime_serde")]
@@ -139,6 +147,8 @@ impl Default for RaftConfig {
             election_timeout_max: Duration::from_millis(2000),
             snapshot_after_entries: 20_000,
             keep_entries_after_snapshot: 5_000,
+            snapshot_rate: ByteSize(64 << 20),
+            snapshot_stall_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(5),
             max_proposals_in_flight: 1,
         }

@@ -16,7 +16,8 @@ use atoll_raft::state_machine::read_cluster_map;
 use atoll_raft::types::{CheckIsLeaderError, ClientWriteError, Raft, RaftError, ReplicaNode};
 use atoll_raft::{
     Command, NetworkFaults, Outcome, PeerDirectory, PeerPool, Replica, ReplicaConfig,
-    ReplicaDirectory, ReplicaSpec, Request, ShardKind, WriteId,
+    ReplicaDirectory, ReplicaSpec, Request, ShardKind, SnapshotPacing, WriteId,
+    SNAPSHOT_CHUNK_BYTES,
 };
 use atoll_storage::{Engine, GroupCommitter};
 
@@ -125,9 +126,15 @@ impl Node {
         };
         let shared: SharedMap = Arc::new(RwLock::new(map.clone()));
         let faults = Arc::new(NetworkFaults::default());
+        let pacing = SnapshotPacing::new(
+            config.raft.snapshot_rate.0,
+            SNAPSHOT_CHUNK_BYTES as u64,
+            config.raft.snapshot_stall_timeout,
+        );
         let pool = Arc::new(PeerPool::new(
             Arc::new(MapDirectory(shared.clone())),
             faults.clone(),
+            Arc::new(pacing),
         ));
         let committer = Arc::new(GroupCommitter::start(engine.clone())?);
         let replica_config = ReplicaConfig {

@@ -12,6 +12,7 @@ pub mod codec;
 pub mod command;
 pub mod log_store;
 pub mod network;
+pub mod pacing;
 pub mod proposer;
 pub mod read_index;
 pub mod replica;
@@ -23,7 +24,8 @@ pub use command::{
     BatchStep, Command, Current, Expected, LegacyWriteId, Outcome, Proposal, Request, SessionWrite,
     WriteId,
 };
-pub use network::{NetworkFaults, PeerDirectory, PeerPool};
+pub use network::{NetworkFaults, PeerDirectory, PeerPool, SNAPSHOT_CHUNK_BYTES};
+pub use pacing::SnapshotPacing;
 pub use proposer::{Proposer, ProposerStats};
 pub use read_index::ReadIndex;
 pub use replica::{Replica, ReplicaConfig, ReplicaSpec};

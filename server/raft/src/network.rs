@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::pacing::{install_deadline, SendProgress, SnapshotPacing};
 use crate::types::{
     AppendEntriesRequest, AppendEntriesResponse, EntryPayload, Fatal, ReplicaNode, Snapshot,
     SnapshotData, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse, TypeConfig,
@@ -135,6 +136,8 @@ pub struct PeerPool {
     directory: Arc<dyn PeerDirectory>,
     peers: Mutex<HashMap<NodeId, Peer>>,
     faults: Arc<NetworkFaults>,
+    /// Shared by every snapshot this node sends.
+    pacing: Arc<SnapshotPacing>,
 }
 
 impl std::fmt::Debug for PeerPool {
@@ -148,11 +151,16 @@ impl std::fmt::Debug for PeerPool {
 struct PeerError(String);
 
 impl PeerPool {
-    pub fn new(directory: Arc<dyn PeerDirectory>, faults: Arc<NetworkFaults>) -> Self {
+    pub fn new(
+        directory: Arc<dyn PeerDirectory>,
+        faults: Arc<NetworkFaults>,
+        pacing: Arc<SnapshotPacing>,
+    ) -> Self {
         Self {
             directory,
             peers: Mutex::new(HashMap::new()),
             faults,
+            pacing,
         }
     }
 
@@ -570,7 +578,9 @@ impl RaftNetworkV2<TypeConfig> for Network {
         vote: Vote,
         snapshot: Snapshot,
         cancel: impl Future<Output = ReplicationClosed> + openraft::OptionalSend + 'static,
-        option: RPCOption,
+        // Its deadline (`hard_ttl`) is not used: the send has deadlines by
+        // progress instead.
+        _option: RPCOption,
     ) -> Result<SnapshotResponse, StreamingError<TypeConfig>> {
         let channel = self.pool.channel(self.node.node)?;
         let header = postcard::to_allocvec(&(vote, snapshot.meta.clone()))
@@ -582,23 +592,69 @@ impl RaftNetworkV2<TypeConfig> for Network {
         }
         .await
         .map_err(|e| network_error(format!("snapshot file: {e}")))?;
-        let chunks = chunk_stream(self.shard, self.target, header, file, len);
+        let pacing = self.pool.pacing.clone();
+        let progress = Arc::new(SendProgress::default());
+        let chunks = paced(
+            chunk_stream(self.shard, self.target, header, file, len),
+            pacing.clone(),
+            progress.clone(),
+        );
         let mut client = RaftClient::new(channel).max_decoding_message_size(MAX_RAFT_MESSAGE);
+        // No deadline on the whole send: it fails only when it stops
+        // moving (docs/design/elastic.md, "Snapshots that scale").
         let send = client.install_snapshot(chunks);
-        let timeout = option.hard_ttl().max(Duration::from_secs(60));
-        let reply = tokio::select! {
-            closed = cancel => return Err(StreamingError::Closed(closed)),
-            reply = tokio::time::timeout(timeout, send) => reply,
+        tokio::pin!(send);
+        tokio::pin!(cancel);
+        let mut check = tokio::time::interval(Duration::from_secs(1));
+        let reply = loop {
+            tokio::select! {
+                closed = &mut cancel => return Err(StreamingError::Closed(closed)),
+                reply = &mut send => break reply,
+                _ = check.tick() => {
+                    let (limit, waiting_for) = if progress.all_sent() {
+                        (install_deadline(len), "the receiver to install it")
+                    } else {
+                        (pacing.stall_after, "the receiver to take a chunk")
+                    };
+                    let idle = progress.idle();
+                    if idle > limit {
+                        return Err(StreamingError::Unreachable(unreachable(format!(
+                            "snapshot to replica {} stalled: waited {} s for {waiting_for}, \
+                             {} of {len} bytes sent",
+                            self.target,
+                            idle.as_secs(),
+                            progress.bytes(),
+                        ))));
+                    }
+                }
+            }
         };
-        let reply = reply
-            .map_err(|_| unreachable("snapshot stream timed out"))?
-            .map_err(unreachable)?;
+        let reply = reply.map_err(unreachable)?;
         let result: Result<SnapshotResponse, Fatal> =
             unpack(reply.get_ref()).map_err(network_error)?;
         result.map_err(|e| {
             StreamingError::Unreachable(unreachable(format!("replica {}: {e}", self.target)))
         })
     }
+}
+
+/// `chunks` sent at the pace of `pacing`, with their progress recorded.
+fn paced(
+    chunks: impl futures::Stream<Item = SnapshotChunk> + Send + 'static,
+    pacing: Arc<SnapshotPacing>,
+    progress: Arc<SendProgress>,
+) -> impl futures::Stream<Item = SnapshotChunk> + Send + 'static {
+    chunks.then(move |chunk| {
+        let (pacing, progress) = (pacing.clone(), progress.clone());
+        async move {
+            // The transport asked for this chunk: the last one was taken.
+            progress.set_throttled(true);
+            pacing.acquire(chunk.data.len() as u64).await;
+            progress.set_throttled(false);
+            progress.sent(chunk.data.len() as u64, chunk.done);
+            chunk
+        }
+    })
 }
 
 /// crc32 of a chunk's header and data.
@@ -720,6 +776,7 @@ mod stream_tests {
 
     use atoll_proto::v1::raft_server::{Raft as RaftRpc, RaftServer};
     use futures::Stream;
+    use tokio::io::AsyncWriteExt;
     use tokio_stream::wrappers::TcpListenerStream;
     use tonic::{Request, Response, Status, Streaming};
 
@@ -797,6 +854,99 @@ mod stream_tests {
         }
     }
 
+    /// A peer that takes a snapshot's chunks one per `per_chunk` and then
+    /// answers, or (`None`) never reads one.
+    struct SnapshotPeer {
+        per_chunk: Option<Duration>,
+    }
+
+    #[tonic::async_trait]
+    impl RaftRpc for SnapshotPeer {
+        type ExchangeStream = Pin<Box<dyn Stream<Item = Result<RaftReply, Status>> + Send>>;
+
+        async fn exchange(
+            &self,
+            _request: Request<Streaming<RaftCall>>,
+        ) -> Result<Response<Self::ExchangeStream>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+
+        async fn install_snapshot(
+            &self,
+            request: Request<Streaming<SnapshotChunk>>,
+        ) -> Result<Response<RaftMessage>, Status> {
+            let mut chunks = request.into_inner();
+            let Some(per_chunk) = self.per_chunk else {
+                let _unread = chunks;
+                return std::future::pending().await;
+            };
+            while let Some(chunk) = chunks.message().await? {
+                tokio::time::sleep(per_chunk).await;
+                if chunk.done {
+                    break;
+                }
+            }
+            let vote = Vote::new(1, ReplicaId(1));
+            let answer: Result<SnapshotResponse, Fatal> = Ok(SnapshotResponse { vote });
+            message(ShardId(1), ReplicaId(2), &answer)
+                .map(Response::new)
+                .map_err(Status::internal)
+        }
+    }
+
+    /// Sends a snapshot of `chunks` full chunks to `peer`, with sends
+    /// stalled after `stall_after`.
+    async fn send_snapshot(
+        peer: SnapshotPeer,
+        chunks: usize,
+        stall_after: Duration,
+    ) -> Result<SnapshotResponse, StreamingError<TypeConfig>> {
+        let pool = pool_with(peer).await;
+        let pool = PeerPool {
+            pacing: Arc::new(SnapshotPacing::new(0, 0, stall_after)),
+            ..pool
+        };
+        let mut factory = NetworkFactory::new(ShardId(1), ReplicaId(1), Arc::new(pool));
+        let mut network = factory
+            .new_client(ReplicaId(2), &ReplicaNode { node: PEER })
+            .await;
+        let mut file = tokio::fs::File::from_std(tempfile::tempfile().unwrap());
+        file.write_all(&vec![7u8; chunks * SNAPSHOT_CHUNK_BYTES])
+            .await
+            .unwrap();
+        let snapshot = Snapshot {
+            meta: crate::types::SnapshotMeta::default(),
+            snapshot: file,
+        };
+        let vote = Vote::new(1, ReplicaId(1));
+        let option = RPCOption::new(Duration::from_secs(1));
+        network
+            .full_snapshot(vote, snapshot, std::future::pending(), option)
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_send_has_no_deadline_while_it_moves() {
+        // Five chunks at 400 ms each: twice the stall limit in all.
+        let peer = SnapshotPeer {
+            per_chunk: Some(Duration::from_millis(400)),
+        };
+        let sent = send_snapshot(peer, 5, Duration::from_secs(1)).await;
+        assert!(sent.is_ok(), "{sent:?}");
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_send_that_stops_moving_fails_with_the_reason() {
+        let peer = SnapshotPeer { per_chunk: None };
+        let started = std::time::Instant::now();
+        let sent = send_snapshot(peer, 64, Duration::from_secs(1)).await;
+        let Err(StreamingError::Unreachable(e)) = sent else {
+            panic!("{sent:?}");
+        };
+        assert!(e.to_string().contains("stalled"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(30));
+    }
+
     struct OneAddress(String);
 
     impl PeerDirectory for OneAddress {
@@ -817,7 +967,11 @@ mod stream_tests {
                 .add_service(RaftServer::new(peer).max_decoding_message_size(MAX_RAFT_MESSAGE))
                 .serve_with_incoming(TcpListenerStream::new(listener)),
         );
-        PeerPool::new(Arc::new(OneAddress(address)), Arc::default())
+        PeerPool::new(
+            Arc::new(OneAddress(address)),
+            Arc::default(),
+            Arc::new(SnapshotPacing::unlimited()),
+        )
     }
 
     #[tokio::test]
@@ -913,7 +1067,11 @@ mod stream_tests {
     #[tokio::test]
     async fn a_cut_peer_is_unreachable() {
         let faults = Arc::new(NetworkFaults::default());
-        let pool = PeerPool::new(Arc::new(OneAddress("127.0.0.1:1".into())), faults.clone());
+        let pool = PeerPool::new(
+            Arc::new(OneAddress("127.0.0.1:1".into())),
+            faults.clone(),
+            Arc::new(SnapshotPacing::unlimited()),
+        );
         faults.cut(PEER);
         assert!(pool.stream(PEER, Lane::Small).is_err());
         faults.heal(PEER);

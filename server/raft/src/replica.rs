@@ -121,6 +121,8 @@ impl Replica {
             election_timeout_max: config.election_timeout_max.as_millis() as u64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_after_entries),
             max_in_snapshot_log_to_keep: config.keep_entries_after_snapshot,
+            // openraft hands it to the snapshot send as its deadline, which
+            // the send ignores: it has deadlines by progress (`pacing`).
             install_snapshot_timeout: 60_000,
             // openraft replicates an entry while the leader's own append is
             // still being synced, so a leader may commit an entry its own

@@ -1,0 +1,204 @@
+//! Pacing of snapshot sends (docs/design/elastic.md, "Snapshots that
+//! scale"): one byte rate shared by every snapshot a node sends, and
+//! deadlines by progress rather than by size, so a large snapshot is never
+//! cut off while it moves, and a stalled one is given up soon.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// How a node paces its snapshot sends.
+#[derive(Debug)]
+pub struct SnapshotPacing {
+    /// `None`: no rate limit.
+    bucket: Option<tokio::sync::Mutex<Bucket>>,
+    /// A send that hands over no chunk for this long (throttling aside)
+    /// has stalled.
+    pub stall_after: Duration,
+}
+
+/// A token bucket holding at most one chunk's worth of bytes, so the rate
+/// holds over any window longer than a chunk's time.
+#[derive(Debug)]
+struct Bucket {
+    bytes_per_sec: u64,
+    capacity: f64,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl Bucket {
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.bytes_per_sec as f64).min(self.capacity);
+        self.refilled = now;
+    }
+}
+
+impl SnapshotPacing {
+    /// Pacing at `bytes_per_sec` (0: unlimited), with bursts of at most
+    /// `burst` bytes.
+    pub fn new(bytes_per_sec: u64, burst: u64, stall_after: Duration) -> Self {
+        let bucket = (bytes_per_sec > 0).then(|| {
+            tokio::sync::Mutex::new(Bucket {
+                bytes_per_sec,
+                capacity: burst.max(1) as f64,
+                tokens: burst.max(1) as f64,
+                refilled: Instant::now(),
+            })
+        });
+        Self {
+            bucket,
+            stall_after,
+        }
+    }
+
+    /// No rate limit; stalls after 10 s.
+    pub fn unlimited() -> Self {
+        Self::new(0, 0, Duration::from_secs(10))
+    }
+
+    /// Waits until `bytes` more may be sent. Waiters are served in order
+    /// (tokio's mutex is fair), so concurrent sends share the rate.
+    pub async fn acquire(&self, bytes: u64) {
+        let Some(bucket) = &self.bucket else {
+            return;
+        };
+        let mut bucket = bucket.lock().await;
+        bucket.refill(Instant::now());
+        // A chunk larger than the bucket waits for its whole size.
+        let need = bytes as f64;
+        if bucket.tokens < need {
+            let wait = (need - bucket.tokens) / bucket.bytes_per_sec as f64;
+            tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+            bucket.refill(Instant::now());
+        }
+        bucket.tokens -= need;
+    }
+}
+
+/// What one send has done so far, for its progress deadline.
+#[derive(Debug)]
+pub struct SendProgress {
+    started: Instant,
+    /// Milliseconds after `started` of the last progress.
+    last_ms: AtomicU64,
+    bytes: AtomicU64,
+    throttled: AtomicBool,
+    all_sent: AtomicBool,
+}
+
+impl Default for SendProgress {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            throttled: AtomicBool::new(false),
+            all_sent: AtomicBool::new(false),
+        }
+    }
+}
+
+impl SendProgress {
+    /// Something moved: the transport took a chunk, or asked for the next.
+    pub fn touch(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// `bytes` more were handed to the transport.
+    pub fn sent(&self, bytes: u64, last: bool) {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        if last {
+            self.all_sent.store(true, Ordering::Relaxed);
+        }
+        self.touch();
+    }
+
+    /// Marks the time spent waiting for the rate limit, which is not a
+    /// stall.
+    pub fn set_throttled(&self, throttled: bool) {
+        self.throttled.store(throttled, Ordering::Relaxed);
+        self.touch();
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn all_sent(&self) -> bool {
+        self.all_sent.load(Ordering::Relaxed)
+    }
+
+    /// How long nothing has moved (zero while throttled).
+    pub fn idle(&self) -> Duration {
+        if self.throttled.load(Ordering::Relaxed) {
+            return Duration::ZERO;
+        }
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
+    }
+}
+
+/// How long the receiver may take to install a snapshot of `bytes` once
+/// all of it is sent: a minute per GiB, at least a minute.
+pub fn install_deadline(bytes: u64) -> Duration {
+    const GIB: u64 = 1 << 30;
+    Duration::from_secs(60 * bytes.div_ceil(GIB).max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn concurrent_sends_share_the_rate() {
+        const MIB: u64 = 1 << 20;
+        let pacing =
+            std::sync::Arc::new(SnapshotPacing::new(16 * MIB, MIB, Duration::from_secs(10)));
+        let start = std::time::Instant::now();
+        let sends: Vec<_> = (0..2)
+            .map(|_| {
+                let pacing = pacing.clone();
+                tokio::spawn(async move {
+                    for _ in 0..8 {
+                        pacing.acquire(MIB).await;
+                    }
+                })
+            })
+            .collect();
+        for send in sends {
+            send.await.unwrap();
+        }
+        // 16 MiB at 16 MiB/s, less the first chunk the full bucket allows:
+        // never faster than the rate, however the two sends interleave.
+        let elapsed = start.elapsed();
+        assert!(elapsed >= Duration::from_millis(930), "{elapsed:?}");
+    }
+
+    #[tokio::test]
+    async fn idleness_counts_from_the_last_progress_and_not_while_throttled() {
+        let progress = SendProgress::default();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = progress.idle();
+        assert!(before >= Duration::from_millis(300), "{before:?}");
+        progress.sent(100, false);
+        assert!(progress.idle() < before);
+        progress.set_throttled(true);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(progress.idle(), Duration::ZERO);
+        assert_eq!(progress.bytes(), 100);
+        assert!(!progress.all_sent());
+        progress.sent(1, true);
+        assert!(progress.all_sent());
+    }
+
+    #[test]
+    fn install_deadlines_grow_with_size() {
+        assert_eq!(install_deadline(0), Duration::from_secs(60));
+        assert_eq!(install_deadline(1 << 30), Duration::from_secs(60));
+        assert_eq!(install_deadline((2 << 30) + 1), Duration::from_secs(180));
+    }
+}
