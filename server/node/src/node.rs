@@ -156,6 +156,7 @@ impl Node {
                 replica_config.snapshot_dir.display()
             ))
         })?;
+        atoll_raft::state_machine::clear_received_snapshots(&replica_config.snapshot_dir)?;
         let mut replicas = HashMap::new();
         for shard in map.meta.iter().chain(map.shards.iter()) {
             let Some(replica_id) = shard.replica_on(id) else {
@@ -442,7 +443,7 @@ impl ReplicaDirectory for Node {
             .map(|r| r.raft)
     }
 
-    fn snapshot_file(&self) -> Result<std::fs::File, atoll_storage::EngineError> {
-        atoll_raft::state_machine::snapshot_file(&snapshot_dir(&self.config))
+    fn snapshot_file(&self) -> Result<tempfile::NamedTempFile, atoll_storage::EngineError> {
+        atoll_raft::state_machine::received_snapshot_file(&snapshot_dir(&self.config))
     }
 }

@@ -585,7 +585,7 @@ impl RaftNetworkV2<TypeConfig> for Network {
         let channel = self.pool.channel(self.node.node)?;
         let header = postcard::to_allocvec(&(vote, snapshot.meta.clone()))
             .map_err(|e| network_error(format!("encode snapshot header: {e}")))?;
-        let mut file = snapshot.snapshot;
+        let mut file = snapshot.snapshot.file;
         let len = async {
             file.seek(SeekFrom::Start(0)).await?;
             Ok::<_, std::io::Error>(file.metadata().await?.len())
@@ -916,7 +916,7 @@ mod stream_tests {
             .unwrap();
         let snapshot = Snapshot {
             meta: crate::types::SnapshotMeta::default(),
-            snapshot: file,
+            snapshot: crate::state_machine::SnapshotFile { file, temp: None },
         };
         let vote = Vote::new(1, ReplicaId(1));
         let option = RPCOption::new(Duration::from_secs(1));

@@ -16,6 +16,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::network::{message, unpack, verify_chunk};
+use crate::state_machine::SnapshotFile;
 use crate::types::{
     AppendEntriesRequest, Raft, Snapshot, SnapshotMeta, TransferLeaderRequest, Vote, VoteRequest,
 };
@@ -24,7 +25,9 @@ use crate::types::{
 pub trait ReplicaDirectory: Send + Sync + 'static {
     fn raft(&self, shard: ShardId, replica: ReplicaId) -> Option<Raft>;
     /// A new, unlinked file to receive a snapshot into.
-    fn snapshot_file(&self) -> Result<std::fs::File, atoll_storage::EngineError>;
+    /// A new file for a snapshot being received (see
+    /// [`received_snapshot_file`](crate::state_machine::received_snapshot_file)).
+    fn snapshot_file(&self) -> Result<tempfile::NamedTempFile, atoll_storage::EngineError>;
 }
 
 /// Implements `atoll.v1.Raft` over a [`ReplicaDirectory`].
@@ -197,7 +200,7 @@ impl RaftRpc for RaftService {
     ) -> Result<Response<RaftMessage>, Status> {
         let mut stream = request.into_inner();
         let mut header: Option<(Vote, SnapshotMeta)> = None;
-        let mut target: Option<(u64, u64, Raft, tokio::fs::File)> = None;
+        let mut target: Option<(u64, u64, Raft, tokio::fs::File, tempfile::TempPath)> = None;
         let mut received = 0u64;
         let mut done = false;
         let file_error = |e: std::io::Error| Status::internal(format!("snapshot file: {e}"));
@@ -216,14 +219,15 @@ impl RaftRpc for RaftService {
                         .map_err(|e| Status::invalid_argument(format!("snapshot header: {e}")))?,
                 );
                 let raft = self.target(chunk.shard_id, chunk.target_replica)?;
-                let file = self
+                let (file, temp) = self
                     .replicas
                     .snapshot_file()
-                    .map(tokio::fs::File::from_std)
-                    .map_err(|e| Status::unavailable(e.to_string()))?;
-                target = Some((chunk.shard_id, chunk.target_replica, raft, file));
+                    .map_err(|e| Status::unavailable(e.to_string()))?
+                    .into_parts();
+                let file = tokio::fs::File::from_std(file);
+                target = Some((chunk.shard_id, chunk.target_replica, raft, file, temp));
             }
-            if let Some((_, _, _, file)) = target.as_mut() {
+            if let Some((_, _, _, file, _)) = target.as_mut() {
                 file.write_all(&chunk.data).await.map_err(file_error)?;
             }
             received += chunk.data.len() as u64;
@@ -232,7 +236,7 @@ impl RaftRpc for RaftService {
                 break;
             }
         }
-        let (Some((vote, meta)), Some((shard, replica, raft, mut file)), true) =
+        let (Some((vote, meta)), Some((shard, replica, raft, mut file, temp)), true) =
             (header, target, done)
         else {
             return Err(Status::invalid_argument(
@@ -243,9 +247,13 @@ impl RaftRpc for RaftService {
         file.seek(std::io::SeekFrom::Start(0))
             .await
             .map_err(file_error)?;
+        file.sync_all().await.map_err(file_error)?;
         let snapshot = Snapshot {
             meta,
-            snapshot: file,
+            snapshot: SnapshotFile {
+                file,
+                temp: Some(temp),
+            },
         };
         let result = raft.install_full_snapshot(vote, snapshot).await;
         reply(shard, replica, &result)
@@ -264,8 +272,9 @@ mod tests {
             None
         }
 
-        fn snapshot_file(&self) -> Result<std::fs::File, atoll_storage::EngineError> {
-            tempfile::tempfile().map_err(|e| atoll_storage::EngineError::Io(e.to_string()))
+        fn snapshot_file(&self) -> Result<tempfile::NamedTempFile, atoll_storage::EngineError> {
+            tempfile::NamedTempFile::new()
+                .map_err(|e| atoll_storage::EngineError::Io(e.to_string()))
         }
     }
 

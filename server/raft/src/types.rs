@@ -24,8 +24,8 @@ openraft::declare_raft_types!(
         AsyncRuntime = openraft::TokioRuntime,
 );
 
-/// What a snapshot is held in: an unlinked file.
-pub type SnapshotData = tokio::fs::File;
+/// What a snapshot is held in: a file (see `state_machine::snapshot_store`).
+pub type SnapshotData = crate::state_machine::SnapshotFile;
 
 pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
 pub type Entry = alias::EntryOf<TypeConfig>;

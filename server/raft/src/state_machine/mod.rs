@@ -8,10 +8,11 @@ mod dedup;
 mod meta;
 pub mod sessions;
 pub mod snapshot;
+mod snapshot_store;
 pub mod ttl;
 
-use std::io::{BufReader, BufWriter, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::io::{BufReader, BufWriter, Seek, SeekFrom};
+use std::path::Path;
 use std::sync::Arc;
 
 use atoll_proto::{ReplicaId, ShardId};
@@ -27,6 +28,7 @@ pub use self::meta::read_cluster_map;
 use self::sessions::Verdict;
 pub use self::sessions::{SessionTable, StoredSession};
 use self::snapshot::Item;
+pub use self::snapshot_store::{SnapshotFile, SnapshotStore};
 use crate::codec::{encode, io_err};
 use crate::command::{write_version, Command, Outcome, WriteId, WRITES_PER_ENTRY};
 use crate::types::{
@@ -64,9 +66,8 @@ pub struct StateMachine {
     shard: ShardId,
     kind: ShardKind,
     engine: Arc<dyn Engine>,
-    /// Where snapshot files are made (unlinked at once; they live as long
-    /// as openraft holds them).
-    snapshot_dir: PathBuf,
+    /// The last snapshot built or installed.
+    snapshots: Arc<SnapshotStore>,
     applied: AppliedState,
     /// Outcomes of the writes of earlier versions' log entries.
     dedup: DedupTable,
@@ -96,12 +97,28 @@ impl StateMachine {
             ttl::build_index_once(engine.as_ref(), replica, range)?;
         }
         let clock_ms = ttl::read_clock(engine.snapshot().as_ref(), replica)?;
+        let snapshots = SnapshotStore::open(snapshot_dir, replica)?;
+        // A kept snapshot is never ahead of the state it was built from or
+        // installed into; one that is belongs to other data (a data dir
+        // restored from elsewhere) and is dropped.
+        if let Some(kept) = snapshots.current_meta() {
+            if kept.last_log_id > applied.last_applied {
+                tracing::warn!(
+                    replica = %replica,
+                    snapshot = ?kept.last_log_id,
+                    applied = ?applied.last_applied,
+                    "dropping a kept snapshot ahead of the applied state"
+                );
+                snapshots.forget()?;
+            }
+        }
+        let snapshots = Arc::new(snapshots);
         Ok(Self {
             replica,
             shard,
             kind,
             engine,
-            snapshot_dir: snapshot_dir.to_owned(),
+            snapshots,
             applied,
             dedup,
             sessions,
@@ -368,24 +385,54 @@ impl StateMachine {
             shard: self.shard,
             kind: self.kind,
             engine: self.engine.clone(),
-            snapshot_dir: self.snapshot_dir.clone(),
+            snapshots: self.snapshots.clone(),
         }
     }
 }
 
-/// Builds snapshots from a consistent engine view, off the apply path.
+/// Builds snapshots from a consistent engine view, off the apply path, and
+/// keeps the newest.
 pub struct SnapshotBuilder {
     replica: ReplicaId,
     shard: ShardId,
     kind: ShardKind,
     engine: Arc<dyn Engine>,
-    snapshot_dir: PathBuf,
+    snapshots: Arc<SnapshotStore>,
 }
 
 /// A new, already unlinked file in `dir`.
 pub fn snapshot_file(dir: &Path) -> Result<std::fs::File, EngineError> {
     tempfile::tempfile_in(dir)
         .map_err(|e| EngineError::Io(format!("snapshot file in {}: {e}", dir.display())))
+}
+
+const RECEIVED_PREFIX: &str = "recv-";
+
+/// A new file in `dir` for a snapshot being received; deleted unless the
+/// replica it is for keeps it after installing it.
+pub fn received_snapshot_file(dir: &Path) -> Result<tempfile::NamedTempFile, EngineError> {
+    tempfile::Builder::new()
+        .prefix(RECEIVED_PREFIX)
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(|e| EngineError::Io(format!("snapshot file in {}: {e}", dir.display())))
+}
+
+/// Deletes the files of snapshots whose receipt a crash interrupted.
+pub fn clear_received_snapshots(dir: &Path) -> Result<(), EngineError> {
+    let io = |e: std::io::Error| EngineError::Io(format!("snapshot dir {}: {e}", dir.display()));
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let path = entry.map_err(io)?.path();
+        let received =
+            (path.file_name()).is_some_and(|n| n.to_string_lossy().starts_with(RECEIVED_PREFIX));
+        if received {
+            std::fs::remove_file(&path).map_err(io)?;
+        }
+    }
+    Ok(())
 }
 
 impl SnapshotBuilder {
@@ -396,27 +443,30 @@ impl SnapshotBuilder {
             self.shard,
             self.kind.range(),
         );
-        let dir = self.snapshot_dir.clone();
-        let (applied, file) = tokio::task::spawn_blocking(move || {
-            let mut out = BufWriter::new(snapshot_file(&dir)?);
+        let snapshots = self.snapshots.clone();
+        let (meta, path) = tokio::task::spawn_blocking(move || {
+            let mut out = BufWriter::new(snapshots.new_file()?);
             let applied = snapshot::build(&engine, replica, shard, range, &mut out)?;
-            let mut file = out
+            let file = out
                 .into_inner()
                 .map_err(|e| EngineError::Io(e.to_string()))?;
-            file.flush()
-                .and_then(|()| file.seek(SeekFrom::Start(0)))
-                .map_err(|e| EngineError::Io(e.to_string()))?;
-            Ok::<_, EngineError>((applied, file))
+            file.as_file()
+                .sync_all()
+                .map_err(|e| EngineError::Io(format!("sync a snapshot file: {e}")))?;
+            let meta = SnapshotMeta {
+                last_log_id: applied.last_applied,
+                last_membership: applied.membership,
+            };
+            let path = snapshots.keep(file.into_temp_path(), &meta)?;
+            Ok::<_, EngineError>((meta, path))
         })
         .await
         .map_err(|e| EngineError::Io(format!("snapshot task: {e}")))??;
-        let meta = SnapshotMeta {
-            last_log_id: applied.last_applied,
-            last_membership: applied.membership,
-        };
+        let file = std::fs::File::open(&path)
+            .map_err(|e| EngineError::Io(format!("open {}: {e}", path.display())))?;
         Ok(Snapshot {
             meta,
-            snapshot: tokio::fs::File::from_std(file),
+            snapshot: SnapshotFile::of(file),
         })
     }
 }
@@ -462,12 +512,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta,
         snapshot: SnapshotData,
     ) -> Result<(), std::io::Error> {
-        let mut file = snapshot.into_std().await;
+        let SnapshotFile { file, temp } = snapshot;
+        let mut file = file.into_std().await;
         file.seek(SeekFrom::Start(0))?;
-        self.install(meta, file).map_err(io_err)
+        self.install(meta, file).map_err(io_err)?;
+        // A received snapshot is the one to send on from now.
+        if let Some(temp) = temp {
+            self.snapshots.keep(temp, meta).map_err(io_err)?;
+        }
+        Ok(())
     }
 
+    /// The kept snapshot; one is built only if none is kept yet.
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, std::io::Error> {
+        if let Some(kept) = self.snapshots.current().await.map_err(io_err)? {
+            return Ok(Some(kept));
+        }
         if self.applied.last_applied.is_none() {
             return Ok(None);
         }

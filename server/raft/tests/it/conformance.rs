@@ -27,7 +27,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine> for MemBuilder {
             ShardId(1),
             kind,
             engine,
-            &std::env::temp_dir(),
+            &crate::state_machine::snapshot_dir(),
         )
         .unwrap();
         Ok(((), log, sm))

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use atoll_proto::{ReplicaId, ShardId};
 use atoll_raft::state_machine::snapshot::{write_item, Item};
-use atoll_raft::state_machine::{snapshot_file, AppliedState, StateMachine};
+use atoll_raft::state_machine::{snapshot_file, AppliedState, SnapshotFile, StateMachine};
 use atoll_raft::types::{Snapshot, SnapshotMeta};
 use atoll_raft::{Command, Expected, Outcome, ShardKind};
 use atoll_storage::keys::data_key;
@@ -25,7 +25,7 @@ fn open_range(engine: &Arc<dyn Engine>, first: u64, last: u64) -> StateMachine {
         ShardId(1),
         kind,
         engine.clone(),
-        &std::env::temp_dir(),
+        &crate::state_machine::snapshot_dir(),
     )
     .unwrap()
 }
@@ -102,9 +102,7 @@ async fn a_snapshot_record_outside_the_range_is_refused() {
     let target: Arc<dyn Engine> = Arc::new(MemEngine::new());
     let mut lower = open_range(&target, 0, HALF);
     let meta = SnapshotMeta::default();
-    let refused = lower
-        .install_snapshot(&meta, tokio::fs::File::from_std(file))
-        .await;
+    let refused = lower.install_snapshot(&meta, SnapshotFile::of(file)).await;
     assert!(refused.is_err(), "a record outside the range is refused");
     assert_eq!(stored(&target, stray.as_bytes()), None, "nothing written");
 }
@@ -147,4 +145,70 @@ async fn an_installed_snapshot_brings_the_log_clock_and_expiry_index() {
     assert_eq!(out[1], Outcome::Expired { removed: 1 });
     assert_eq!(stored(&target, b"k"), None);
     assert_eq!(stored(&target, b"j"), None);
+}
+
+/// A send gets the snapshot last built, not a new one (building would stop
+/// the replica applying), and it is still there after a restart; a
+/// received snapshot, once installed, is the one kept.
+#[tokio::test]
+async fn the_kept_snapshot_is_sent_again_survives_a_restart_and_follows_an_install() {
+    use openraft::storage::RaftSnapshotBuilder;
+
+    let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+    let dir = tempfile::tempdir().unwrap();
+    let open_in = |engine: &Arc<dyn Engine>, dir: &std::path::Path| {
+        let kind = ShardKind::Data {
+            first: 0,
+            last: u64::MAX,
+        };
+        StateMachine::open(ReplicaId(1), ShardId(1), kind, engine.clone(), dir).unwrap()
+    };
+    let mut leader = open_in(&engine, dir.path());
+    leader
+        .apply_entries(vec![entry(1, None, 1_000, put("a", 0))])
+        .unwrap();
+    let mut builder = leader.try_create_snapshot_builder(true).await.unwrap();
+    let built = builder.build_snapshot().await.unwrap();
+    leader
+        .apply_entries(vec![entry(2, None, 1_000, put("b", 0))])
+        .unwrap();
+    let sent = snapshot_of(&mut leader).await;
+    assert_eq!(
+        sent.meta, built.meta,
+        "the kept snapshot, not one at index 2"
+    );
+    drop(leader);
+    let mut leader = open_in(&engine, dir.path());
+    assert_eq!(snapshot_of(&mut leader).await.meta, built.meta);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+
+    // A follower receives it into a file of its own and keeps it.
+    let follower_dir = tempfile::tempdir().unwrap();
+    let mut received = tempfile::NamedTempFile::new_in(follower_dir.path()).unwrap();
+    let mut sent_file = snapshot_of(&mut leader)
+        .await
+        .snapshot
+        .file
+        .into_std()
+        .await;
+    std::io::copy(&mut sent_file, &mut received).unwrap();
+    received.flush().unwrap();
+    let (file, temp) = received.into_parts();
+    let follower_engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+    let mut follower = open_in(&follower_engine, follower_dir.path());
+    let snapshot = SnapshotFile {
+        file: tokio::fs::File::from_std(file),
+        temp: Some(temp),
+    };
+    follower
+        .install_snapshot(&built.meta, snapshot)
+        .await
+        .unwrap();
+    assert_eq!(snapshot_of(&mut follower).await.meta, built.meta);
+    assert!(stored(&follower_engine, b"a").is_some());
+    let files: Vec<_> = std::fs::read_dir(follower_dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(files, ["r1-1.snap"]);
 }

@@ -46,6 +46,12 @@ pub(crate) fn entry(
     }
 }
 
+/// A snapshot dir of its own (a state machine keeps its last snapshot
+/// there, so one dir shared by unrelated state machines would mix them up).
+pub(crate) fn snapshot_dir() -> std::path::PathBuf {
+    tempfile::tempdir().unwrap().keep()
+}
+
 /// A write of session `client_id` that keeps every outcome (its client
 /// still awaits its first write).
 pub(crate) fn session_write(id: Option<(u64, u64)>) -> WriteId {
@@ -89,7 +95,7 @@ pub(crate) fn open(engine: &Arc<dyn Engine>) -> StateMachine {
             last: u64::MAX,
         },
         engine.clone(),
-        &std::env::temp_dir(),
+        &crate::state_machine::snapshot_dir(),
     )
     .unwrap()
 }
@@ -256,7 +262,7 @@ async fn keys_outside_the_shard_are_rejected() {
             last: range.1,
         },
         engine.clone(),
-        &std::env::temp_dir(),
+        &crate::state_machine::snapshot_dir(),
     )
     .unwrap();
     let out = sm
