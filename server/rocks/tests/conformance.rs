@@ -30,7 +30,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Roc
             first: 0,
             last: u64::MAX,
         };
-        let sm = StateMachine::open(replica, ShardId(1), kind, engine, &std::env::temp_dir())
+        // Snapshots are kept in this dir: each store needs its own.
+        let snapshots = dir.path().join("snapshots");
+        let sm = StateMachine::open(replica, ShardId(1), kind, engine, &snapshots)
             .expect("state machine");
         Ok((dir, log, sm))
     }

@@ -457,8 +457,8 @@ impl SnapshotBuilder {
                 last_log_id: applied.last_applied,
                 last_membership: applied.membership,
             };
-            let path = snapshots.keep(file.into_temp_path(), &meta)?;
-            Ok::<_, EngineError>((meta, path))
+            // The snapshot kept, which a racing install may have made newer.
+            snapshots.keep(file.into_temp_path(), &meta)
         })
         .await
         .map_err(|e| EngineError::Io(format!("snapshot task: {e}")))??;

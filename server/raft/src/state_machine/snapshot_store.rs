@@ -161,8 +161,18 @@ impl SnapshotStore {
     }
 
     /// Keeps the complete snapshot at `temp`, with `meta`, in place of the
-    /// current one. The file must be synced.
-    pub fn keep(&self, temp: TempPath, meta: &SnapshotMeta) -> Result<PathBuf, EngineError> {
+    /// current one, unless the current one is newer (a build and an
+    /// install that raced): then `temp` is deleted. Returns the meta and
+    /// path of the snapshot kept. The file must be synced.
+    pub fn keep(
+        &self,
+        temp: TempPath,
+        meta: &SnapshotMeta,
+    ) -> Result<(SnapshotMeta, PathBuf), EngineError> {
+        if let Some(newer) = self.kept().filter(|k| index_of(&k.meta) > index_of(meta)) {
+            drop(temp);
+            return Ok((newer.meta, newer.path));
+        }
         let name = format!("r{}-{}.snap", self.replica.get(), index_of(meta));
         let path = self.dir.join(name);
         temp.persist(&path)
@@ -184,7 +194,7 @@ impl SnapshotStore {
         if let Some(old) = old.filter(|old| old.path != path) {
             std::fs::remove_file(&old.path).map_err(|e| io("delete", &old.path, e))?;
         }
-        Ok(path)
+        Ok((meta.clone(), path))
     }
 }
 
@@ -223,7 +233,7 @@ mod tests {
         };
         write_item(&mut file, &header).unwrap();
         file.flush().unwrap();
-        store.keep(file.into_temp_path(), meta).unwrap()
+        store.keep(file.into_temp_path(), meta).unwrap().1
     }
 
     #[test]
@@ -234,6 +244,9 @@ mod tests {
         let first = write(&store, &meta(10));
         let second = write(&store, &meta(20));
         assert!(!first.exists(), "a newer snapshot replaces the older");
+        let late = write(&store, &meta(15));
+        assert_eq!(late, second, "an older one never replaces a newer");
+        assert_eq!(store.current_meta(), Some(meta(20)));
         // A crash while writing, and another replica's file.
         let crashed = store.new_file().unwrap().into_temp_path().keep().unwrap();
         let other = SnapshotStore::open(dir.path(), ReplicaId(8)).unwrap();
