@@ -17,7 +17,6 @@ use atoll_raft::types::{CheckIsLeaderError, ClientWriteError, Raft, RaftError, R
 use atoll_raft::{
     Command, NetworkFaults, Outcome, PeerDirectory, PeerPool, Replica, ReplicaConfig,
     ReplicaDirectory, ReplicaSpec, Request, ShardKind, SnapshotPacing, WriteId,
-    SNAPSHOT_CHUNK_BYTES,
 };
 use atoll_storage::{Engine, GroupCommitter};
 
@@ -126,9 +125,11 @@ impl Node {
         };
         let shared: SharedMap = Arc::new(RwLock::new(map.clone()));
         let faults = Arc::new(NetworkFaults::default());
+        // No burst: every byte waits its turn, so the rate holds from the
+        // first chunk.
         let pacing = SnapshotPacing::new(
             config.raft.snapshot_rate.0,
-            SNAPSHOT_CHUNK_BYTES as u64,
+            0,
             config.raft.snapshot_stall_timeout,
         );
         let pool = Arc::new(PeerPool::new(

@@ -24,7 +24,7 @@ pub use command::{
     BatchStep, Command, Current, Expected, LegacyWriteId, Outcome, Proposal, Request, SessionWrite,
     WriteId,
 };
-pub use network::{NetworkFaults, PeerDirectory, PeerPool, SNAPSHOT_CHUNK_BYTES};
+pub use network::{NetworkFaults, PeerDirectory, PeerPool};
 pub use pacing::SnapshotPacing;
 pub use proposer::{Proposer, ProposerStats};
 pub use read_index::ReadIndex;

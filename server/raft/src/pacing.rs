@@ -18,8 +18,9 @@ pub struct SnapshotPacing {
     pub stall_after: Duration,
 }
 
-/// A token bucket holding at most one chunk's worth of bytes, so the rate
-/// holds over any window longer than a chunk's time.
+/// A token bucket. Its tokens may go below zero: a chunk larger than the
+/// bucket is a debt the next chunks wait for, so the rate holds however
+/// small the bucket.
 #[derive(Debug)]
 struct Bucket {
     bytes_per_sec: u64,

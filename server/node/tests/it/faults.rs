@@ -376,3 +376,71 @@ async fn the_unsafe_stale_reads_switch_really_serves_stale_values() {
     let result = read_on_cut_off_follower(true).await;
     assert_eq!(result.unwrap(), Some(b"old".to_vec()));
 }
+
+/// A snapshot goes to a follower no faster than `raft.snapshot_rate`
+/// (docs/design/elastic.md; issue 15 asks for at most 1.1x the limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_is_sent_no_faster_than_the_snapshot_rate() {
+    const RATE: u64 = 1 << 20;
+    let spec = Spec {
+        rocks: true,
+        shards: 1,
+        snapshot_after_entries: 50,
+        keep_entries_after_snapshot: 10,
+        snapshot_rate: Some(RATE),
+        ..Spec::default()
+    };
+    let cluster = TestCluster::start(spec).await;
+    let client = cluster.client().await;
+    let shard = ShardId(1);
+    let leader = cluster.leader_of(shard).unwrap();
+    let lagging = (0..3).find(|&i| i != leader).unwrap();
+    cluster.isolate(lagging);
+    let padding = "x".repeat(8 << 10);
+    for i in 0..400 {
+        client
+            .put(format!("k-{i}"), format!("{i}-{padding}"))
+            .await
+            .unwrap();
+    }
+    let leader_replica = cluster.node(leader).replica(shard).unwrap();
+    let purged = eventually(Duration::from_secs(20), || {
+        leader_replica
+            .metrics()
+            .purged
+            .is_some_and(|p| p.index > 100)
+    })
+    .await;
+    assert!(purged, "the leader purged the entries the follower lacks");
+
+    let started = std::time::Instant::now();
+    cluster.heal();
+    let follower = cluster.node(lagging).replica(shard).unwrap();
+    let target = leader_replica.metrics().last_applied.unwrap().index;
+    let caught_up = eventually(Duration::from_secs(60), || {
+        follower
+            .metrics()
+            .last_applied
+            .is_some_and(|a| a.index >= target)
+    })
+    .await;
+    let elapsed = started.elapsed();
+    assert!(caught_up, "the lagging replica caught up");
+    let snapshots = cluster.data_dir(leader).join("snapshots");
+    let bytes: u64 = std::fs::read_dir(&snapshots)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .max()
+        .unwrap_or(0);
+    let rate = bytes as f64 / elapsed.as_secs_f64();
+    eprintln!(
+        "snapshot of {bytes} bytes sent and installed in {elapsed:?}: {:.2}x the limit",
+        rate / RATE as f64
+    );
+    assert!(
+        bytes > 3 * RATE,
+        "the snapshot spans several seconds at the rate"
+    );
+    assert!(rate <= 1.1 * RATE as f64, "{rate:.0} bytes/s");
+    cluster.shutdown().await;
+}

@@ -39,6 +39,8 @@ pub struct Spec {
     pub keep_entries_after_snapshot: u64,
     /// The unsafe testing switch that serves linearizable reads anywhere.
     pub stale_linearizable_reads: bool,
+    /// `raft.snapshot_rate` in bytes per second, if not the default.
+    pub snapshot_rate: Option<u64>,
 }
 
 impl Default for Spec {
@@ -50,6 +52,7 @@ impl Default for Spec {
             snapshot_after_entries: 20_000,
             keep_entries_after_snapshot: 5_000,
             stale_linearizable_reads: false,
+            snapshot_rate: None,
         }
     }
 }
@@ -91,6 +94,9 @@ impl TestCluster {
                 cfg.raft.snapshot_after_entries = spec.snapshot_after_entries;
                 cfg.raft.keep_entries_after_snapshot = spec.keep_entries_after_snapshot;
                 cfg.testing.stale_linearizable_reads = spec.stale_linearizable_reads;
+                if let Some(rate) = spec.snapshot_rate {
+                    cfg.raft.snapshot_rate = atoll_server::size::ByteSize(rate);
+                }
                 cfg
             })
             .collect();
@@ -142,6 +148,11 @@ impl TestCluster {
 
     pub fn node(&self, i: usize) -> &Arc<Node> {
         &self.nodes[i].as_ref().expect("node is running").node
+    }
+
+    /// Node `i`'s data dir.
+    pub fn data_dir(&self, i: usize) -> std::path::PathBuf {
+        self.configs[i].data_dir.clone()
     }
 
     pub fn addresses(&self) -> Vec<String> {
