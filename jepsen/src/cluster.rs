@@ -379,6 +379,11 @@ impl Cluster {
         Ok(())
     }
 
+    /// Each node's client address, by node index.
+    pub fn client_addresses(&self) -> &[String] {
+        &self.addresses
+    }
+
     /// A client that knows every node, retrying until one answers (30 s).
     pub async fn client(
         &self,
