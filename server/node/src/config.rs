@@ -75,6 +75,8 @@ pub struct RaftConfig {
     /// Snapshot bytes per second this node sends, over all its snapshots
     /// ("0B" for no limit).
     pub snapshot_rate: ByteSize,
+    /// Snapshots this node sends at once; more wait their turn.
+    pub snapshot_sends: usize,
     /// A snapshot send that hands over no chunk for this long (waiting for
     /// `snapshot_rate` aside) is given up and tried again later. There is
     /// no deadline on the whole send.
@@ -148,6 +150,7 @@ impl Default for RaftConfig {
             snapshot_after_entries: 20_000,
             keep_entries_after_snapshot: 5_000,
             snapshot_rate: ByteSize(64 << 20),
+            snapshot_sends: 2,
             snapshot_stall_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(5),
             max_proposals_in_flight: 1,
@@ -363,6 +366,16 @@ impl RaftConfig {
         if self.write_timeout.is_zero() {
             return Err(ConfigError::Invalid(
                 "raft.write_timeout must be > 0".into(),
+            ));
+        }
+        if self.snapshot_sends == 0 {
+            return Err(ConfigError::Invalid(
+                "raft.snapshot_sends must be at least 1".into(),
+            ));
+        }
+        if self.snapshot_stall_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "raft.snapshot_stall_timeout must be > 0".into(),
             ));
         }
         Ok(())

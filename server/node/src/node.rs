@@ -130,6 +130,7 @@ impl Node {
         let pacing = SnapshotPacing::new(
             config.raft.snapshot_rate.0,
             0,
+            config.raft.snapshot_sends,
             config.raft.snapshot_stall_timeout,
         );
         let pool = Arc::new(PeerPool::new(

@@ -593,6 +593,13 @@ impl RaftNetworkV2<TypeConfig> for Network {
         .await
         .map_err(|e| network_error(format!("snapshot file: {e}")))?;
         let pacing = self.pool.pacing.clone();
+        tokio::pin!(cancel);
+        // Waiting for a turn is not part of the send: its stall clock starts
+        // with the turn.
+        let _turn = tokio::select! {
+            closed = &mut cancel => return Err(StreamingError::Closed(closed)),
+            turn = pacing.turn() => turn,
+        };
         let progress = Arc::new(SendProgress::default());
         let chunks = paced(
             chunk_stream(self.shard, self.target, header, file, len),
@@ -604,7 +611,6 @@ impl RaftNetworkV2<TypeConfig> for Network {
         // moving (docs/design/elastic.md, "Snapshots that scale").
         let send = client.install_snapshot(chunks);
         tokio::pin!(send);
-        tokio::pin!(cancel);
         let mut check = tokio::time::interval(Duration::from_secs(1));
         let reply = loop {
             tokio::select! {
@@ -903,7 +909,7 @@ mod stream_tests {
     ) -> Result<SnapshotResponse, StreamingError<TypeConfig>> {
         let pool = pool_with(peer).await;
         let pool = PeerPool {
-            pacing: Arc::new(SnapshotPacing::new(0, 0, stall_after)),
+            pacing: Arc::new(SnapshotPacing::new(0, 0, 1, stall_after)),
             ..pool
         };
         let mut factory = NetworkFactory::new(ShardId(1), ReplicaId(1), Arc::new(pool));

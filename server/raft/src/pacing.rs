@@ -13,6 +13,8 @@ use tokio::time::Instant;
 pub struct SnapshotPacing {
     /// `None`: no rate limit.
     bucket: Option<tokio::sync::Mutex<Bucket>>,
+    /// One permit per snapshot the node may send at once.
+    slots: tokio::sync::Semaphore,
     /// A send that hands over no chunk for this long (throttling aside)
     /// has stalled.
     pub stall_after: Duration,
@@ -39,8 +41,8 @@ impl Bucket {
 
 impl SnapshotPacing {
     /// Pacing at `bytes_per_sec` (0: unlimited), with bursts of at most
-    /// `burst` bytes.
-    pub fn new(bytes_per_sec: u64, burst: u64, stall_after: Duration) -> Self {
+    /// `burst` bytes, and at most `concurrent` sends at once (at least one).
+    pub fn new(bytes_per_sec: u64, burst: u64, concurrent: usize, stall_after: Duration) -> Self {
         let bucket = (bytes_per_sec > 0).then(|| {
             tokio::sync::Mutex::new(Bucket {
                 bytes_per_sec,
@@ -51,13 +53,20 @@ impl SnapshotPacing {
         });
         Self {
             bucket,
+            slots: tokio::sync::Semaphore::new(concurrent.max(1)),
             stall_after,
         }
     }
 
-    /// No rate limit; stalls after 10 s.
+    /// No rate limit, 8 sends at once; stalls after 10 s.
     pub fn unlimited() -> Self {
-        Self::new(0, 0, Duration::from_secs(10))
+        Self::new(0, 0, 8, Duration::from_secs(10))
+    }
+
+    /// Waits for a turn to send a snapshot; the turn ends when the permit
+    /// is dropped.
+    pub async fn turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.slots.acquire().await.ok()
     }
 
     /// Waits until `bytes` more may be sent. Waiters are served in order
@@ -157,8 +166,12 @@ mod tests {
     #[tokio::test]
     async fn concurrent_sends_share_the_rate() {
         const MIB: u64 = 1 << 20;
-        let pacing =
-            std::sync::Arc::new(SnapshotPacing::new(16 * MIB, MIB, Duration::from_secs(10)));
+        let pacing = std::sync::Arc::new(SnapshotPacing::new(
+            16 * MIB,
+            MIB,
+            2,
+            Duration::from_secs(10),
+        ));
         let start = std::time::Instant::now();
         let sends: Vec<_> = (0..2)
             .map(|_| {
@@ -194,6 +207,19 @@ mod tests {
         assert!(!progress.all_sent());
         progress.sent(1, true);
         assert!(progress.all_sent());
+    }
+
+    #[tokio::test]
+    async fn at_most_the_configured_sends_run_at_once() {
+        let pacing = SnapshotPacing::new(0, 0, 2, Duration::from_secs(10));
+        let first = pacing.turn().await;
+        let second = pacing.turn().await;
+        let third = tokio::time::timeout(Duration::from_millis(100), pacing.turn()).await;
+        assert!(third.is_err(), "a third send waits");
+        drop(first);
+        let third = tokio::time::timeout(Duration::from_secs(5), pacing.turn()).await;
+        assert!(third.is_ok_and(|t| t.is_some()), "and goes once one ends");
+        drop(second);
     }
 
     #[test]
