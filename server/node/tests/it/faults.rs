@@ -93,33 +93,29 @@ fn range_checksum(engine: &dyn atoll_storage::Engine, first: u64, last: u64) -> 
     (hasher.finalize(), rows.len())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_behind_a_purged_log_catches_up_by_snapshot() {
-    let spec = Spec {
-        rocks: true,
-        shards: 1,
-        snapshot_after_entries: 50,
-        keep_entries_after_snapshot: 10,
-        ..Spec::default()
-    };
-    let cluster = TestCluster::start(spec).await;
-    let client = cluster.client().await;
-    let shard = ShardId(1);
-    for i in 0..20 {
-        client.put(format!("early-{i}"), "v").await.unwrap();
-    }
-    // Keep a follower down (cut off) while the log moves far past it.
+/// A follower of a shard kept cut off while the log moved past it.
+struct Lag {
+    leader: usize,
+    lagging: usize,
+    /// The lagging replica's last log index when it was cut off.
+    behind_at: u64,
+    /// The leader's applied index once it had purged past the follower.
+    target: u64,
+}
+
+/// Cuts a follower of `shard` off, writes 400 values of 8 KiB (so a
+/// snapshot spans several 1 MiB chunks), and waits until the leader has
+/// purged its log past the follower.
+async fn lag_a_follower_past_the_purge_point(
+    cluster: &TestCluster,
+    client: &atoll_client::Client,
+    shard: ShardId,
+) -> Lag {
     let leader = cluster.leader_of(shard).unwrap();
     let lagging = (0..3).find(|&i| i != leader).unwrap();
     cluster.isolate(lagging);
-    let behind_at = cluster
-        .node(lagging)
-        .replica(shard)
-        .unwrap()
-        .metrics()
-        .last_log_index
-        .unwrap_or(0);
-    // 8 KiB values: the snapshot spans several 1 MiB chunks.
+    let lagging_replica = cluster.node(lagging).replica(shard).unwrap();
+    let behind_at = lagging_replica.metrics().last_log_index.unwrap_or(0);
     let padding = "x".repeat(8 << 10);
     for i in 0..400 {
         client
@@ -139,23 +135,58 @@ async fn a_replica_behind_a_purged_log_catches_up_by_snapshot() {
         purged,
         "the leader purged its log past the lagging replica's position"
     );
-
-    cluster.heal();
-    let follower = cluster.node(lagging).replica(shard).unwrap();
     let target = leader_replica.metrics().last_applied.unwrap().index;
-    let caught_up = eventually(Duration::from_secs(30), || {
-        follower
-            .metrics()
-            .last_applied
-            .is_some_and(|a| a.index >= target)
-    })
-    .await;
-    assert!(caught_up, "the lagging replica caught up");
+    Lag {
+        leader,
+        lagging,
+        behind_at,
+        target,
+    }
+}
+
+impl Lag {
+    /// Waits (up to 60 s) until the lagging replica has applied what the
+    /// leader had.
+    async fn caught_up(&self, cluster: &TestCluster, shard: ShardId) -> bool {
+        let follower = cluster.node(self.lagging).replica(shard).unwrap();
+        eventually(Duration::from_secs(60), || {
+            follower
+                .metrics()
+                .last_applied
+                .is_some_and(|a| a.index >= self.target)
+        })
+        .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_behind_a_purged_log_catches_up_by_snapshot() {
+    let spec = Spec {
+        rocks: true,
+        shards: 1,
+        snapshot_after_entries: 50,
+        keep_entries_after_snapshot: 10,
+        ..Spec::default()
+    };
+    let cluster = TestCluster::start(spec).await;
+    let client = cluster.client().await;
+    let shard = ShardId(1);
+    for i in 0..20 {
+        client.put(format!("early-{i}"), "v").await.unwrap();
+    }
+    let lag = lag_a_follower_past_the_purge_point(&cluster, &client, shard).await;
+    let (leader, lagging) = (lag.leader, lag.lagging);
+    cluster.heal();
+    assert!(
+        lag.caught_up(&cluster, shard).await,
+        "the lagging replica caught up"
+    );
+    let follower = cluster.node(lagging).replica(shard).unwrap();
     assert!(
         follower
             .metrics()
             .snapshot
-            .is_some_and(|s| s.index > behind_at),
+            .is_some_and(|s| s.index > lag.behind_at),
         "it caught up by installing a snapshot"
     );
     let ShardKind::Data { first, last } = follower.spec.kind else {
@@ -393,39 +424,13 @@ async fn a_snapshot_is_sent_no_faster_than_the_snapshot_rate() {
     let cluster = TestCluster::start(spec).await;
     let client = cluster.client().await;
     let shard = ShardId(1);
-    let leader = cluster.leader_of(shard).unwrap();
-    let lagging = (0..3).find(|&i| i != leader).unwrap();
-    cluster.isolate(lagging);
-    let padding = "x".repeat(8 << 10);
-    for i in 0..400 {
-        client
-            .put(format!("k-{i}"), format!("{i}-{padding}"))
-            .await
-            .unwrap();
-    }
-    let leader_replica = cluster.node(leader).replica(shard).unwrap();
-    let purged = eventually(Duration::from_secs(20), || {
-        leader_replica
-            .metrics()
-            .purged
-            .is_some_and(|p| p.index > 100)
-    })
-    .await;
-    assert!(purged, "the leader purged the entries the follower lacks");
-
+    let lag = lag_a_follower_past_the_purge_point(&cluster, &client, shard).await;
     let started = std::time::Instant::now();
     cluster.heal();
-    let follower = cluster.node(lagging).replica(shard).unwrap();
-    let target = leader_replica.metrics().last_applied.unwrap().index;
-    let caught_up = eventually(Duration::from_secs(60), || {
-        follower
-            .metrics()
-            .last_applied
-            .is_some_and(|a| a.index >= target)
-    })
-    .await;
+    let caught_up = lag.caught_up(&cluster, shard).await;
     let elapsed = started.elapsed();
     assert!(caught_up, "the lagging replica caught up");
+    let leader = lag.leader;
     let snapshots = cluster.data_dir(leader).join("snapshots");
     let bytes: u64 = std::fs::read_dir(&snapshots)
         .unwrap()
