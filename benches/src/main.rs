@@ -9,6 +9,7 @@
 
 mod plot;
 mod setup;
+mod snapshot;
 mod stats;
 mod store;
 mod workload;
@@ -130,6 +131,28 @@ struct Args {
     /// The etcd binary.
     #[arg(long, default_value = "/usr/bin/etcd")]
     etcd_bin: PathBuf,
+    /// A scenario other than the workloads.
+    #[command(subcommand)]
+    scenario: Option<Scenario>,
+}
+
+/// Scenarios other than the workload comparison.
+#[derive(Debug, clap::Subcommand)]
+enum Scenario {
+    /// A large shard sent as a snapshot to a follower that was away, under
+    /// write load: latency per phase, the follower's memory, data intact.
+    Snapshot(snapshot::SnapshotArgs),
+}
+
+/// The `atoll` binary: `explicit`, else the one next to this binary, so a
+/// release build of the bench measures a release build of the server.
+fn atoll_bin(explicit: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    match explicit {
+        Some(bin) => Ok(bin.clone()),
+        None => Ok(std::env::current_exe()
+            .context("locating atoll-bench")?
+            .with_file_name("atoll")),
+    }
 }
 
 impl Args {
@@ -185,8 +208,17 @@ async fn main() -> std::process::ExitCode {
     }
     // Run inside select! so that Ctrl-C drops the clusters (killing their
     // processes) instead of leaving them behind.
+    let run = async {
+        match &args.scenario {
+            Some(Scenario::Snapshot(scenario)) => {
+                let bin = atoll_bin(scenario.atoll_bin.as_ref().or(args.atoll_bin.as_ref()))?;
+                snapshot::run(scenario, bin).await
+            }
+            None => bench(&args).await,
+        }
+    };
     let outcome = tokio::select! {
-        outcome = bench(&args) => outcome,
+        outcome = run => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     match outcome {
@@ -219,12 +251,7 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
 }
 
 async fn bench_in(args: &Args, data_dir: &std::path::Path) -> anyhow::Result<()> {
-    let atoll_bin = match &args.atoll_bin {
-        Some(bin) => bin.clone(),
-        None => std::env::current_exe()
-            .context("locating atoll-bench")?
-            .with_file_name("atoll"),
-    };
+    let atoll_bin = atoll_bin(args.atoll_bin.as_ref())?;
     let options = SetupOptions {
         atoll_bin,
         etcd_bin: args.etcd_bin.clone(),

@@ -106,13 +106,16 @@ impl Replica {
         let last = log.get_log_state().await.map_err(raft_err)?.last_log_id;
         let committed = log.read_committed().await.map_err(raft_err)?;
         let restart_floor = committed.min(last).map_or(0, |id| id.index);
-        let sm = StateMachine::open(
-            spec.replica,
-            spec.shard,
-            spec.kind,
-            engine,
-            &config.snapshot_dir,
-        )?;
+        // Opening may finish an interrupted snapshot install or build an
+        // expiry index: work for a blocking thread.
+        let sm = {
+            let (spec, dir) = (spec.clone(), config.snapshot_dir.clone());
+            tokio::task::spawn_blocking(move || {
+                StateMachine::open(spec.replica, spec.shard, spec.kind, engine, &dir)
+            })
+            .await
+            .map_err(|e| ReplicaError::Raft(format!("open the state machine: {e}")))??
+        };
         let log_clock = sm.log_clock();
         let raft_config = openraft::Config {
             cluster_name: format!("atoll-{}", spec.shard),

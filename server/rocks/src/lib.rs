@@ -1,14 +1,14 @@
 //! [`RocksEngine`]: the node's one RocksDB instance, with one column family
 //! per [`Cf`]. This is the only crate that builds RocksDB's C++ code.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use atoll_storage::{
-    BatchOp, Cf, Engine, EngineError, EngineSnapshot, KvPair, Result, Visitor, WriteBatch,
+    BatchOp, BulkLoad, Cf, Engine, EngineError, EngineSnapshot, KvPair, Result, Visitor, WriteBatch,
 };
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, Direction, ErrorKind, IteratorMode, Options, ReadOptions,
-    SnapshotWithThreadMode, WriteOptions, DB,
+    ColumnFamily, ColumnFamilyDescriptor, Direction, ErrorKind, IngestExternalFileOptions,
+    IteratorMode, Options, ReadOptions, SnapshotWithThreadMode, SstFileWriter, WriteOptions, DB,
 };
 
 /// Tuning knobs for the RocksDB instance.
@@ -39,6 +39,9 @@ impl Default for RocksOptions {
 /// A RocksDB-backed [`Engine`].
 pub struct RocksEngine {
     db: DB,
+    /// The options each column family was opened with, in [`Cf::ALL`]
+    /// order: SST files written for a bulk load use them too.
+    cf_options: Vec<Options>,
 }
 
 impl std::fmt::Debug for RocksEngine {
@@ -92,15 +95,26 @@ impl RocksEngine {
         let mut table = rocksdb::BlockBasedOptions::default();
         table.set_block_cache(&cache);
         table.set_bloom_filter(10.0, false);
-        let cfs = Cf::ALL.iter().map(|cf| {
-            let mut cf_opts = Options::default();
-            cf_opts.set_block_based_table_factory(&table);
-            cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-            cf_opts.set_write_buffer_size(options.write_buffer_bytes);
-            ColumnFamilyDescriptor::new(cf.name(), cf_opts)
-        });
+        let cf_options: Vec<Options> = Cf::ALL
+            .iter()
+            .map(|_| {
+                let mut cf_opts = Options::default();
+                cf_opts.set_block_based_table_factory(&table);
+                cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+                cf_opts.set_write_buffer_size(options.write_buffer_bytes);
+                cf_opts
+            })
+            .collect();
+        let cfs = (Cf::ALL.iter().zip(&cf_options))
+            .map(|(cf, opts)| ColumnFamilyDescriptor::new(cf.name(), opts.clone()));
         let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(io_error)?;
-        Ok(Self { db })
+        Ok(Self { db, cf_options })
+    }
+
+    fn cf_options(&self, cf: Cf) -> Result<&Options> {
+        let at = Cf::ALL.iter().position(|c| *c == cf);
+        at.and_then(|i| self.cf_options.get(i))
+            .ok_or_else(|| EngineError::Io(format!("column family {} is missing", cf.name())))
     }
 
     fn cf(&self, cf: Cf) -> Result<&ColumnFamily> {
@@ -168,6 +182,111 @@ impl Engine for RocksEngine {
             engine: self,
             snap: self.db.snapshot(),
         })
+    }
+
+    fn bulk_load(&self, cf: Cf, dir: &Path) -> Result<Box<dyn BulkLoad + '_>> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| EngineError::Io(format!("create {}: {e}", dir.display())))?;
+        Ok(Box::new(RocksBulkLoad {
+            engine: self,
+            cf,
+            options: self.cf_options(cf)?,
+            dir: dir.to_owned(),
+            writer: None,
+            files: Vec::new(),
+            staged: 0,
+        }))
+    }
+}
+
+/// Largest SST file a bulk load writes before it starts another.
+const SST_FILE_BYTES: u64 = 64 << 20;
+
+/// A bulk load staged in SST files of at most [`SST_FILE_BYTES`], written
+/// with the column family's own options and ingested in one call. Memory
+/// is one file's block buffer, whatever the load's size.
+struct RocksBulkLoad<'a> {
+    engine: &'a RocksEngine,
+    cf: Cf,
+    options: &'a Options,
+    dir: PathBuf,
+    writer: Option<SstFileWriter<'a>>,
+    files: Vec<PathBuf>,
+    /// Bytes in files already finished.
+    staged: u64,
+}
+
+impl RocksBulkLoad<'_> {
+    /// Finishes the file being written, if any.
+    fn finish_file(&mut self) -> Result<()> {
+        if let Some(mut writer) = self.writer.take() {
+            writer.finish().map_err(io_error)?;
+            self.staged += writer.file_size();
+        }
+        Ok(())
+    }
+}
+
+impl BulkLoad for RocksBulkLoad<'_> {
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        if self
+            .writer
+            .as_ref()
+            .is_some_and(|w| w.file_size() >= SST_FILE_BYTES)
+        {
+            self.finish_file()?;
+        }
+        let writer = match &mut self.writer {
+            Some(writer) => writer,
+            None => {
+                let path = self.dir.join(format!(
+                    "ingest-{}-{}.sst",
+                    std::process::id(),
+                    NEXT_FILE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                ));
+                let writer = SstFileWriter::create(self.options);
+                writer.open(&path).map_err(io_error)?;
+                self.files.push(path);
+                self.writer.insert(writer)
+            }
+        };
+        writer.put(key, value).map_err(io_error)
+    }
+
+    fn staged_bytes(&self) -> u64 {
+        self.staged + self.writer.as_ref().map_or(0, |w| w.file_size())
+    }
+
+    fn commit(mut self: Box<Self>) -> Result<()> {
+        self.finish_file()?;
+        if self.files.is_empty() {
+            return Ok(());
+        }
+        let mut opts = IngestExternalFileOptions::default();
+        // Linked into the database, not copied.
+        opts.set_move_files(true);
+        let cf = self.engine.cf(self.cf)?;
+        self.engine
+            .db
+            .ingest_external_file_cf_opts(cf, &opts, self.files.iter().collect())
+            .map_err(io_error)
+    }
+}
+
+/// Numbers the files of bulk loads, so two loads never share a name.
+static NEXT_FILE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl Drop for RocksBulkLoad<'_> {
+    /// Deletes the staged files: after a commit, the links RocksDB left.
+    fn drop(&mut self) {
+        drop(self.writer.take());
+        for file in &self.files {
+            if let Err(e) = std::fs::remove_file(file) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(file = %file.display(), error = %e, "could not delete a staged SST file");
+                }
+            }
+        }
     }
 }
 

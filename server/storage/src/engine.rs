@@ -1,6 +1,8 @@
 //! The engine trait: the few operations the replicas of a node need from the
 //! store they share.
 
+use std::path::Path;
+
 use crate::error::Result;
 
 /// Column families (DESIGN section 3).
@@ -116,6 +118,28 @@ pub trait Engine: Send + Sync + 'static {
 
     /// A consistent point-in-time view.
     fn snapshot(&self) -> Box<dyn EngineSnapshot + '_>;
+
+    /// Starts a bulk load of sorted rows into `cf`, staged in files under
+    /// `dir` (RocksDB: SST files, ingested whole). Nothing is visible, and
+    /// nothing of the store changes, until [`BulkLoad::commit`]; dropping
+    /// the load discards what it staged. Staged files' names begin with
+    /// `ingest-`: a caller may delete such files that a crash left in `dir`.
+    fn bulk_load(&self, cf: Cf, dir: &Path) -> Result<Box<dyn BulkLoad + '_>>;
+}
+
+/// Sorted rows on their way into one column family in one step, without
+/// holding them in memory (see [`Engine::bulk_load`]).
+pub trait BulkLoad {
+    /// Stages a row. Keys must strictly increase.
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()>;
+
+    /// Bytes staged so far.
+    fn staged_bytes(&self) -> u64;
+
+    /// Adds every staged row to the store at once. A staged row replaces a
+    /// stored one with the same key; other stored rows stay, so a caller
+    /// replacing a range deletes it first.
+    fn commit(self: Box<Self>) -> Result<()>;
 }
 
 /// Called for each pair of a range; returns whether to go on.

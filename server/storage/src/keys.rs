@@ -40,6 +40,9 @@ pub mod apply_tag {
     /// The expiry index: `++ expires_at BE ++ data key`, empty value, one
     /// row per write of a record with a TTL (see [`super::expiry_key`]).
     pub const EXPIRY: u8 = b'x';
+    /// Set while a snapshot is being installed: the snapshot's index (u64
+    /// BE). A replica found with it at start finishes the install.
+    pub const INSTALLING: u8 = b'n';
 }
 
 /// The `data` key of a user key.

@@ -12,7 +12,7 @@ pub mod keys;
 mod memory;
 pub mod record;
 
-pub use engine::{BatchOp, Cf, Engine, EngineSnapshot, KvPair, Visitor, WriteBatch};
+pub use engine::{BatchOp, BulkLoad, Cf, Engine, EngineSnapshot, KvPair, Visitor, WriteBatch};
 pub use error::{EngineError, Result};
 pub use group_commit::{GroupCommitStats, GroupCommitter};
 pub use memory::MemEngine;

@@ -5,19 +5,20 @@
 
 mod apply;
 mod dedup;
+mod install;
 mod meta;
 pub mod sessions;
 pub mod snapshot;
 mod snapshot_store;
 pub mod ttl;
 
-use std::io::{BufReader, BufWriter, Seek, SeekFrom};
+use std::io::BufWriter;
 use std::path::Path;
 use std::sync::Arc;
 
 use atoll_proto::{ReplicaId, ShardId};
 use atoll_storage::keys::{self, apply_tag};
-use atoll_storage::{Cf, Engine, EngineError, Record, WriteBatch};
+use atoll_storage::{Cf, Engine, EngineError, WriteBatch};
 use futures::{Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{OptionalSend, RaftSnapshotBuilder};
@@ -27,7 +28,6 @@ pub use self::dedup::{DedupRow, DedupTable};
 pub use self::meta::read_cluster_map;
 use self::sessions::Verdict;
 pub use self::sessions::{SessionTable, StoredSession};
-use self::snapshot::Item;
 pub use self::snapshot_store::{SnapshotFile, SnapshotStore};
 use crate::codec::{encode, io_err};
 use crate::command::{write_version, Command, Outcome, WriteId, WRITES_PER_ENTRY};
@@ -89,6 +89,15 @@ impl StateMachine {
         engine: Arc<dyn Engine>,
         snapshot_dir: &Path,
     ) -> Result<Self, EngineError> {
+        let snapshots = SnapshotStore::open(snapshot_dir, replica)?;
+        let target = install::Target {
+            engine: engine.clone(),
+            replica,
+            shard,
+            kind,
+            staging: snapshot_dir.to_owned(),
+        };
+        target.finish_interrupted(&snapshots)?;
         let applied = snapshot::read_applied(engine.snapshot().as_ref(), replica)?;
         let dedup = DedupTable::load(engine.as_ref(), replica)?;
         let sessions = SessionTable::load(engine.as_ref(), replica)?;
@@ -97,7 +106,6 @@ impl StateMachine {
             ttl::build_index_once(engine.as_ref(), replica, range)?;
         }
         let clock_ms = ttl::read_clock(engine.snapshot().as_ref(), replica)?;
-        let snapshots = SnapshotStore::open(snapshot_dir, replica)?;
         // A kept snapshot is never ahead of the state it was built from or
         // installed into; one that is belongs to other data (a data dir
         // restored from elsewhere) and is dropped.
@@ -292,88 +300,14 @@ impl StateMachine {
         })
     }
 
-    /// Replaces this replica's state with a snapshot's, in one write batch.
-    /// The snapshot is checked whole (every item's crc32, every record's,
-    /// header and trailer, and that it covers this replica's shard and hash
-    /// range, every record inside it) before anything is written.
-    fn install(&mut self, meta: &SnapshotMeta, file: std::fs::File) -> Result<(), EngineError> {
-        let mut batch = WriteBatch::new();
-        let range = self.kind.range();
-        if let Some((first, last)) = range {
-            let (start, end) = keys::data_range(first, last);
-            batch.delete_range(Cf::Data, start, end);
+    /// Takes over the state an install wrote.
+    fn take_over(&mut self, installed: install::Installed) -> Result<(), EngineError> {
+        self.applied = installed.applied;
+        if let Some(version) = installed.map_version {
+            self.map_version = version;
         }
-        DedupTable::clear(self.replica, &mut batch);
-        SessionTable::clear(self.replica, &mut batch);
-        ttl::clear_index(self.replica, &mut batch);
-        let mut map_version = self.map_version;
-        let mut clock_ms = self.clock_ms;
-        let mut dedup_rows = Vec::new();
-        let mut sessions: std::collections::BTreeMap<u64, StoredSession> = Default::default();
-        let refuse =
-            |what: String| Err(EngineError::Corruption(format!("snapshot refused: {what}")));
-        snapshot::read_items(BufReader::new(file), |item| {
-            match item {
-                Item::Header { shard, .. } if shard != self.shard => {
-                    return refuse(format!(
-                        "it is of shard {shard}, offered to a replica of shard {}",
-                        self.shard
-                    ));
-                }
-                Item::Header { range: theirs, .. } if theirs != range => {
-                    return refuse(format!(
-                        "it covers hash range {theirs:?}, this replica owns {range:?}"
-                    ));
-                }
-                Item::Record { data_key, stored } => {
-                    let owned = keys::split_data_key(&data_key).is_some_and(|(hash, _)| {
-                        range.is_some_and(|(first, last)| (first..=last).contains(&hash))
-                    });
-                    if !owned {
-                        return refuse(format!("a record's key lies outside hash range {range:?}"));
-                    }
-                    let record = Record::decode(&stored)?;
-                    if record.expires_at_ms != 0 {
-                        let row = keys::expiry_key(self.replica, record.expires_at_ms, &data_key);
-                        batch.put(Cf::ApplyState, row, Vec::new());
-                    }
-                    batch.put(Cf::Data, data_key, stored);
-                }
-                Item::Dedup(row) => dedup_rows.push(row),
-                // A session comes in items of at most a few rows each.
-                Item::Session(part) => match sessions.entry(part.client_id) {
-                    std::collections::btree_map::Entry::Vacant(slot) => {
-                        slot.insert(part);
-                    }
-                    std::collections::btree_map::Entry::Occupied(mut whole) => {
-                        whole.get_mut().rows.extend(part.rows);
-                    }
-                },
-                Item::Meta { map } => map_version = meta::restore(self.replica, &map, &mut batch)?,
-                // The snapshot covers a longer prefix of the log than this
-                // replica applied, so its clock is not behind ours; max
-                // keeps the clock monotonic even for an older snapshot
-                // without one.
-                Item::Clock { ms } => clock_ms = clock_ms.max(ms),
-                Item::Header { .. } | Item::Trailer { .. } => {}
-            }
-            Ok(())
-        })?;
-        DedupTable::restore(self.replica, &dedup_rows, &mut batch)?;
-        for session in sessions.values() {
-            SessionTable::restore(self.replica, session, &mut batch)?;
-        }
-        ttl::write_clock(self.replica, clock_ms, &mut batch);
-        let applied = AppliedState {
-            last_applied: meta.last_log_id,
-            membership: meta.last_membership.clone(),
-        };
-        batch.put(Cf::ApplyState, self.applied_key(), encode(&applied)?);
-        self.engine.write(batch, true)?;
-        self.applied = applied;
-        self.map_version = map_version;
-        self.clock_ms = clock_ms;
-        self.published_clock.applied(clock_ms);
+        self.clock_ms = installed.clock_ms;
+        self.published_clock.applied(installed.clock_ms);
         self.dedup = DedupTable::load(self.engine.as_ref(), self.replica)?;
         self.sessions = SessionTable::load(self.engine.as_ref(), self.replica)?;
         Ok(())
@@ -407,6 +341,8 @@ pub fn snapshot_file(dir: &Path) -> Result<std::fs::File, EngineError> {
 }
 
 const RECEIVED_PREFIX: &str = "recv-";
+/// Files staged for ingestion ([`atoll_storage::BulkLoad`]) start so.
+const STAGED_PREFIX: &str = "ingest-";
 
 /// A new file in `dir` for a snapshot being received; deleted unless the
 /// replica it is for keeps it after installing it.
@@ -418,7 +354,8 @@ pub fn received_snapshot_file(dir: &Path) -> Result<tempfile::NamedTempFile, Eng
         .map_err(|e| EngineError::Io(format!("snapshot file in {}: {e}", dir.display())))
 }
 
-/// Deletes the files of snapshots whose receipt a crash interrupted.
+/// Deletes the files of snapshots whose receipt or install a crash
+/// interrupted.
 pub fn clear_received_snapshots(dir: &Path) -> Result<(), EngineError> {
     let io = |e: std::io::Error| EngineError::Io(format!("snapshot dir {}: {e}", dir.display()));
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -426,9 +363,10 @@ pub fn clear_received_snapshots(dir: &Path) -> Result<(), EngineError> {
     };
     for entry in entries {
         let path = entry.map_err(io)?.path();
-        let received =
-            (path.file_name()).is_some_and(|n| n.to_string_lossy().starts_with(RECEIVED_PREFIX));
-        if received {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let interrupted =
+            name.is_some_and(|n| n.starts_with(RECEIVED_PREFIX) || n.starts_with(STAGED_PREFIX));
+        if interrupted {
             std::fs::remove_file(&path).map_err(io)?;
         }
     }
@@ -514,13 +452,30 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), std::io::Error> {
         let SnapshotFile { file, temp } = snapshot;
         let mut file = file.into_std().await;
-        file.seek(SeekFrom::Start(0))?;
-        self.install(meta, file).map_err(io_err)?;
-        // A received snapshot is the one to send on from now.
-        if let Some(temp) = temp {
-            self.snapshots.keep(temp, meta).map_err(io_err)?;
-        }
-        Ok(())
+        let target = self.install_target();
+        let snapshots = self.snapshots.clone();
+        let meta = meta.clone();
+        let installed = tokio::task::spawn_blocking(move || {
+            let staged = target.stage(&mut file)?;
+            // Kept, synced, before anything changes: a crash from here on
+            // finishes the install from it at the next start.
+            let (kept, _) = match temp {
+                Some(temp) => snapshots.keep(temp, &meta)?,
+                None => snapshots.keep_copy(&mut file, &meta)?,
+            };
+            if kept != meta {
+                return Err(EngineError::Io(format!(
+                    "a snapshot newer than the one installed is kept: {:?}",
+                    kept.last_log_id
+                )));
+            }
+            target.mark(&meta)?;
+            target.replace(staged, &meta, &mut file)
+        })
+        .await
+        .map_err(|e| io_err(EngineError::Io(format!("snapshot install task: {e}"))))?
+        .map_err(io_err)?;
+        self.take_over(installed).map_err(io_err)
     }
 
     /// The kept snapshot; one is built only if none is kept yet.

@@ -134,6 +134,16 @@ impl SnapshotStore {
         }))
     }
 
+    /// The meta and path of the kept snapshot.
+    pub fn current_file(&self) -> Option<(SnapshotMeta, PathBuf)> {
+        self.kept().map(|k| (k.meta, k.path))
+    }
+
+    /// The directory of the snapshot files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The meta of the kept snapshot.
     pub fn current_meta(&self) -> Option<SnapshotMeta> {
         self.kept().map(|k| k.meta)
@@ -158,6 +168,22 @@ impl SnapshotStore {
             .suffix(".tmp")
             .tempfile_in(&self.dir)
             .map_err(|e| io("create a snapshot file in", &self.dir, e))
+    }
+
+    /// Keeps a synced copy of the snapshot in `file`, one that is not in
+    /// this directory already (see [`SnapshotStore::keep`]).
+    pub fn keep_copy(
+        &self,
+        file: &mut std::fs::File,
+        meta: &SnapshotMeta,
+    ) -> Result<(SnapshotMeta, PathBuf), EngineError> {
+        use std::io::{Seek, SeekFrom};
+        let mut copy = self.new_file()?;
+        file.seek(SeekFrom::Start(0))
+            .and_then(|_| std::io::copy(file, &mut copy))
+            .and_then(|_| copy.as_file().sync_all())
+            .map_err(|e| io("copy a snapshot into", &self.dir, e))?;
+        self.keep(copy.into_temp_path(), meta)
     }
 
     /// Keeps the complete snapshot at `temp`, with `meta`, in place of the

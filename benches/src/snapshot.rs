@@ -1,0 +1,462 @@
+//! `atoll-bench snapshot`: a large shard sent to a replica that was away,
+//! under write load (the snapshot acceptance of docs/design/elastic.md).
+//!
+//! One data shard on three nodes. Writers put small values throughout and
+//! their latency is recorded per phase: all nodes up (`before`), one
+//! follower stopped (`away`) while the shard is loaded with `--mib` of
+//! large values, then the follower restarted (`catch-up`) until it has
+//! installed the leader's snapshot and applied what the leader had. The
+//! follower's resident memory is sampled meanwhile. At the end the leader
+//! is killed, so the data is read back from a quorum that includes the
+//! replica that installed the snapshot: every loaded value and every
+//! acknowledged write must be there.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use atoll_client::{Client, ClientOptions};
+use atoll_jepsen::cluster::{Cluster, ClusterSpec};
+use atoll_proto::v1::ReplicaRole;
+use hdrhistogram::Histogram;
+use rand::{Rng, RngCore, SeedableRng};
+use tokio::time::Instant;
+
+use crate::setup::resident_kib;
+
+/// Options of the snapshot scenario.
+#[derive(Clone, Debug, clap::Args)]
+pub struct SnapshotArgs {
+    /// MiB loaded into the shard while the follower is away (the size of
+    /// the snapshot it then receives).
+    #[arg(long, default_value_t = 2048)]
+    mib: u64,
+    /// Bytes per loaded value.
+    #[arg(long, default_value_t = 64 << 10)]
+    load_value_size: usize,
+    /// Concurrent writers of small values, throughout.
+    #[arg(long, default_value_t = 16)]
+    writers: usize,
+    /// Length of the `before` phase (and of the `away` phase's measured
+    /// part, after the load).
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    phase: Duration,
+    /// How long the follower may take to catch up.
+    #[arg(long, default_value = "15min", value_parser = humantime::parse_duration)]
+    patience: Duration,
+    /// A setting of Atoll's `[raft]` config section, as TOML; repeatable
+    /// (added to the scenario's own: a snapshot every 1,000 entries).
+    #[arg(long)]
+    atoll_raft: Vec<String>,
+    /// Data dirs and logs (removed at the end unless `--keep-data`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Keep the cluster's data dirs and logs.
+    #[arg(long)]
+    keep_data: bool,
+    /// The Atoll server binary. Default: `atoll` next to this binary.
+    #[arg(long)]
+    pub atoll_bin: Option<PathBuf>,
+}
+
+/// The phases writers record their latency in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Warmup = 0,
+    Before = 1,
+    Load = 2,
+    Away = 3,
+    CatchUp = 4,
+    Done = 5,
+}
+
+const PHASES: [(&str, Phase); 4] = [
+    ("before (3 up)", Phase::Before),
+    ("load (1 away)", Phase::Load),
+    ("away (after load)", Phase::Away),
+    ("catch-up (snapshot)", Phase::CatchUp),
+];
+
+const SMALL_VALUE: usize = 256;
+/// Keys each writer cycles over.
+const KEYS_PER_WRITER: u64 = 1_000;
+
+struct Shared {
+    phase: AtomicUsize,
+    stop: AtomicBool,
+    /// Per writer, per phase.
+    histograms: Mutex<Vec<Vec<Histogram<u64>>>>,
+    /// Per writer and key: the last counter acknowledged.
+    acked: Mutex<Vec<Vec<u64>>>,
+    errors: AtomicU64,
+}
+
+fn writer_key(writer: usize, key: u64) -> Vec<u8> {
+    format!("w-{writer}-{key}").into_bytes()
+}
+
+fn load_key(i: u64) -> Vec<u8> {
+    format!("load-{i:08}").into_bytes()
+}
+
+/// A value of `size` bytes whose first 8 are `counter`.
+fn value(counter: u64, size: usize) -> Vec<u8> {
+    let mut v = vec![b'v'; size.max(8)];
+    v[..8].copy_from_slice(&counter.to_be_bytes());
+    v
+}
+
+fn counter_of(value: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(value.get(..8)?.try_into().ok()?))
+}
+
+/// The load's value of key `i`: incompressible, and recomputable.
+fn load_value(i: u64, size: usize) -> Vec<u8> {
+    let mut v = vec![0u8; size];
+    rand::rngs::StdRng::seed_from_u64(i).fill_bytes(&mut v);
+    v
+}
+
+async fn write_loop(client: Client, shared: Arc<Shared>, writer: usize) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(writer as u64);
+    let mut counter = 0u64;
+    while !shared.stop.load(Ordering::Relaxed) {
+        counter += 1;
+        let key = rng.random_range(0..KEYS_PER_WRITER);
+        let phase = shared.phase.load(Ordering::Relaxed);
+        let start = Instant::now();
+        let done = client
+            .put(writer_key(writer, key), value(counter, SMALL_VALUE))
+            .await;
+        let micros = start.elapsed().as_micros() as u64;
+        match done {
+            Ok(_) => {
+                if let Ok(mut h) = shared.histograms.lock() {
+                    let _ = h[writer][phase].record(micros.max(1));
+                }
+                if let Ok(mut acked) = shared.acked.lock() {
+                    acked[writer][key as usize] = counter;
+                }
+            }
+            Err(_) => {
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The status of the shard's replicas: (leader node index, each node's
+/// applied index), from the nodes that answer.
+async fn shard_status(client: &Client) -> anyhow::Result<(Option<usize>, Vec<Option<u64>>)> {
+    let status = client.cluster_status().await?;
+    let mut leader = None;
+    let mut applied = vec![None; status.nodes.len()];
+    for report in &status.nodes {
+        let Some(node) = &report.status else { continue };
+        let index = (report.node_id as usize).saturating_sub(1);
+        for replica in node
+            .replicas
+            .iter()
+            .filter(|r| r.shard_id != atoll_proto::ShardId::META.0)
+        {
+            if replica.role == ReplicaRole::Leader as i32 {
+                leader = Some(index);
+            }
+            if let Some(slot) = applied.get_mut(index) {
+                *slot = Some(replica.last_applied_index);
+            }
+        }
+    }
+    Ok((leader, applied))
+}
+
+/// Runs the scenario and prints its report.
+pub async fn run(args: &SnapshotArgs, atoll_bin: PathBuf) -> anyhow::Result<()> {
+    if args.writers == 0 || args.mib == 0 || args.load_value_size < 8 {
+        bail!("--writers and --mib must be at least 1, --load-value-size at least 8");
+    }
+    let dir = match &args.data_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::temp_dir().join(format!("atoll-snapshot-bench-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut raft = vec!["snapshot_after_entries = 1000".to_string()];
+    raft.extend(args.atoll_raft.iter().cloned());
+    let spec = ClusterSpec {
+        raft,
+        ..ClusterSpec::spread(3, 3, 1)
+    };
+    let mut cluster = Cluster::start(&atoll_bin, &dir, &spec)
+        .with_context(|| format!("starting {}", atoll_bin.display()))?;
+    let result = scenario(args, &mut cluster, &dir).await;
+    if result.is_err() || args.keep_data {
+        eprintln!("data and logs kept under {}", dir.display());
+    } else {
+        drop(cluster);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+async fn connect(cluster: &Cluster) -> anyhow::Result<Client> {
+    let options = ClientOptions {
+        timeout: Duration::from_secs(30),
+        ..Default::default()
+    };
+    Ok(cluster.client_with(options).await?)
+}
+
+async fn scenario(
+    args: &SnapshotArgs,
+    cluster: &mut Cluster,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let client = connect(cluster).await?;
+    let ready = Instant::now() + Duration::from_secs(60);
+    while client.put("bench-ready", "1").await.is_err() {
+        if Instant::now() > ready {
+            bail!("the cluster never took a write");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let new_histogram = || Histogram::<u64>::new_with_bounds(1, 120_000_000, 3);
+    let shared = Arc::new(Shared {
+        phase: AtomicUsize::new(Phase::Warmup as usize),
+        stop: AtomicBool::new(false),
+        histograms: Mutex::new(
+            (0..args.writers)
+                .map(|_| {
+                    (0..=Phase::Done as usize)
+                        .map(|_| new_histogram())
+                        .collect::<Result<_, _>>()
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        acked: Mutex::new(vec![vec![0; KEYS_PER_WRITER as usize]; args.writers]),
+        errors: AtomicU64::new(0),
+    });
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..args.writers {
+        writers.spawn(write_loop(client.clone(), shared.clone(), w));
+    }
+    let set_phase = |p: Phase| shared.phase.store(p as usize, Ordering::Relaxed);
+
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    set_phase(Phase::Before);
+    tokio::time::sleep(args.phase).await;
+
+    let (leader, _) = shard_status(&client).await?;
+    let leader = leader.context("the shard has no leader")?;
+    let away = (leader + 1) % 3;
+    cluster.kill(away)?;
+    set_phase(Phase::Load);
+    let keys = (args.mib << 20) / args.load_value_size as u64;
+    let load_start = Instant::now();
+    load(&client, keys, args.load_value_size).await?;
+    let load_time = load_start.elapsed();
+    set_phase(Phase::Away);
+    tokio::time::sleep(args.phase).await;
+
+    let (_, applied) = shard_status(&client).await?;
+    let target = applied
+        .get(leader)
+        .copied()
+        .flatten()
+        .context("leader's applied index")?;
+    let pid_start = Instant::now();
+    cluster.start_node(away)?;
+    set_phase(Phase::CatchUp);
+    let mut peak_kib = 0u64;
+    let caught_up = loop {
+        if let Some(kib) = resident_kib(cluster).get(away).copied().flatten() {
+            peak_kib = peak_kib.max(kib);
+        }
+        let behind = match shard_status(&client).await {
+            Ok((_, applied)) => applied
+                .get(away)
+                .copied()
+                .flatten()
+                .is_none_or(|a| a < target),
+            Err(_) => true,
+        };
+        if !behind {
+            break pid_start.elapsed();
+        }
+        if pid_start.elapsed() > args.patience {
+            bail!(
+                "the restarted follower did not catch up within {:?}",
+                args.patience
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    set_phase(Phase::Done);
+    shared.stop.store(true, Ordering::Relaxed);
+    while writers.join_next().await.is_some() {}
+    let hwm_kib = peak_resident_kib(cluster, away).unwrap_or(0);
+    let snapshot_bytes = kept_snapshot_bytes(&dir.join(format!("node-{}", away + 1)));
+
+    // Read everything back without the old leader: the quorum left holds
+    // the replica that installed the snapshot.
+    cluster.kill(leader)?;
+    let reader = connect(cluster).await?;
+    let (missing_loaded, lost_writes) =
+        verify(&reader, &shared, keys, args.load_value_size).await?;
+
+    let histograms = shared
+        .histograms
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?;
+    println!(
+        "## Snapshot to a returning follower: {} MiB, {} writers\n",
+        args.mib, args.writers
+    );
+    println!("| phase | writes | p50 ms | p99 ms | max ms |");
+    println!("|---|---|---|---|---|");
+    for (name, phase) in PHASES {
+        let mut merged = new_histogram()?;
+        for per_writer in histograms.iter() {
+            merged.add(&per_writer[phase as usize])?;
+        }
+        let ms = |q: f64| merged.value_at_quantile(q) as f64 / 1000.0;
+        println!(
+            "| {name} | {} | {:.2} | {:.2} | {:.2} |",
+            merged.len(),
+            ms(0.5),
+            ms(0.99),
+            merged.max() as f64 / 1000.0
+        );
+    }
+    println!();
+    println!(
+        "- loaded {keys} values of {} B in {:.1} s",
+        args.load_value_size,
+        load_time.as_secs_f64()
+    );
+    println!(
+        "- follower caught up {:.1} s after its restart; kept snapshot {:.1} MiB ({:.1} MiB/s over the catch-up)",
+        caught_up.as_secs_f64(),
+        snapshot_bytes as f64 / (1 << 20) as f64,
+        snapshot_bytes as f64 / (1 << 20) as f64 / caught_up.as_secs_f64()
+    );
+    println!(
+        "- follower resident memory: peak sampled {:.0} MiB, VmHWM {:.0} MiB",
+        peak_kib as f64 / 1024.0,
+        hwm_kib as f64 / 1024.0
+    );
+    println!(
+        "- read back without the old leader: {missing_loaded} of {keys} loaded values missing or wrong, {lost_writes} acknowledged writes lost; {} writes failed (not counted as acknowledged)",
+        shared.errors.load(Ordering::Relaxed)
+    );
+    if missing_loaded > 0 || lost_writes > 0 {
+        bail!("data was lost");
+    }
+    Ok(())
+}
+
+/// Writes `keys` values of `size` bytes, 8 to a call, 4 calls at a time.
+async fn load(client: &Client, keys: u64, size: usize) -> anyhow::Result<()> {
+    const PER_CALL: u64 = 8;
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (client, next) = (client.clone(), next.clone());
+        tasks.spawn(async move {
+            loop {
+                let from = next.fetch_add(PER_CALL, Ordering::Relaxed);
+                if from >= keys {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let pairs: Vec<_> = (from..(from + PER_CALL).min(keys))
+                    .map(|i| (load_key(i), load_value(i, size)))
+                    .collect();
+                let mut tries = 0;
+                while let Err(e) = client.put_many(pairs.clone()).await {
+                    tries += 1;
+                    if tries > 20 {
+                        return Err(anyhow::Error::from(e).context("loading"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined??;
+    }
+    Ok(())
+}
+
+/// Counts loaded values missing or wrong, and acknowledged writes whose
+/// key holds an older counter.
+async fn verify(
+    client: &Client,
+    shared: &Shared,
+    keys: u64,
+    size: usize,
+) -> anyhow::Result<(u64, u64)> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let get = |key: Vec<u8>| async move {
+        loop {
+            match client.get(&key).await {
+                Ok(found) => return Ok(found.map(|kv| kv.value)),
+                Err(e) if Instant::now() > deadline => return Err(anyhow::Error::from(e)),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    };
+    let mut missing = 0;
+    for i in 0..keys {
+        if get(load_key(i)).await?.as_deref() != Some(&load_value(i, size)[..]) {
+            missing += 1;
+        }
+    }
+    let acked = shared
+        .acked
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .clone();
+    let mut lost = 0;
+    for (writer, counters) in acked.iter().enumerate() {
+        for (key, &counter) in counters.iter().enumerate() {
+            if counter == 0 {
+                continue;
+            }
+            let stored = get(writer_key(writer, key as u64)).await?;
+            if stored
+                .as_deref()
+                .and_then(counter_of)
+                .is_none_or(|c| c < counter)
+            {
+                lost += 1;
+            }
+        }
+    }
+    Ok((missing, lost))
+}
+
+/// `VmHWM` of node `i`'s process: its peak resident memory.
+fn peak_resident_kib(cluster: &Cluster, i: usize) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", cluster.pid(i)?)).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Bytes of the largest kept snapshot file of the node with `data_dir`.
+fn kept_snapshot_bytes(data_dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(data_dir.join("snapshots"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".snap"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .max()
+        .unwrap_or(0)
+}
