@@ -46,8 +46,7 @@ pub struct SnapshotArgs {
     /// How long the follower may take to catch up.
     #[arg(long, default_value = "15min", value_parser = humantime::parse_duration)]
     patience: Duration,
-    /// A setting of Atoll's `[raft]` config section, as TOML; repeatable
-    /// (added to the scenario's own: a snapshot every 1,000 entries).
+    /// A setting of Atoll's `[raft]` config section, as TOML; repeatable.
     #[arg(long)]
     atoll_raft: Vec<String>,
     /// Data dirs and logs (removed at the end unless `--keep-data`).
@@ -148,29 +147,43 @@ async fn write_loop(client: Client, shared: Arc<Shared>, writer: usize) {
     }
 }
 
-/// The status of the shard's replicas: (leader node index, each node's
-/// applied index), from the nodes that answer.
-async fn shard_status(client: &Client) -> anyhow::Result<(Option<usize>, Vec<Option<u64>>)> {
+/// One node's replica of the shard.
+#[derive(Clone, Copy, Debug, Default)]
+struct ReplicaState {
+    applied: u64,
+    snapshot: u64,
+    purged: u64,
+}
+
+/// The status of the shard's replicas: the leader's node index, and each
+/// node's replica, from the nodes that answer.
+async fn shard_status(
+    client: &Client,
+) -> anyhow::Result<(Option<usize>, Vec<Option<ReplicaState>>)> {
     let status = client.cluster_status().await?;
     let mut leader = None;
-    let mut applied = vec![None; status.nodes.len()];
+    let mut states = vec![None; status.nodes.len()];
     for report in &status.nodes {
         let Some(node) = &report.status else { continue };
         let index = (report.node_id as usize).saturating_sub(1);
-        for replica in node
+        let data = node
             .replicas
             .iter()
-            .filter(|r| r.shard_id != atoll_proto::ShardId::META.0)
-        {
+            .filter(|r| r.shard_id != atoll_proto::ShardId::META.0);
+        for replica in data {
             if replica.role == ReplicaRole::Leader as i32 {
                 leader = Some(index);
             }
-            if let Some(slot) = applied.get_mut(index) {
-                *slot = Some(replica.last_applied_index);
+            if let Some(slot) = states.get_mut(index) {
+                *slot = Some(ReplicaState {
+                    applied: replica.last_applied_index,
+                    snapshot: replica.snapshot_index,
+                    purged: replica.purged_index,
+                });
             }
         }
     }
-    Ok((leader, applied))
+    Ok((leader, states))
 }
 
 /// Runs the scenario and prints its report.
@@ -183,12 +196,8 @@ pub async fn run(args: &SnapshotArgs, atoll_bin: PathBuf) -> anyhow::Result<()> 
         None => std::env::temp_dir().join(format!("atoll-snapshot-bench-{}", std::process::id())),
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut raft = vec!["snapshot_after_entries = 1000".to_string()];
-    raft.extend(args.atoll_raft.iter().cloned());
-    let spec = ClusterSpec {
-        raft,
-        ..ClusterSpec::spread(3, 3, 1)
-    };
+    let mut spec = ClusterSpec::spread(3, 3, 1);
+    spec.raft.extend(args.atoll_raft.iter().cloned());
     let mut cluster = Cluster::start(&atoll_bin, &dir, &spec)
         .with_context(|| format!("starting {}", atoll_bin.display()))?;
     let result = scenario(args, &mut cluster, &dir).await;
@@ -249,9 +258,10 @@ async fn scenario(
     set_phase(Phase::Before);
     tokio::time::sleep(args.phase).await;
 
-    let (leader, _) = shard_status(&client).await?;
+    let (leader, states) = shard_status(&client).await?;
     let leader = leader.context("the shard has no leader")?;
     let away = (leader + 1) % 3;
+    let stopped_at = states[away].context("the follower's state")?.applied;
     cluster.kill(away)?;
     set_phase(Phase::Load);
     let keys = (args.mib << 20) / args.load_value_size as u64;
@@ -260,13 +270,20 @@ async fn scenario(
     let load_time = load_start.elapsed();
     set_phase(Phase::Away);
     tokio::time::sleep(args.phase).await;
-
-    let (_, applied) = shard_status(&client).await?;
-    let target = applied
-        .get(leader)
-        .copied()
-        .flatten()
-        .context("leader's applied index")?;
+    // The follower must need a snapshot: the leader's log no longer holds
+    // the entries after the follower's last.
+    let purged_past = Instant::now() + args.patience;
+    let target = loop {
+        let (_, states) = shard_status(&client).await?;
+        let state = states[leader].context("the leader's state")?;
+        if state.purged > stopped_at {
+            break state;
+        }
+        if Instant::now() > purged_past {
+            bail!("the leader never purged its log past the follower's index {stopped_at}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     let pid_start = Instant::now();
     cluster.start_node(away)?;
     set_phase(Phase::CatchUp);
@@ -276,11 +293,7 @@ async fn scenario(
             peak_kib = peak_kib.max(kib);
         }
         let behind = match shard_status(&client).await {
-            Ok((_, applied)) => applied
-                .get(away)
-                .copied()
-                .flatten()
-                .is_none_or(|a| a < target),
+            Ok((_, states)) => states[away].is_none_or(|s| s.applied < target.applied),
             Err(_) => true,
         };
         if !behind {
@@ -299,6 +312,8 @@ async fn scenario(
     while writers.join_next().await.is_some() {}
     let hwm_kib = peak_resident_kib(cluster, away).unwrap_or(0);
     let snapshot_bytes = kept_snapshot_bytes(&dir.join(format!("node-{}", away + 1)));
+    let (_, states) = shard_status(&client).await?;
+    let installed_at = states[away].map_or(0, |s| s.snapshot);
 
     // Read everything back without the old leader: the quorum left holds
     // the replica that installed the snapshot.
@@ -336,6 +351,10 @@ async fn scenario(
         "- loaded {keys} values of {} B in {:.1} s",
         args.load_value_size,
         load_time.as_secs_f64()
+    );
+    println!(
+        "- follower stopped at index {stopped_at}; leader purged to {}, applied {}; follower's snapshot after catch-up: index {installed_at}",
+        target.purged, target.applied
     );
     println!(
         "- follower caught up {:.1} s after its restart; kept snapshot {:.1} MiB ({:.1} MiB/s over the catch-up)",

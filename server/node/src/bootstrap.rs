@@ -68,7 +68,7 @@ pub fn initial_map(cluster: &ClusterConfig) -> Result<ClusterMap, String> {
             epoch: 1,
         })
         .collect();
-    Ok(ClusterMap {
+    let mut map = ClusterMap {
         map_version: 1,
         replication_factor: cluster.replication_factor,
         nodes: nodes
@@ -79,13 +79,20 @@ pub fn initial_map(cluster: &ClusterConfig) -> Result<ClusterMap, String> {
                 address: n.address.clone(),
                 capacity: n.capacity,
                 state: NodeState::Up as i32,
+                join_token: 0,
             })
             .collect(),
         shards,
         meta: Some(meta_shard),
         next_replica_id: next_replica,
         cluster_name: cluster.name.clone(),
-    })
+        cluster_id: 0,
+        next_node_id: nodes.iter().map(|n| n.id + 1).max().unwrap_or(1),
+    };
+    // Every node computes the initial map itself: the id must come out the
+    // same on each, so it is the fingerprint of the layout.
+    map.cluster_id = crate::identity::Identity::of(&map, 0).cluster_id;
+    Ok(map)
 }
 
 #[cfg(test)]

@@ -68,7 +68,9 @@ pub struct RaftConfig {
     pub election_timeout_min: Duration,
     #[serde(with = "humantime_serde")]
     pub election_timeout_max: Duration,
-    /// Build a snapshot after this many applied entries.
+    /// Build a snapshot after this many applied entries, once the log since
+    /// the last snapshot takes at least a quarter of the shard's bytes (so a
+    /// large shard is not rewritten for a little log).
     pub snapshot_after_entries: u64,
     /// Entries kept behind the last snapshot for slow followers.
     pub keep_entries_after_snapshot: u64,

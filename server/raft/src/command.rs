@@ -1,5 +1,6 @@
 //! What a log entry asks the state machine to do, and what it answered.
 
+use crate::meta_command::MetaCommand;
 use serde::{Deserialize, Serialize};
 
 /// A client write as entries of earlier versions identify it: deduplicated
@@ -157,6 +158,9 @@ pub enum Command {
     /// reached, earliest first, found through the expiry index. Proposed by
     /// the leader's sweeper; its entry's time also moves the clock on.
     ExpireDue { limit: u32 },
+    /// Meta shard only: one checked change of the cluster map
+    /// ([`MetaCommand`]).
+    Meta(MetaCommand),
 }
 
 /// One write of a [`Command::Group`].
@@ -172,7 +176,10 @@ impl Command {
     pub fn groupable(&self) -> bool {
         !matches!(
             self,
-            Command::SetClusterMap { .. } | Command::Group { .. } | Command::ExpireDue { .. }
+            Command::SetClusterMap { .. }
+                | Command::Group { .. }
+                | Command::ExpireDue { .. }
+                | Command::Meta(_)
         )
     }
 
@@ -185,9 +192,10 @@ impl Command {
             }
             Command::Batch { steps } => Some(steps.iter().map(BatchStep::key).collect()),
             Command::Expire { keys } => Some(keys.iter().map(|(k, _)| k.as_slice()).collect()),
-            Command::SetClusterMap { .. } | Command::Group { .. } | Command::ExpireDue { .. } => {
-                None
-            }
+            Command::SetClusterMap { .. }
+            | Command::Group { .. }
+            | Command::ExpireDue { .. }
+            | Command::Meta(_) => None,
         }
     }
 }
@@ -253,6 +261,12 @@ pub enum Outcome {
         version: u64,
         expires_at_ms: u64,
     },
+    /// A [`MetaCommand`] applied: the map's version after it, and for a
+    /// registered node its id.
+    MapChanged {
+        version: u64,
+        node: Option<u64>,
+    },
 }
 
 impl Command {
@@ -267,6 +281,7 @@ impl Command {
             Command::SetClusterMap { .. } => "set-cluster-map",
             Command::Group { .. } => "group",
             Command::ExpireDue { .. } => "expire-due",
+            Command::Meta(command) => command.kind(),
         }
     }
 }
@@ -322,6 +337,7 @@ fn command_bytes(command: &Command) -> usize {
         Command::SetClusterMap { map, .. } => map.len(),
         Command::Group { writes } => writes.iter().map(|w| 16 + command_bytes(&w.command)).sum(),
         Command::ExpireDue { .. } => 4,
+        Command::Meta(_) => 64,
     }
 }
 

@@ -11,12 +11,14 @@
 pub mod codec;
 pub mod command;
 pub mod log_store;
+pub mod meta_command;
 pub mod network;
 pub mod pacing;
 pub mod proposer;
 pub mod read_index;
 pub mod replica;
 pub mod service;
+pub mod snapshot_policy;
 pub mod state_machine;
 pub mod types;
 

@@ -27,7 +27,8 @@ pub struct ReplicaConfig {
     pub heartbeat: Duration,
     pub election_timeout_min: Duration,
     pub election_timeout_max: Duration,
-    /// Build a snapshot after this many applied entries.
+    /// Build a snapshot after this many applied entries, once the log
+    /// since the last is worth it ([`crate::snapshot_policy`]).
     pub snapshot_after_entries: u64,
     /// Entries kept in the log behind the last snapshot (for slow followers).
     pub keep_entries_after_snapshot: u64,
@@ -109,7 +110,7 @@ impl Replica {
         // Opening may finish an interrupted snapshot install or build an
         // expiry index: work for a blocking thread.
         let sm = {
-            let (spec, dir) = (spec.clone(), config.snapshot_dir.clone());
+            let (spec, dir, engine) = (spec.clone(), config.snapshot_dir.clone(), engine.clone());
             tokio::task::spawn_blocking(move || {
                 StateMachine::open(spec.replica, spec.shard, spec.kind, engine, &dir)
             })
@@ -122,7 +123,8 @@ impl Replica {
             heartbeat_interval: config.heartbeat.as_millis() as u64,
             election_timeout_min: config.election_timeout_min.as_millis() as u64,
             election_timeout_max: config.election_timeout_max.as_millis() as u64,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_after_entries),
+            // Built when `snapshot_policy` says so: by entries and by bytes.
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: config.keep_entries_after_snapshot,
             // openraft hands it to the snapshot send as its deadline, which
             // the send ignores: it has deadlines by progress (`pacing`).
@@ -160,6 +162,13 @@ impl Replica {
                 Err(e) => tracing::debug!(shard = %spec.shard, error = %e, "initialize skipped"),
             }
         }
+        crate::snapshot_policy::spawn(
+            raft.clone(),
+            &engine,
+            spec.replica,
+            spec.kind,
+            config.snapshot_after_entries,
+        );
         let read_index = ReadIndex::new(raft.clone(), restart_floor);
         let proposer = Proposer::new(raft.clone(), config.max_proposals_in_flight);
         Ok(Self {

@@ -184,6 +184,13 @@ impl Engine for RocksEngine {
         })
     }
 
+    fn approximate_bytes(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<u64> {
+        let end = upper_bound(end);
+        let range = rocksdb::Range::new(start, &end);
+        let sizes = self.db.get_approximate_sizes_cf(self.cf(cf)?, &[range]);
+        Ok(sizes.first().copied().unwrap_or(0))
+    }
+
     fn bulk_load(&self, cf: Cf, dir: &Path) -> Result<Box<dyn BulkLoad + '_>> {
         std::fs::create_dir_all(dir)
             .map_err(|e| EngineError::Io(format!("create {}: {e}", dir.display())))?;

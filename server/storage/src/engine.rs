@@ -119,6 +119,11 @@ pub trait Engine: Send + Sync + 'static {
     /// A consistent point-in-time view.
     fn snapshot(&self) -> Box<dyn EngineSnapshot + '_>;
 
+    /// Roughly how many bytes `[start, end)` of `cf` takes on disk (RocksDB:
+    /// its SST files, not what is still in memtables). For decisions that
+    /// weigh sizes, never for accounting.
+    fn approximate_bytes(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<u64>;
+
     /// Starts a bulk load of sorted rows into `cf`, staged in files under
     /// `dir` (RocksDB: SST files, ingested whole). Nothing is visible, and
     /// nothing of the store changes, until [`BulkLoad::commit`]; dropping

@@ -99,6 +99,15 @@ impl Engine for MemEngine {
         Box::new(MemSnapshot { tables: copy })
     }
 
+    /// The bytes of the keys and values in the range.
+    fn approximate_bytes(&self, cf: Cf, start: &[u8], end: &[u8]) -> Result<u64> {
+        let tables = self.read()?;
+        let bytes = range_pairs(tables.get(&cf), start, end)
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum();
+        Ok(bytes)
+    }
+
     /// Stages rows in memory: this engine holds everything there anyway.
     fn bulk_load(&self, cf: Cf, _dir: &Path) -> Result<Box<dyn BulkLoad + '_>> {
         Ok(Box::new(MemBulkLoad {

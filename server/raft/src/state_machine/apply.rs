@@ -292,9 +292,10 @@ impl<'a> Applier<'a> {
                 }
                 Ok(Outcome::Expired { removed })
             }
-            Command::SetClusterMap { .. } | Command::Group { .. } | Command::ExpireDue { .. } => {
-                Ok(not_data(command))
-            }
+            Command::SetClusterMap { .. }
+            | Command::Group { .. }
+            | Command::ExpireDue { .. }
+            | Command::Meta(_) => Ok(not_data(command)),
         }
     }
 }

@@ -25,6 +25,7 @@ use std::io::{BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use atoll_proto::v1::ClusterMap;
 use atoll_proto::{ReplicaId, ShardId};
 use atoll_storage::keys::{self, apply_tag};
 use atoll_storage::{BulkLoad, Cf, Engine, EngineError, Record, WriteBatch};
@@ -53,7 +54,7 @@ pub(super) struct Target {
 /// What an install leaves for the state machine to take over.
 pub(super) struct Installed {
     pub applied: AppliedState,
-    pub map_version: Option<u64>,
+    pub map: Option<ClusterMap>,
     pub clock_ms: u64,
 }
 
@@ -187,7 +188,7 @@ impl Target {
         for session in sessions.values() {
             SessionTable::restore(self.replica, session, &mut batch)?;
         }
-        let map_version = match map {
+        let map = match map {
             Some(map) => Some(meta::restore(self.replica, &map, &mut batch)?),
             None => None,
         };
@@ -209,7 +210,7 @@ impl Target {
         self.engine.write(batch, true)?;
         Ok(Installed {
             applied,
-            map_version,
+            map,
             clock_ms,
         })
     }

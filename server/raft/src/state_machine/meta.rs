@@ -8,6 +8,7 @@ use atoll_storage::{frame, Cf, Engine, EngineError, WriteBatch};
 use prost::Message;
 
 use crate::command::Outcome;
+use crate::meta_command::{self, Change, MetaCommand};
 
 const FORMAT: u8 = 1;
 
@@ -31,25 +32,28 @@ pub fn read_cluster_map(
         .transpose()
 }
 
-pub(super) fn stored_version(engine: &dyn Engine, replica: ReplicaId) -> Result<u64, EngineError> {
-    Ok(read_cluster_map(engine, replica)?.map_or(0, |m| m.map_version))
+fn store(replica: ReplicaId, map: &ClusterMap, batch: &mut WriteBatch) {
+    batch.put(
+        Cf::ApplyState,
+        map_key(replica),
+        frame::encode(FORMAT, &map.encode_to_vec()),
+    );
 }
 
-/// Applies `SetClusterMap`.
+/// Applies `SetClusterMap` to the current map (`None` before the first).
 pub(super) fn apply_set_map(
     replica: ReplicaId,
-    current_version: &mut u64,
+    current: &mut Option<ClusterMap>,
     expected_version: u64,
     map: &[u8],
     batch: &mut WriteBatch,
 ) -> Outcome {
-    if expected_version != *current_version {
-        return Outcome::MapVersionMismatch {
-            current_version: *current_version,
-        };
+    let current_version = current.as_ref().map_or(0, |m| m.map_version);
+    if expected_version != current_version {
+        return Outcome::MapVersionMismatch { current_version };
     }
-    let new_version = match ClusterMap::decode(map) {
-        Ok(m) if m.map_version > *current_version => m.map_version,
+    let new = match ClusterMap::decode(map) {
+        Ok(m) if m.map_version > current_version => m,
         Ok(m) => {
             return Outcome::Rejected {
                 reason: format!(
@@ -64,20 +68,51 @@ pub(super) fn apply_set_map(
             }
         }
     };
-    batch.put(Cf::ApplyState, map_key(replica), frame::encode(FORMAT, map));
-    *current_version = new_version;
-    Outcome::Written {
-        version: new_version,
+    let version = new.map_version;
+    store(replica, &new, batch);
+    *current = Some(new);
+    Outcome::Written { version }
+}
+
+/// Applies a [`MetaCommand`] to the current map: on success the map's
+/// version goes up by one (unless the map already said so).
+pub(super) fn apply_meta(
+    replica: ReplicaId,
+    current: &mut Option<ClusterMap>,
+    command: &MetaCommand,
+    batch: &mut WriteBatch,
+) -> Outcome {
+    let Some(map) = current.as_mut() else {
+        return Outcome::Rejected {
+            reason: "the cluster has no map yet".into(),
+        };
+    };
+    let mut changed = map.clone();
+    match meta_command::apply(&mut changed, command) {
+        Err(reason) => Outcome::Rejected { reason },
+        Ok((Change::AlreadyDone, node)) => Outcome::MapChanged {
+            version: map.map_version,
+            node,
+        },
+        Ok((Change::Changed, node)) => {
+            changed.map_version += 1;
+            store(replica, &changed, batch);
+            *map = changed;
+            Outcome::MapChanged {
+                version: map.map_version,
+                node,
+            }
+        }
     }
 }
 
-/// Writes a map received in a snapshot (stored form); returns its version.
+/// Writes a map received in a snapshot (stored form); returns it.
 pub(super) fn restore(
     replica: ReplicaId,
     stored: &[u8],
     batch: &mut WriteBatch,
-) -> Result<u64, EngineError> {
+) -> Result<ClusterMap, EngineError> {
     let map = decode_map(stored)?;
     batch.put(Cf::ApplyState, map_key(replica), stored.to_vec());
-    Ok(map.map_version)
+    Ok(map)
 }

@@ -16,6 +16,7 @@ use std::io::BufWriter;
 use std::path::Path;
 use std::sync::Arc;
 
+use atoll_proto::v1::ClusterMap;
 use atoll_proto::{ReplicaId, ShardId};
 use atoll_storage::keys::{self, apply_tag};
 use atoll_storage::{Cf, Engine, EngineError, WriteBatch};
@@ -72,8 +73,8 @@ pub struct StateMachine {
     /// Outcomes of the writes of earlier versions' log entries.
     dedup: DedupTable,
     sessions: SessionTable,
-    /// Meta shard: version of the stored map (0 = none yet).
-    map_version: u64,
+    /// Meta shard: the stored cluster map (none yet before bootstrap).
+    cluster_map: Option<ClusterMap>,
     /// The log clock ([`ttl`]), and where it is published for the leader's
     /// [`ttl::Stamper`].
     clock_ms: u64,
@@ -101,7 +102,7 @@ impl StateMachine {
         let applied = snapshot::read_applied(engine.snapshot().as_ref(), replica)?;
         let dedup = DedupTable::load(engine.as_ref(), replica)?;
         let sessions = SessionTable::load(engine.as_ref(), replica)?;
-        let map_version = meta::stored_version(engine.as_ref(), replica)?;
+        let cluster_map = read_cluster_map(engine.as_ref(), replica)?;
         if let Some(range) = kind.range() {
             ttl::build_index_once(engine.as_ref(), replica, range)?;
         }
@@ -130,7 +131,7 @@ impl StateMachine {
             applied,
             dedup,
             sessions,
-            map_version,
+            cluster_map,
             clock_ms,
             published_clock: Arc::new(ttl::SharedClock::new(clock_ms)),
         })
@@ -285,9 +286,15 @@ impl StateMachine {
                 ShardKind::Meta,
             ) => meta::apply_set_map(
                 self.replica,
-                &mut self.map_version,
+                &mut self.cluster_map,
                 *expected_version,
                 map,
+                &mut applier.batch,
+            ),
+            (Command::Meta(command), ShardKind::Meta) => meta::apply_meta(
+                self.replica,
+                &mut self.cluster_map,
+                command,
                 &mut applier.batch,
             ),
             (_, ShardKind::Meta) => Outcome::Rejected {
@@ -303,8 +310,8 @@ impl StateMachine {
     /// Takes over the state an install wrote.
     fn take_over(&mut self, installed: install::Installed) -> Result<(), EngineError> {
         self.applied = installed.applied;
-        if let Some(version) = installed.map_version {
-            self.map_version = version;
+        if let Some(map) = installed.map {
+            self.cluster_map = Some(map);
         }
         self.clock_ms = installed.clock_ms;
         self.published_clock.applied(installed.clock_ms);

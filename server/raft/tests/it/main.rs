@@ -7,6 +7,7 @@
 mod conformance;
 mod expiry;
 mod log_cache;
+mod meta;
 mod sessions;
 mod snapshot_install;
 mod state_machine;
