@@ -2,11 +2,13 @@
 //! under write load (the snapshot acceptance of docs/design/elastic.md).
 //!
 //! One data shard on three nodes. Writers put small values throughout and
-//! their latency is recorded per phase: all nodes up (`before`), one
-//! follower stopped (`away`) while the shard is loaded with `--mib` of
-//! large values, then the follower restarted (`catch-up`) until it has
-//! installed the leader's snapshot and applied what the leader had. The
-//! follower's resident memory is sampled meanwhile. At the end the leader
+//! their latency is recorded per phase. The shard is loaded with `--mib`
+//! of large values while all nodes are up, then measured (`before`); one
+//! follower is stopped while half the values are overwritten, so the
+//! leader builds a new snapshot and purges its log past the follower
+//! (`away`); then the follower is restarted (`catch-up`) until it has
+//! installed the leader's snapshot of the whole shard and applied what the
+//! leader had. The follower's resident memory is sampled meanwhile. At the end the leader
 //! is killed, so the data is read back from a quorum that includes the
 //! replica that installed the snapshot: every loaded value and every
 //! acknowledged write must be there.
@@ -49,6 +51,12 @@ pub struct SnapshotArgs {
     /// A setting of Atoll's `[raft]` config section, as TOML; repeatable.
     #[arg(long)]
     atoll_raft: Vec<String>,
+    /// Run the restarted follower at this nice level (`renice`): on one
+    /// host, its work shares the cores with the leader's, which a real
+    /// deployment does not; a high nice level approximates a machine of
+    /// its own.
+    #[arg(long)]
+    follower_nice: Option<i32>,
     /// Data dirs and logs (removed at the end unless `--keep-data`).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -71,10 +79,11 @@ enum Phase {
     Done = 5,
 }
 
-const PHASES: [(&str, Phase); 4] = [
+const PHASES: [(&str, Phase); 5] = [
+    ("load (3 up)", Phase::Warmup),
     ("before (3 up)", Phase::Before),
-    ("load (1 away)", Phase::Load),
-    ("away (after load)", Phase::Away),
+    ("overwrite (1 away)", Phase::Load),
+    ("away (after overwrite)", Phase::Away),
     ("catch-up (snapshot)", Phase::CatchUp),
 ];
 
@@ -90,7 +99,14 @@ struct Shared {
     /// Per writer and key: the last counter acknowledged.
     acked: Mutex<Vec<Vec<u64>>>,
     errors: AtomicU64,
+    /// Writes slower than [`SLOW`] during the catch-up: when each started
+    /// (since the catch-up began) and how long it took.
+    slow: Mutex<Vec<(Duration, Duration)>>,
+    catch_up_start: Mutex<Option<Instant>>,
 }
+
+/// A write this slow during the catch-up is listed in the report.
+const SLOW: Duration = Duration::from_millis(50);
 
 fn writer_key(writer: usize, key: u64) -> Vec<u8> {
     format!("w-{writer}-{key}").into_bytes()
@@ -111,11 +127,17 @@ fn counter_of(value: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(value.get(..8)?.try_into().ok()?))
 }
 
-/// The load's value of key `i`: incompressible, and recomputable.
-fn load_value(i: u64, size: usize) -> Vec<u8> {
+/// The value of key `i` in load `generation`: incompressible, and
+/// recomputable.
+fn load_value(i: u64, generation: u64, size: usize) -> Vec<u8> {
     let mut v = vec![0u8; size];
-    rand::rngs::StdRng::seed_from_u64(i).fill_bytes(&mut v);
+    rand::rngs::StdRng::seed_from_u64(i * 2 + generation).fill_bytes(&mut v);
     v
+}
+
+/// The generation key `i` holds at the end: the first half is overwritten.
+fn final_generation(i: u64, keys: u64) -> u64 {
+    u64::from(i < keys / 2)
 }
 
 async fn write_loop(client: Client, shared: Arc<Shared>, writer: usize) {
@@ -132,6 +154,13 @@ async fn write_loop(client: Client, shared: Arc<Shared>, writer: usize) {
         let micros = start.elapsed().as_micros() as u64;
         match done {
             Ok(_) => {
+                let took = start.elapsed();
+                if phase == Phase::CatchUp as usize && took >= SLOW {
+                    let since = shared.catch_up_start.lock().ok().and_then(|s| *s);
+                    if let (Some(since), Ok(mut slow)) = (since, shared.slow.lock()) {
+                        slow.push((start.saturating_duration_since(since), took));
+                    }
+                }
                 if let Ok(mut h) = shared.histograms.lock() {
                     let _ = h[writer][phase].record(micros.max(1));
                 }
@@ -247,15 +276,34 @@ async fn scenario(
         ),
         acked: Mutex::new(vec![vec![0; KEYS_PER_WRITER as usize]; args.writers]),
         errors: AtomicU64::new(0),
+        slow: Mutex::new(Vec::new()),
+        catch_up_start: Mutex::new(None),
     });
     let mut writers = tokio::task::JoinSet::new();
     for w in 0..args.writers {
         writers.spawn(write_loop(client.clone(), shared.clone(), w));
     }
     let set_phase = |p: Phase| shared.phase.store(p as usize, Ordering::Relaxed);
+    // CPU of each node at each phase's start (and at the end).
+    let mut marks: Vec<(Phase, Instant, Vec<Option<(u32, Duration)>>)> = Vec::new();
+    let cpu = |cluster: &Cluster| -> Vec<Option<(u32, Duration)>> {
+        (0..cluster.len())
+            .map(|i| {
+                let pid = cluster.pid(i)?;
+                Some((pid, crate::setup::cpu_time(&[pid])?))
+            })
+            .collect()
+    };
+    marks.push((Phase::Warmup, Instant::now(), cpu(cluster)));
 
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    let keys = (args.mib << 20) / args.load_value_size as u64;
+    let load_start = Instant::now();
+    load(&client, 0..keys, 0, args.load_value_size).await?;
+    let load_time = load_start.elapsed();
+    // Let the load's flushes and compactions settle a little.
+    tokio::time::sleep(args.phase).await;
     set_phase(Phase::Before);
+    marks.push((Phase::Before, Instant::now(), cpu(cluster)));
     tokio::time::sleep(args.phase).await;
 
     let (leader, states) = shard_status(&client).await?;
@@ -264,11 +312,10 @@ async fn scenario(
     let stopped_at = states[away].context("the follower's state")?.applied;
     cluster.kill(away)?;
     set_phase(Phase::Load);
-    let keys = (args.mib << 20) / args.load_value_size as u64;
-    let load_start = Instant::now();
-    load(&client, keys, args.load_value_size).await?;
-    let load_time = load_start.elapsed();
+    marks.push((Phase::Load, Instant::now(), cpu(cluster)));
+    load(&client, 0..keys / 2, 1, args.load_value_size).await?;
     set_phase(Phase::Away);
+    marks.push((Phase::Away, Instant::now(), cpu(cluster)));
     tokio::time::sleep(args.phase).await;
     // The follower must need a snapshot: the leader's log no longer holds
     // the entries after the follower's last.
@@ -286,7 +333,21 @@ async fn scenario(
     };
     let pid_start = Instant::now();
     cluster.start_node(away)?;
+    if let (Some(nice), Some(pid)) = (args.follower_nice, cluster.pid(away)) {
+        let status = std::process::Command::new("renice")
+            .args(["-n", &nice.to_string(), "-p", &pid.to_string()])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .context("running renice")?;
+        if !status.success() {
+            bail!("renice -n {nice} -p {pid} failed");
+        }
+    }
+    if let Ok(mut since) = shared.catch_up_start.lock() {
+        *since = Some(Instant::now());
+    }
     set_phase(Phase::CatchUp);
+    marks.push((Phase::CatchUp, Instant::now(), cpu(cluster)));
     let mut peak_kib = 0u64;
     let caught_up = loop {
         if let Some(kib) = resident_kib(cluster).get(away).copied().flatten() {
@@ -308,6 +369,7 @@ async fn scenario(
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     set_phase(Phase::Done);
+    marks.push((Phase::Done, Instant::now(), cpu(cluster)));
     shared.stop.store(true, Ordering::Relaxed);
     while writers.join_next().await.is_some() {}
     let hwm_kib = peak_resident_kib(cluster, away).unwrap_or(0);
@@ -332,12 +394,14 @@ async fn scenario(
     );
     println!("| phase | writes | p50 ms | p99 ms | max ms |");
     println!("|---|---|---|---|---|");
+    let mut p99 = [0.0f64; Phase::Done as usize + 1];
     for (name, phase) in PHASES {
         let mut merged = new_histogram()?;
         for per_writer in histograms.iter() {
             merged.add(&per_writer[phase as usize])?;
         }
         let ms = |q: f64| merged.value_at_quantile(q) as f64 / 1000.0;
+        p99[phase as usize] = ms(0.99);
         println!(
             "| {name} | {} | {:.2} | {:.2} | {:.2} |",
             merged.len(),
@@ -347,6 +411,53 @@ async fn scenario(
         );
     }
     println!();
+    println!("CPU per node (cores busy, on average over the phase):\n");
+    println!("| phase | wall s | node 1 | node 2 | node 3 |");
+    println!("|---|---|---|---|---|");
+    for pair in marks.windows(2) {
+        let ((phase, from, start), (_, to, end)) = (&pair[0], &pair[1]);
+        let wall = to.duration_since(*from).as_secs_f64();
+        let name = PHASES
+            .iter()
+            .find(|(_, p)| p == phase)
+            .map_or("?", |(n, _)| n);
+        let busy: Vec<String> = (start.iter().zip(end))
+            .map(|(a, b)| match (a, b) {
+                (Some((pa, ca)), Some((pb, cb))) if pa == pb => {
+                    format!("{:.2}", (cb.saturating_sub(*ca)).as_secs_f64() / wall)
+                }
+                (_, Some((_, cb))) => format!("{:.2}", cb.as_secs_f64() / wall),
+                _ => "-".into(),
+            })
+            .collect();
+        println!("| {name} | {wall:.1} | {} |", busy.join(" | "));
+    }
+    println!();
+    // Slow writes of the catch-up, by the second they started in.
+    let slow = shared
+        .slow
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let mut by_second: std::collections::BTreeMap<u64, (usize, Duration)> = Default::default();
+    for (at, took) in slow.iter() {
+        let slot = by_second.entry(at.as_secs()).or_default();
+        slot.0 += 1;
+        slot.1 = slot.1.max(*took);
+    }
+    let seconds: Vec<String> = (by_second.iter())
+        .map(|(s, (n, max))| format!("{s}s: {n} (max {} ms)", max.as_millis()))
+        .collect();
+    println!(
+        "- writes over {} ms during the catch-up, by second after the restart: {}",
+        SLOW.as_millis(),
+        seconds.join(", ")
+    );
+    let catch_up = p99[Phase::CatchUp as usize];
+    println!(
+        "- write p99 during the catch-up: {:.2}x before, {:.2}x away",
+        catch_up / p99[Phase::Before as usize],
+        catch_up / p99[Phase::Away as usize]
+    );
     println!(
         "- loaded {keys} values of {} B in {:.1} s",
         args.load_value_size,
@@ -377,21 +488,28 @@ async fn scenario(
     Ok(())
 }
 
-/// Writes `keys` values of `size` bytes, 8 to a call, 4 calls at a time.
-async fn load(client: &Client, keys: u64, size: usize) -> anyhow::Result<()> {
+/// Writes the values of `keys` in `generation`, `size` bytes each, 8 to a
+/// call, 4 calls at a time.
+async fn load(
+    client: &Client,
+    keys: std::ops::Range<u64>,
+    generation: u64,
+    size: usize,
+) -> anyhow::Result<()> {
     const PER_CALL: u64 = 8;
-    let next = Arc::new(AtomicU64::new(0));
+    let next = Arc::new(AtomicU64::new(keys.start));
+    let end = keys.end;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..4 {
         let (client, next) = (client.clone(), next.clone());
         tasks.spawn(async move {
             loop {
                 let from = next.fetch_add(PER_CALL, Ordering::Relaxed);
-                if from >= keys {
+                if from >= end {
                     return Ok::<_, anyhow::Error>(());
                 }
-                let pairs: Vec<_> = (from..(from + PER_CALL).min(keys))
-                    .map(|i| (load_key(i), load_value(i, size)))
+                let pairs: Vec<_> = (from..(from + PER_CALL).min(end))
+                    .map(|i| (load_key(i), load_value(i, generation, size)))
                     .collect();
                 let mut tries = 0;
                 while let Err(e) = client.put_many(pairs.clone()).await {
@@ -430,7 +548,8 @@ async fn verify(
     };
     let mut missing = 0;
     for i in 0..keys {
-        if get(load_key(i)).await?.as_deref() != Some(&load_value(i, size)[..]) {
+        let want = load_value(i, final_generation(i, keys), size);
+        if get(load_key(i)).await?.as_deref() != Some(&want[..]) {
             missing += 1;
         }
     }

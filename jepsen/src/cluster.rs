@@ -139,7 +139,9 @@ impl Cluster {
                 spec.shards,
             );
             std::fs::write(&config, text)?;
-            let mut env = vec![("ATOLL_LOG".to_string(), "warn".to_string())];
+            // Warnings only, unless the caller's own ATOLL_LOG asks for more.
+            let log = std::env::var("ATOLL_LOG").unwrap_or_else(|_| "warn".into());
+            let mut env = vec![("ATOLL_LOG".to_string(), log)];
             if let Some(lib) = &spec.faketime {
                 let clock = dir.join(format!("node-{}.clock", i + 1));
                 std::fs::write(&clock, "+0\n")?;

@@ -153,13 +153,17 @@ pub fn apply(map: &mut ClusterMap, command: &MetaCommand) -> Result<(Change, Opt
             }
             use Lifecycle::*;
             let allowed = match (from, *state) {
-                (Removed, _) => return Err(format!(
+                (Removed, _) => {
+                    return Err(format!(
                     "node {node} is removed; a removed node never comes back (ids are not reused)"
-                )),
+                ))
+                }
                 (_, Removed) if *dead => true,
-                (Draining, Removed) if holds => return Err(format!(
+                (Draining, Removed) if holds => {
+                    return Err(format!(
                     "node {node} still holds replicas; it is removed once drained (or with --dead)"
-                )),
+                ))
+                }
                 (Joining, Up) | (Up, Draining) | (Draining, Up) | (Draining, Removed) => true,
                 _ => false,
             };

@@ -65,6 +65,13 @@ pub(super) struct Staged<'a> {
     sessions: BTreeMap<u64, StoredSession>,
     map: Option<Vec<u8>>,
     clock_ms: Option<u64>,
+    records: u64,
+    /// When staging began, and how long it took.
+    started: std::time::Instant,
+    staging: std::time::Duration,
+    /// Whether any record expires: only then is the file read again to
+    /// index them.
+    expiring: bool,
 }
 
 fn refused(what: String) -> EngineError {
@@ -85,6 +92,7 @@ impl Target {
     /// Step 1: checks the snapshot in `file` whole and stages its records.
     pub fn stage(&self, file: &mut File) -> Result<Staged<'_>, EngineError> {
         rewind(file)?;
+        let started = std::time::Instant::now();
         let range = self.kind.range();
         let mut staged = Staged {
             load: self.engine.bulk_load(Cf::Data, &self.staging)?,
@@ -92,6 +100,10 @@ impl Target {
             sessions: BTreeMap::new(),
             map: None,
             clock_ms: None,
+            records: 0,
+            started,
+            staging: std::time::Duration::ZERO,
+            expiring: false,
         };
         let mut last_key: Option<Vec<u8>> = None;
         snapshot::read_items(BufReader::new(&mut *file), |item| {
@@ -119,7 +131,9 @@ impl Target {
                     if last_key.as_ref().is_some_and(|last| *last >= data_key) {
                         return Err(refused("its records are out of key order".into()));
                     }
-                    Record::decode(&stored)?;
+                    let record = Record::decode(&stored)?;
+                    staged.expiring |= record.expires_at_ms != 0;
+                    staged.records += 1;
                     staged.load.put(&data_key, &stored)?;
                     last_key = Some(data_key);
                 }
@@ -139,6 +153,7 @@ impl Target {
             }
             Ok(())
         })?;
+        staged.staging = started.elapsed();
         Ok(staged)
     }
 
@@ -179,9 +194,16 @@ impl Target {
             sessions,
             map,
             clock_ms,
+            records,
+            started,
+            staging,
+            expiring,
         } = staged;
+        let bytes = load.staged_bytes();
         load.commit()?;
-        self.index_expiring(file)?;
+        if expiring {
+            self.index_expiring(file)?;
+        }
 
         let mut batch = WriteBatch::new();
         DedupTable::restore(self.replica, &dedup_rows, &mut batch)?;
@@ -208,6 +230,15 @@ impl Target {
         );
         batch.delete(Cf::ApplyState, installing_key(self.replica));
         self.engine.write(batch, true)?;
+        tracing::info!(
+            replica = %self.replica,
+            index = meta.last_log_id.as_ref().map_or(0, |id| id.index),
+            records,
+            staged_bytes = bytes,
+            staging_ms = staging.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "installed a snapshot"
+        );
         Ok(Installed {
             applied,
             map,
