@@ -6,6 +6,7 @@
 #
 #   scripts/bench.sh                         the full comparison (~25 min)
 #   scripts/bench.sh --workloads w --clients 1 --duration 10s   (anything else)
+#   scripts/bench.sh snapshot --mib 2048     a 2 GiB snapshot to a returning follower
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/prereqs.sh
