@@ -5,7 +5,9 @@
 #   scripts/jepsen-matrix.sh [RUNS] [OUT]        (defaults: 10, jepsen-runs/matrix)
 #
 # Environment: TIME (client time per run, default 20s), PERIOD (fault
-# period, default 3s), WORKLOADS and NEMESES (space-separated lists).
+# period, default 3s), WORKLOADS and NEMESES (space-separated lists), EXTRA
+# (more harness arguments, e.g. "--raft snapshot_after_entries=200", so
+# that the faults meet snapshot sends and installs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/prereqs.sh
@@ -17,6 +19,7 @@ time="${TIME:-20s}"
 period="${PERIOD:-3s}"
 workloads="${WORKLOADS:-register register-ttl set bank}"
 nemeses="${NEMESES:-kill pause partition island-loss lose-unsynced}"
+read -r -a extra <<< "${EXTRA:-}"
 
 cargo build --quiet --workspace --bins
 lazyfs=$(bash scripts/lazyfs.sh)
@@ -35,7 +38,7 @@ for workload in $workloads; do
             set +e
             "$harness" --workload "$workload" --nemesis "$nemesis" --time "$time" \
                 --fault-period "$period" --nodes 5 --islands 3 --keys 8 \
-                --lazyfs "$lazyfs" --out "$dir" > "$dir.txt" 2>&1
+                --lazyfs "$lazyfs" --out "$dir" "${extra[@]}" > "$dir.txt" 2>&1
             status=$?
             set -e
             line=$(head -1 "$dir.txt")

@@ -123,6 +123,11 @@ struct Args {
     /// Plant a known bug (the run must then report a violation).
     #[arg(long, value_enum)]
     planted_bug: Option<PlantedBug>,
+    /// A setting of Atoll's `[raft]` config section, as TOML (e.g.
+    /// `snapshot_after_entries = 200`, so faults meet snapshot installs);
+    /// repeatable, added after the harness's own.
+    #[arg(long)]
+    raft: Vec<String>,
     /// Where the run's history, events, verdict and node logs go.
     #[arg(long, default_value = "jepsen-runs/latest")]
     out: PathBuf,
@@ -302,6 +307,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     std::fs::create_dir_all(&args.out)?;
     let out = args.out.canonicalize()?;
     let mut spec = ClusterSpec::spread(args.nodes, args.islands, args.shards);
+    spec.raft.extend(args.raft.iter().cloned());
     spec.testing = match args.planted_bug {
         None => vec![],
         Some(PlantedBug::StaleReads) => vec!["stale_linearizable_reads = true".to_string()],
