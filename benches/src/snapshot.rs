@@ -105,6 +105,9 @@ struct Shared {
     catch_up_start: Mutex<Option<Instant>>,
 }
 
+/// A node's process id and the CPU time it has used, if it runs.
+type NodeCpu = Option<(u32, Duration)>;
+
 /// A write this slow during the catch-up is listed in the report.
 const SLOW: Duration = Duration::from_millis(50);
 
@@ -285,8 +288,8 @@ async fn scenario(
     }
     let set_phase = |p: Phase| shared.phase.store(p as usize, Ordering::Relaxed);
     // CPU of each node at each phase's start (and at the end).
-    let mut marks: Vec<(Phase, Instant, Vec<Option<(u32, Duration)>>)> = Vec::new();
-    let cpu = |cluster: &Cluster| -> Vec<Option<(u32, Duration)>> {
+    let mut marks: Vec<(Phase, Instant, Vec<NodeCpu>)> = Vec::new();
+    let cpu = |cluster: &Cluster| -> Vec<NodeCpu> {
         (0..cluster.len())
             .map(|i| {
                 let pid = cluster.pid(i)?;
