@@ -201,15 +201,18 @@ pub async fn preload<S: Store>(
 /// (`VmRSS` from `/proc`); `None` for a node that is not running.
 pub fn resident_kib(cluster: &Cluster) -> Vec<Option<u64>> {
     (0..cluster.len())
-        .map(|i| {
-            let status =
-                std::fs::read_to_string(format!("/proc/{}/status", cluster.pid(i)?)).ok()?;
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))
-                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        })
+        .map(|i| status_kib(cluster.pid(i)?, "VmRSS"))
         .collect()
+}
+
+/// A memory figure of process `pid`, in KiB, from `/proc/<pid>/status`
+/// (`VmRSS`: resident now; `VmHWM`: the peak resident).
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// Clock ticks per second of `/proc/<pid>/stat`'s CPU times (Linux's

@@ -26,7 +26,8 @@ use hdrhistogram::Histogram;
 use rand::{Rng, RngCore, SeedableRng};
 use tokio::time::Instant;
 
-use crate::setup::resident_kib;
+use crate::setup::{resident_kib, status_kib, wait_ready};
+use crate::store::AtollStore;
 
 /// Options of the snapshot scenario.
 #[derive(Clone, Debug, clap::Args)]
@@ -256,13 +257,9 @@ async fn scenario(
     dir: &std::path::Path,
 ) -> anyhow::Result<()> {
     let client = connect(cluster).await?;
-    let ready = Instant::now() + Duration::from_secs(60);
-    while client.put("bench-ready", "1").await.is_err() {
-        if Instant::now() > ready {
-            bail!("the cluster never took a write");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_ready(&AtollStore::new(client.clone()), Duration::from_secs(60))
+        .await
+        .context("the cluster never took a write")?;
 
     let new_histogram = || Histogram::<u64>::new_with_bounds(1, 120_000_000, 3);
     let shared = Arc::new(Shared {
@@ -375,7 +372,9 @@ async fn scenario(
     marks.push((Phase::Done, Instant::now(), cpu(cluster)));
     shared.stop.store(true, Ordering::Relaxed);
     while writers.join_next().await.is_some() {}
-    let hwm_kib = peak_resident_kib(cluster, away).unwrap_or(0);
+    let hwm_kib = (cluster.pid(away))
+        .and_then(|pid| status_kib(pid, "VmHWM"))
+        .unwrap_or(0);
     let snapshot_bytes = kept_snapshot_bytes(&dir.join(format!("node-{}", away + 1)));
     let (_, states) = shard_status(&client).await?;
     let installed_at = states[away].map_or(0, |s| s.snapshot);
@@ -578,15 +577,6 @@ async fn verify(
         }
     }
     Ok((missing, lost))
-}
-
-/// `VmHWM` of node `i`'s process: its peak resident memory.
-fn peak_resident_kib(cluster: &Cluster, i: usize) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", cluster.pid(i)?)).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// Bytes of the largest kept snapshot file of the node with `data_dir`.

@@ -81,7 +81,7 @@ pub enum Change {
     AlreadyDone,
 }
 
-/// The node ids of `map` that hold a replica of any shard.
+/// Whether node `node` holds a replica of any shard of `map`.
 fn holds_replicas(map: &ClusterMap, node: u64) -> bool {
     (map.meta.iter().chain(&map.shards))
         .flat_map(|shard| &shard.replicas)

@@ -76,12 +76,21 @@ pub(crate) fn spawn(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let metrics = raft.metrics().borrow_watched().clone();
-            if metrics.state == ServerState::Shutdown {
+            // Read in place: cloning the metrics each second, for every
+            // replica of the node, would copy their replication maps.
+            let (state, last, applied) = {
+                let metrics = raft.metrics();
+                let m = metrics.borrow_watched();
+                let index = |id: Option<&crate::types::LogId>| id.map_or(0, |id| id.index);
+                (
+                    m.state,
+                    index(m.snapshot.as_ref()),
+                    index(m.last_applied.as_ref()),
+                )
+            };
+            if state == ServerState::Shutdown {
                 return;
             }
-            let last = metrics.snapshot.map_or(0, |id| id.index);
-            let applied = metrics.last_applied.map_or(0, |id| id.index);
             if applied.saturating_sub(last) < after_entries {
                 continue;
             }

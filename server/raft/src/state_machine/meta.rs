@@ -69,7 +69,7 @@ pub(super) fn apply_set_map(
         }
     };
     let version = new.map_version;
-    store(replica, &new, batch);
+    batch.put(Cf::ApplyState, map_key(replica), frame::encode(FORMAT, map));
     *current = Some(new);
     Outcome::Written { version }
 }
