@@ -9,7 +9,8 @@ use atoll_proto::limits::{MAX_BATCH_BYTES, MAX_BATCH_OPS};
 use atoll_proto::v1::cluster_client::ClusterClient;
 use atoll_proto::v1::kv_client::KvClient;
 use atoll_proto::v1::{
-    self as wire, cas_request, ClusterMap, KeyValue, Limit, StatusRequest, StatusResponse,
+    self as wire, cas_request, ClusterMap, KeyValue, Limit, NodeState, SetNodeCapacityRequest,
+    SetNodeStateRequest, StatusRequest, StatusResponse,
 };
 use atoll_proto::ShardId;
 use futures::future::try_join_all;
@@ -430,17 +431,86 @@ impl Client {
 
     /// Every node's status, as gathered by one node.
     pub async fn cluster_status(&self) -> Result<StatusResponse> {
-        let map = self.router.current_map().await?;
-        let mut last = Error::NoEndpoint("the map lists no nodes".into());
-        for node in &map.nodes {
-            let mut client = ClusterClient::new(self.router.channel(&node.address)?);
-            match client
-                .status(request(StatusRequest {}, self.router.timeout()))
+        self.on_any_node(|mut client, timeout| async move {
+            client
+                .status(request(StatusRequest {}, timeout))
                 .await
-            {
-                Ok(resp) => return Ok(resp.into_inner()),
-                Err(status) => last = Error::from(status),
+                .map(|r| r.into_inner())
+        })
+        .await
+    }
+
+    /// Moves node `node` along its lifecycle (`JOINING → UP ⇄ DRAINING →
+    /// REMOVED`); with `dead`, removes it from any state at once, for a
+    /// node that is gone for good. A change the cluster refuses fails with
+    /// [`Error::Refused`] and the reason. Returns the map version that
+    /// shows the change.
+    pub async fn set_node_state(&self, node: u64, state: NodeState, dead: bool) -> Result<u64> {
+        let msg = SetNodeStateRequest {
+            node_id: node,
+            state: state as i32,
+            dead,
+        };
+        self.on_any_node(|mut client, timeout| async move {
+            client
+                .set_node_state(request(msg, timeout))
+                .await
+                .map(|r| r.into_inner().map_version)
+        })
+        .await
+    }
+
+    /// Sets node `node`'s relative capacity weight, which placement weighs.
+    /// Returns the map version that shows it.
+    pub async fn set_node_capacity(&self, node: u64, capacity: u64) -> Result<u64> {
+        let msg = SetNodeCapacityRequest {
+            node_id: node,
+            capacity,
+        };
+        self.on_any_node(|mut client, timeout| async move {
+            client
+                .set_node_capacity(request(msg, timeout))
+                .await
+                .map(|r| r.into_inner().map_version)
+        })
+        .await
+    }
+
+    /// Calls the `Cluster` service of the map's nodes in turn until one
+    /// answers, within the client's deadline. A node that cannot be
+    /// reached, or answers with a retryable error (the meta shard's leader
+    /// moving, a new cluster's map not published yet), is skipped, and the
+    /// nodes are asked again after a pause: every change these calls make
+    /// is idempotent, so asking again is safe.
+    async fn on_any_node<T, F, Fut>(&self, call: F) -> Result<T>
+    where
+        F: Fn(ClusterClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = std::result::Result<T, tonic::Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.router.timeout();
+        let mut last = Error::NoEndpoint("the map lists no node".into());
+        for attempt in 0.. {
+            let map = self.router.current_map().await?;
+            let reachable = map
+                .nodes
+                .iter()
+                .filter(|n| n.state != NodeState::Removed as i32);
+            for node in reachable {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    return Err(last);
+                }
+                let client = ClusterClient::new(self.router.channel(&node.address)?);
+                match call(client, left).await {
+                    Ok(answer) => return Ok(answer),
+                    Err(status) => match Error::from(status) {
+                        e if e.is_retryable() => last = e,
+                        e => return Err(e),
+                    },
+                }
             }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            tokio::time::sleep(crate::router::backoff(attempt).min(left)).await;
         }
         Err(last)
     }

@@ -72,6 +72,11 @@ pub enum Error {
     /// have applied, the error is `Ambiguous` instead.)
     #[error("session expired: {0}")]
     SessionExpired(String),
+    /// The cluster refused an administrative change (a node's state or
+    /// capacity, a join) because its precondition does not hold; the
+    /// message says which. Nothing changed.
+    #[error("refused: {0}")]
+    Refused(String),
     /// The server failed in a way not covered above.
     #[error("internal: {0}")]
     Internal(String),
@@ -115,6 +120,7 @@ impl Error {
             Error::Timeout(_) => ErrorCode::Timeout,
             Error::Overloaded(_) => ErrorCode::Overloaded,
             Error::SessionExpired(_) => ErrorCode::SessionExpired,
+            Error::Refused(_) => ErrorCode::Refused,
             Error::Internal(_) => ErrorCode::Internal,
             Error::Ambiguous(_) | Error::Transport(_) | Error::NoEndpoint(_) => return None,
         })
@@ -174,6 +180,7 @@ impl From<Status> for Error {
             ErrorCode::Timeout => Error::Timeout(message),
             ErrorCode::Overloaded => Error::Overloaded(message),
             ErrorCode::SessionExpired => Error::SessionExpired(message),
+            ErrorCode::Refused => Error::Refused(message),
             ErrorCode::Internal | ErrorCode::Unspecified => Error::Internal(message),
         }
     }

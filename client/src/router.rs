@@ -45,7 +45,7 @@ pub(crate) struct Router {
     channels: Mutex<HashMap<String, Channel>>,
 }
 
-fn backoff(attempt: u32) -> Duration {
+pub(crate) fn backoff(attempt: u32) -> Duration {
     let base = 10u64.saturating_mul(1 << attempt.min(6)).min(500);
     let jitter = rand::rng().random_range(base / 2..=base);
     Duration::from_millis(jitter)

@@ -1,4 +1,5 @@
-//! `atollctl`: data commands and cluster status for Atoll.
+//! `atollctl`: data commands, cluster status and node administration for
+//! Atoll.
 //!
 //! Exit codes: 0 success, 1 the command failed (including "key not found",
 //! a failed compare-and-swap, and `cluster status` of a degraded cluster:
@@ -10,7 +11,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use atoll_client::{Client, ClientOptions, Consistency, Error, Expect, KeyValue, DEV_ENDPOINTS};
+use atoll_client::{
+    Client, ClientOptions, Consistency, Error, Expect, KeyValue, NodeState, DEV_ENDPOINTS,
+};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
@@ -96,6 +99,29 @@ enum Cmd {
         #[command(subcommand)]
         command: ClusterCmd,
     },
+    /// The cluster's nodes: list them, weigh them, remove them.
+    Node {
+        #[command(subcommand)]
+        command: NodeCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Every node, removed ones too: island, address, capacity, state,
+    /// whether it answers, and the replicas and leaders it holds.
+    List,
+    /// Set a node's relative capacity weight, which placement weighs.
+    SetCapacity { node: u64, capacity: u64 },
+    /// Remove a node from the cluster for good: its id is never reused,
+    /// and its peers refuse its Raft calls. Without --dead, only a node
+    /// that holds no replica is removed.
+    Remove {
+        node: u64,
+        /// The node is gone for good: remove it whatever it still holds.
+        #[arg(long)]
+        dead: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -145,6 +171,19 @@ fn print_kvs(output: Output, kvs: &[KeyValue]) -> anyhow::Result<()> {
             for r in &rows {
                 r.print_line();
             }
+            Ok(())
+        }
+    }
+}
+
+/// The answer to a change of the map.
+fn print_change(out: Output, node: u64, map_version: u64) -> anyhow::Result<()> {
+    match out {
+        Output::Json => {
+            print_json(&serde_json::json!({ "node": node, "map_version": map_version }))
+        }
+        Output::Table => {
+            println!("OK (map version {map_version})");
             Ok(())
         }
     }
@@ -308,6 +347,33 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 eprintln!("degraded: {problem}");
             }
             Ok(problems.is_empty())
+        }
+        Cmd::Node {
+            command: NodeCmd::List,
+        } => {
+            let status = client.cluster_status().await?;
+            let report = status::Report::from_status(&status);
+            match out {
+                Output::Json => print_json(&report.nodes)?,
+                Output::Table => report.print_nodes(),
+            }
+            Ok(true)
+        }
+        Cmd::Node {
+            command: NodeCmd::SetCapacity { node, capacity },
+        } => {
+            let version = client.set_node_capacity(node, capacity).await?;
+            print_change(out, node, version)?;
+            Ok(true)
+        }
+        Cmd::Node {
+            command: NodeCmd::Remove { node, dead },
+        } => {
+            let version = client
+                .set_node_state(node, NodeState::Removed, dead)
+                .await?;
+            print_change(out, node, version)?;
+            Ok(true)
         }
         Cmd::Cluster {
             command: ClusterCmd::Map,

@@ -12,6 +12,7 @@ pub struct NodeOut {
     pub id: u64,
     pub island: String,
     pub address: String,
+    pub capacity: u64,
     pub state: String,
     /// Whether the node answered.
     pub reachable: bool,
@@ -127,6 +128,7 @@ impl Report {
                     id: n.id,
                     island: n.island.clone(),
                     address: n.address.clone(),
+                    capacity: n.capacity,
                     state: state_name(n.state),
                     reachable: report.is_some_and(|r| r.status.is_some()),
                     error: report.map(|r| r.error.clone()).unwrap_or_default(),
@@ -156,13 +158,13 @@ impl Report {
         }
     }
 
-    /// What keeps the cluster from being healthy: unreachable nodes and
-    /// shards without a leader.
+    /// What keeps the cluster from being healthy: unreachable nodes (not
+    /// counting removed ones) and shards without a leader.
     pub fn problems(&self) -> Vec<String> {
         let nodes = self
             .nodes
             .iter()
-            .filter(|n| !n.reachable)
+            .filter(|n| !n.reachable && n.state != "removed")
             .map(|n| format!("node {} is unreachable: {}", n.id, n.error));
         let shards = self
             .meta
@@ -171,6 +173,27 @@ impl Report {
             .filter(|s| s.leader_node.is_none())
             .map(|s| format!("shard {} has no leader", s.id));
         nodes.chain(shards).collect()
+    }
+
+    /// `node list`: one line per node.
+    pub fn print_nodes(&self) {
+        println!(
+            "{:<6} {:<14} {:<22} {:>8} {:<9} {:<9} {:>8} {:>8}",
+            "NODE", "ISLAND", "ADDRESS", "CAPACITY", "STATE", "REACHABLE", "REPLICAS", "LEADERS"
+        );
+        for n in &self.nodes {
+            println!(
+                "{:<6} {:<14} {:<22} {:>8} {:<9} {:<9} {:>8} {:>8}",
+                n.id,
+                n.island,
+                n.address,
+                n.capacity,
+                n.state,
+                if n.reachable { "yes" } else { "no" },
+                n.replicas,
+                n.leaders
+            );
+        }
     }
 
     pub fn print_table(&self) {

@@ -1,18 +1,24 @@
-//! The node's background loops: publishing and refreshing the cluster map
-//! through the meta shard, and removing expired keys.
+//! The node's background loops: publishing and following the cluster map,
+//! acting on the node's own state in it, handing leadership to preferred
+//! replicas, and removing expired keys.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use atoll_proto::{ReplicaId, ShardId};
-use atoll_raft::state_machine::read_cluster_map;
+use atoll_proto::v1::cluster_client::ClusterClient;
+use atoll_proto::v1::{ClusterMap, NodeState, SetNodeStateRequest, WatchClusterMapRequest};
+use atoll_proto::{NodeId, ReplicaId, ShardId};
+use atoll_raft::meta_command::Lifecycle;
 use atoll_raft::state_machine::ttl::has_due;
+use atoll_raft::state_machine::{read_cluster_map, store_node_map};
 use atoll_raft::types::ServerState;
 use atoll_raft::{Command, Replica, ShardKind, WriteId};
 use prost::Message;
 use tokio::time::Instant;
+use tonic::transport::Channel;
 
+use crate::cluster_service::{meta_addresses, ClusterService, WATCH_WAIT};
 use crate::node::{now_ms, Node};
 
 /// How often the leader looks for due TTLs.
@@ -93,36 +99,153 @@ async fn leader_loop(node: Weak<Node>) {
     }
 }
 
-/// Publishes the initial map through the meta shard (first leader does it)
-/// and keeps the node's map in step with the meta shard's.
-async fn map_loop(node: Weak<Node>) {
+/// Keeps the node's map in step with the meta shard's: a node with a meta
+/// replica reads the map its replica applied (and the first meta leader
+/// publishes the initial map); any other node long-polls
+/// `WatchClusterMap` on a node with a meta replica, and keeps a synced
+/// copy of what it learns, so it restarts with it. Then the node acts on
+/// its own state in the map: a joining node asks to be up, and a removed
+/// node stops its replicas.
+async fn map_loop(weak: Weak<Node>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watch = MapWatch::default();
+    let mut asked_up: Option<Instant> = None;
     loop {
-        tick.tick().await;
-        let Some(node) = node.upgrade() else { return };
-        let Some(meta) = node.replica(ShardId::META) else {
-            continue;
-        };
-        let stored = match read_cluster_map(node.engine().as_ref(), meta.spec.replica) {
-            Ok(stored) => stored,
-            Err(e) => {
-                tracing::error!(error = %e, "reading the stored cluster map");
-                continue;
-            }
-        };
-        match stored {
-            Some(map) => node.set_map(map),
-            None if meta.leader() == Some(meta.spec.replica) => {
-                let map = node.initial_map().encode_to_vec();
-                let command = Command::SetClusterMap {
-                    expected_version: 0,
-                    map,
-                };
-                if let Err(e) = node.propose(&meta, command, WriteId::Untracked).await {
-                    tracing::debug!(error = %e, "publishing the initial cluster map");
+        let Some(node) = weak.upgrade() else { return };
+        if let Some(meta) = node.replica(ShardId::META) {
+            read_meta_map(&node, &meta).await;
+            drop(node);
+            tick.tick().await;
+        } else {
+            let (map, id) = (node.map(), node.id);
+            // The long poll must not keep the node (or its engine) alive.
+            drop(node);
+            match watch.next(&map, id).await {
+                Ok(newer) if newer.map_version > map.map_version => {
+                    let Some(node) = weak.upgrade() else { return };
+                    if node.set_map(newer.clone()) {
+                        let engine = node.engine().clone();
+                        drop(node);
+                        let stored = tokio::task::spawn_blocking(move || {
+                            store_node_map(engine.as_ref(), &newer).map_err(|e| e.to_string())
+                        })
+                        .await;
+                        if let Err(e) = stored.map_err(|e| e.to_string()).and_then(|r| r) {
+                            tracing::warn!(error = %e, "storing the node's copy of the cluster map");
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(why) => {
+                    tracing::debug!(%why, "following the cluster map");
+                    tick.tick().await;
                 }
             }
-            None => {}
+        }
+        let Some(node) = weak.upgrade() else { return };
+        match node.lifecycle() {
+            Some(Lifecycle::Joining) if asked_up.is_none_or(|t| t.elapsed() >= ASK_UP_EVERY) => {
+                asked_up = Some(Instant::now());
+                ask_up(&node).await;
+            }
+            Some(Lifecycle::Removed) if node.retire() => {
+                tracing::error!(node = %node.id, "this node is removed from the cluster: its replicas stop, and its peers refuse its Raft calls");
+                node.shutdown().await;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// How often a joining node asks to be up until its map shows it.
+const ASK_UP_EVERY: Duration = Duration::from_secs(2);
+
+/// Asks the meta shard to move this node from joining to up.
+async fn ask_up(node: &Arc<Node>) {
+    use atoll_proto::v1::cluster_server::Cluster;
+    let service = ClusterService::new(node.clone());
+    let request = tonic::Request::new(SetNodeStateRequest {
+        node_id: node.id.get(),
+        state: NodeState::Up as i32,
+        dead: false,
+    });
+    match service.set_node_state(request).await {
+        Ok(_) => tracing::info!(node = %node.id, "this node is up"),
+        Err(status) => tracing::debug!(%status, "asking to be up"),
+    }
+}
+
+/// Reads the map the local meta replica applied; publishes the initial
+/// map when this node's meta replica leads and no map is stored yet.
+async fn read_meta_map(node: &Node, meta: &Replica) {
+    let stored = match read_cluster_map(node.engine().as_ref(), meta.spec.replica) {
+        Ok(stored) => stored,
+        Err(e) => {
+            tracing::error!(error = %e, "reading the stored cluster map");
+            return;
+        }
+    };
+    match (stored, node.initial_map()) {
+        (Some(map), _) => {
+            node.set_map(map);
+        }
+        (None, Some(initial)) if meta.leader() == Some(meta.spec.replica) => {
+            let command = Command::SetClusterMap {
+                expected_version: 0,
+                map: initial.encode_to_vec(),
+            };
+            if let Err(e) = node.propose(meta, command, WriteId::Untracked).await {
+                tracing::debug!(error = %e, "publishing the initial cluster map");
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A long poll of `WatchClusterMap` on the nodes with a meta replica, one
+/// after another while they fail.
+#[derive(Default)]
+struct MapWatch {
+    /// The node asked, and the channel to it.
+    current: Option<(String, Channel)>,
+}
+
+impl MapWatch {
+    /// The map of a node with a meta replica: once newer than `map`, or
+    /// after its wait.
+    async fn next(&mut self, map: &ClusterMap, me: NodeId) -> Result<ClusterMap, String> {
+        let (address, channel) = match self.current.take() {
+            Some(current) => current,
+            None => {
+                let address = meta_addresses(map, me)
+                    .into_iter()
+                    .next()
+                    .ok_or("no node with a meta replica is known")?;
+                let channel = Channel::from_shared(format!("http://{address}"))
+                    .map_err(|e| e.to_string())?
+                    .connect_timeout(Duration::from_secs(2))
+                    .connect_lazy();
+                (address, channel)
+            }
+        };
+        let request = WatchClusterMapRequest {
+            known_version: map.map_version,
+            node_id: me.get(),
+        };
+        let mut client = ClusterClient::new(channel.clone());
+        let call = client.watch_cluster_map(request);
+        match tokio::time::timeout(WATCH_WAIT + Duration::from_secs(5), call).await {
+            Ok(Ok(answer)) => {
+                self.current = Some((address, channel));
+                answer
+                    .into_inner()
+                    .map
+                    .ok_or_else(|| "answered without a map".into())
+            }
+            // The next call asks another node.
+            Ok(Err(status)) => Err(format!("{address}: {}", status.message())),
+            Err(_) => Err(format!("{address}: no answer")),
         }
     }
 }

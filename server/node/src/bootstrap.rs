@@ -115,6 +115,7 @@ mod tests {
                     capacity: 100,
                 })
                 .collect(),
+            join: Vec::new(),
         }
     }
 

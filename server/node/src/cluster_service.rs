@@ -1,21 +1,45 @@
-//! The `atoll.v1.Cluster` service: the cluster map, this node's replica
-//! states, and a cluster-wide status gathered from every node.
+//! The `atoll.v1.Cluster` service: the cluster map and its changes, this
+//! node's replica states, and a cluster-wide status gathered from every
+//! node.
+//!
+//! A change of the map is one command of the meta shard's log
+//! (docs/design/elastic.md, "Meta commands"). Any node takes it: a node
+//! with a meta replica proposes it there, and forwards it to the leader
+//! when that replica does not lead; a node without one forwards it to a
+//! node that has one. A forwarded call counts its hops, so a call never
+//! circles while leadership moves.
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use atoll_proto::v1::cluster_client::ClusterClient;
 use atoll_proto::v1::cluster_server::Cluster;
-use atoll_proto::v1::{self as wire, ReplicaRole};
-use atoll_proto::NodeId;
+use atoll_proto::v1::{self as wire, NodeState, ReplicaRole};
+use atoll_proto::{NodeId, ShardId};
+use atoll_raft::meta_command::{Lifecycle, MetaCommand};
+use atoll_raft::state_machine::read_cluster_map;
 use atoll_raft::types::ServerState;
+use atoll_raft::{Command, Outcome, WriteId};
+use rand::seq::SliceRandom;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use crate::errors::ApiError;
 use crate::node::Node;
 
 /// How long `Status` waits for each node.
 const NODE_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `WatchClusterMap` waits for a newer map.
+pub const WATCH_WAIT: Duration = Duration::from_secs(10);
+/// The deadline of a change forwarded to another node.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Times a change may be forwarded: from a node without a meta replica
+/// to one with a meta replica, and from there to the leader.
+const MAX_HOPS: u32 = 2;
+/// The gRPC metadata key that counts a forwarded change's hops.
+const HOPS_HEADER: &str = "atoll-meta-hops";
 
 pub struct ClusterService {
     node: Arc<Node>,
@@ -88,8 +112,213 @@ async fn remote_status(address: String) -> Result<wire::NodeStatusResponse, Stri
         .unwrap_or_else(|_| Err("timed out".into()))
 }
 
+fn hops_of<T>(request: &Request<T>) -> u32 {
+    request
+        .metadata()
+        .get(HOPS_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The addresses of the nodes with a meta replica, other than `except`,
+/// in random order (so forwarded changes spread over them).
+pub(crate) fn meta_addresses(map: &wire::ClusterMap, except: NodeId) -> Vec<String> {
+    let mut addresses: Vec<String> = (map.meta.iter())
+        .flat_map(|meta| &meta.replicas)
+        .filter(|r| r.node_id != except.get())
+        .filter_map(|r| map.node(NodeId(r.node_id)))
+        .filter(|n| Lifecycle::of(n) != Lifecycle::Removed)
+        .map(|n| n.address.clone())
+        .collect();
+    addresses.shuffle(&mut rand::rng());
+    addresses
+}
+
+async fn connect(address: &str) -> Result<ClusterClient<Channel>, Status> {
+    let channel = Channel::from_shared(format!("http://{address}"))
+        .map_err(|e| Status::invalid_argument(format!("{address}: {e}")))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(FORWARD_TIMEOUT)
+        .connect()
+        .await
+        .map_err(|e| Status::unavailable(format!("{address}: {e}")))?;
+    Ok(ClusterClient::new(channel))
+}
+
+/// Whether a forwarded call failed before the other node acted on it, so
+/// another node may be asked.
+fn unreached(status: &Status) -> bool {
+    status.code() == tonic::Code::Unavailable && status.details().is_empty()
+}
+
+impl ClusterService {
+    /// Applies `command` to the map through the meta shard's leader,
+    /// wherever it is: `applied` answers from its outcome (the map version
+    /// after it, and a registered node's id); `forward` sends the request
+    /// on to another node.
+    async fn change<Req, Resp, F, Fut>(
+        &self,
+        request: Request<Req>,
+        command: MetaCommand,
+        applied: impl FnOnce(u64, Option<u64>) -> Resp,
+        forward: F,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: Clone,
+        F: Fn(ClusterClient<Channel>, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let hops = hops_of(&request);
+        let body = request.into_inner();
+        let targets = match self.node.replica(ShardId::META) {
+            Some(meta) => {
+                // A new cluster's first meta leader publishes the initial
+                // map within a second; a change before it has nothing to
+                // apply to.
+                let stored = read_cluster_map(self.node.engine().as_ref(), meta.spec.replica)
+                    .map_err(ApiError::from)?;
+                if stored.is_none() {
+                    return Err(ApiError::ShardUnavailable(
+                        "the cluster map is not published yet; try again".into(),
+                    )
+                    .into());
+                }
+                let command = Command::Meta(command);
+                match self
+                    .node
+                    .propose_command(&meta, command, WriteId::Untracked)
+                    .await
+                {
+                    Ok(Outcome::MapChanged { version, node }) => {
+                        return Ok(Response::new(applied(version, node)))
+                    }
+                    Ok(Outcome::Rejected { reason }) => {
+                        return Err(ApiError::Refused(reason).into())
+                    }
+                    Ok(other) => {
+                        return Err(ApiError::Internal(format!(
+                            "a change of the map answered {other:?}"
+                        ))
+                        .into())
+                    }
+                    Err(ApiError::NotLeader { leader: Some(hint) }) => vec![hint.address],
+                    Err(ApiError::NotLeader { leader: None }) => {
+                        return Err(ApiError::ShardUnavailable(
+                            "the meta shard has no leader right now".into(),
+                        )
+                        .into())
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            None => meta_addresses(&self.node.map(), self.node.id),
+        };
+        if hops >= MAX_HOPS {
+            return Err(ApiError::ShardUnavailable(format!(
+                "the meta shard's leader was not reached in {MAX_HOPS} hops (leadership may be moving)"
+            ))
+            .into());
+        }
+        let mut last =
+            ApiError::ShardUnavailable("no node with a meta replica is known".into()).into_status();
+        for address in targets {
+            let client = match connect(&address).await {
+                Ok(client) => client,
+                Err(status) => {
+                    last = status;
+                    continue;
+                }
+            };
+            let mut forwarded = Request::new(body.clone());
+            forwarded
+                .metadata_mut()
+                .insert(HOPS_HEADER, (hops + 1).into());
+            match forward(client, forwarded).await {
+                Err(status) if unreached(&status) => last = status,
+                answer => return answer,
+            }
+        }
+        Err(last)
+    }
+}
+
 #[tonic::async_trait]
 impl Cluster for ClusterService {
+    async fn watch_cluster_map(
+        &self,
+        request: Request<wire::WatchClusterMapRequest>,
+    ) -> Result<Response<wire::WatchClusterMapResponse>, Status> {
+        let known = request.into_inner().known_version;
+        let map = self.node.watch_map(known, WATCH_WAIT).await;
+        Ok(Response::new(wire::WatchClusterMapResponse {
+            map: Some((*map).clone()),
+        }))
+    }
+
+    async fn join_cluster(
+        &self,
+        request: Request<wire::JoinClusterRequest>,
+    ) -> Result<Response<wire::JoinClusterResponse>, Status> {
+        let r = request.get_ref();
+        let command = MetaCommand::RegisterNode {
+            island: r.island.clone(),
+            address: r.address.clone(),
+            capacity: r.capacity,
+            token: r.token,
+        };
+        let applied = |map_version, node: Option<u64>| wire::JoinClusterResponse {
+            node_id: node.unwrap_or(0),
+            map_version,
+        };
+        self.change(request, command, applied, |mut c, r| async move {
+            c.join_cluster(r).await
+        })
+        .await
+    }
+
+    async fn set_node_state(
+        &self,
+        request: Request<wire::SetNodeStateRequest>,
+    ) -> Result<Response<wire::MapChangeResponse>, Status> {
+        let r = request.get_ref();
+        let Some(state) = NodeState::try_from(r.state)
+            .ok()
+            .and_then(Lifecycle::from_proto)
+        else {
+            return Err(ApiError::invalid(
+                wire::Limit::MissingField,
+                format!("state {} is not a node state", r.state),
+            )
+            .into());
+        };
+        let command = MetaCommand::SetNodeState {
+            node: r.node_id,
+            state,
+            dead: r.dead,
+        };
+        let applied = |map_version, _| wire::MapChangeResponse { map_version };
+        self.change(request, command, applied, |mut c, r| async move {
+            c.set_node_state(r).await
+        })
+        .await
+    }
+
+    async fn set_node_capacity(
+        &self,
+        request: Request<wire::SetNodeCapacityRequest>,
+    ) -> Result<Response<wire::MapChangeResponse>, Status> {
+        let r = request.get_ref();
+        let command = MetaCommand::SetCapacity {
+            node: r.node_id,
+            capacity: r.capacity,
+        };
+        let applied = |map_version, _| wire::MapChangeResponse { map_version };
+        self.change(request, command, applied, |mut c, r| async move {
+            c.set_node_capacity(r).await
+        })
+        .await
+    }
+
     async fn get_cluster_map(
         &self,
         _request: Request<wire::GetClusterMapRequest>,
@@ -132,9 +361,12 @@ impl Cluster for ClusterService {
         let calls = map.nodes.iter().map(|n| {
             let node = self.node.clone();
             let (id, address) = (n.id, n.address.clone());
+            let removed = Lifecycle::of(n) == Lifecycle::Removed;
             async move {
                 let result = if NodeId(id) == node.id {
                     Ok(node_status(&node))
+                } else if removed {
+                    Err("removed from the cluster".into())
                 } else {
                     remote_status(address).await
                 };

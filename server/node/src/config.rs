@@ -14,7 +14,9 @@ use crate::size::ByteSize;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
-    /// This node's id: assigned once, never reused.
+    /// This node's id, for a node of `cluster.initial_nodes`: assigned
+    /// once, never reused. A node that joins (`cluster.join`) leaves it
+    /// unset (0): the cluster gives it one.
     pub node_id: u64,
     /// This node's island (failure domain).
     pub island: String,
@@ -24,6 +26,9 @@ pub struct NodeConfig {
     pub advertise: Option<String>,
     /// The node's data directory (RocksDB lives in `<data_dir>/db`).
     pub data_dir: PathBuf,
+    /// This node's relative capacity weight, registered when it joins (a
+    /// node of `cluster.initial_nodes` has its capacity there).
+    pub capacity: u64,
     pub cluster: ClusterConfig,
     pub raft: RaftConfig,
     pub limits: LimitsConfig,
@@ -41,6 +46,10 @@ pub struct ClusterConfig {
     pub replication_factor: u32,
     /// Every node of a new cluster; all nodes must be given the same list.
     pub initial_nodes: Vec<InitialNode>,
+    /// Addresses of nodes of a running cluster: a node started with an
+    /// empty data dir joins through any of them (instead of
+    /// `initial_nodes`). Later starts use the identity the join stored.
+    pub join: Vec<String>,
 }
 
 /// One member of `initial_nodes`.
@@ -118,11 +127,12 @@ pub struct StorageConfig {
 impl Default for NodeConfig {
     fn default() -> Self {
         Self {
-            node_id: 1,
+            node_id: 0,
             island: "default".into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 7001)),
             advertise: None,
             data_dir: PathBuf::from("atoll-data"),
+            capacity: default_capacity(),
             cluster: ClusterConfig::default(),
             raft: RaftConfig::default(),
             limits: LimitsConfig::default(),
@@ -139,6 +149,7 @@ impl Default for ClusterConfig {
             initial_shards: 8,
             replication_factor: 3,
             initial_nodes: Vec::new(),
+            join: Vec::new(),
         }
     }
 }
@@ -230,7 +241,8 @@ impl NodeConfig {
     }
 
     /// Applies `ATOLL_NODE_ID`, `ATOLL_ISLAND`, `ATOLL_LISTEN`,
-    /// `ATOLL_ADVERTISE` and `ATOLL_DATA_DIR` from `vars`.
+    /// `ATOLL_ADVERTISE`, `ATOLL_DATA_DIR`, `ATOLL_CAPACITY` and
+    /// `ATOLL_JOIN` (comma-separated addresses) from `vars`.
     pub fn apply_env(
         &mut self,
         vars: impl IntoIterator<Item = (String, String)>,
@@ -246,10 +258,18 @@ impl NodeConfig {
                 "ATOLL_LISTEN" => self.listen = value.parse().map_err(|e| bad(&name, &e))?,
                 "ATOLL_ADVERTISE" => self.advertise = Some(value),
                 "ATOLL_DATA_DIR" => self.data_dir = PathBuf::from(value),
+                "ATOLL_CAPACITY" => self.capacity = value.parse().map_err(|e| bad(&name, &e))?,
+                "ATOLL_JOIN" => self.cluster.join = split_addresses(&value),
                 _ => {}
             }
         }
         Ok(())
+    }
+
+    /// Whether this node joins a running cluster (`cluster.join`) rather
+    /// than being one of `cluster.initial_nodes`.
+    pub fn joins(&self) -> bool {
+        !self.cluster.join.is_empty()
     }
 
     /// The address peers and clients use.
@@ -262,11 +282,38 @@ impl NodeConfig {
     /// Checks every section.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
-        if self.node_id == 0 {
-            return invalid("node_id must be > 0".into());
-        }
         if self.island.is_empty() {
             return invalid("island must not be empty".into());
+        }
+        if self.joins() {
+            self.validate_join()?;
+        } else {
+            self.validate_initial_node()?;
+        }
+        self.raft.validate()?;
+        // A value must fit in one gRPC message with its key and framing.
+        let most = atoll_proto::limits::MAX_VALUE_BYTES_LIMIT as u64;
+        if self.limits.max_value_bytes.0 == 0 || self.limits.max_value_bytes.0 > most {
+            return invalid("limits.max_value_bytes must be between 1 byte and 8MiB".into());
+        }
+        if !(64 << 10..=most).contains(&self.limits.read_page_bytes.0) {
+            return invalid("limits.read_page_bytes must be between 64KiB and 8MiB".into());
+        }
+        let write_buffer = self.storage.write_buffer.0;
+        if !(1 << 20..=1 << 30).contains(&write_buffer) {
+            return invalid("storage.write_buffer must be between 1MiB and 1GiB".into());
+        }
+        Ok(())
+    }
+
+    fn validate_initial_node(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.node_id == 0 {
+            return invalid(
+                "node_id must be > 0 for a node of cluster.initial_nodes \
+                 (a node joining a running cluster sets cluster.join instead)"
+                    .into(),
+            );
         }
         self.cluster.validate()?;
         if !self
@@ -293,21 +340,41 @@ impl NodeConfig {
                 ));
             }
         }
-        self.raft.validate()?;
-        // A value must fit in one gRPC message with its key and framing.
-        let most = atoll_proto::limits::MAX_VALUE_BYTES_LIMIT as u64;
-        if self.limits.max_value_bytes.0 == 0 || self.limits.max_value_bytes.0 > most {
-            return invalid("limits.max_value_bytes must be between 1 byte and 8MiB".into());
+        Ok(())
+    }
+
+    fn validate_join(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.node_id != 0 {
+            return invalid(
+                "node_id must be unset with cluster.join: the cluster gives a joining node its id"
+                    .into(),
+            );
         }
-        if !(64 << 10..=most).contains(&self.limits.read_page_bytes.0) {
-            return invalid("limits.read_page_bytes must be between 64KiB and 8MiB".into());
+        if !self.cluster.initial_nodes.is_empty() {
+            return invalid(
+                "cluster.join and cluster.initial_nodes exclude each other: \
+                 initial_nodes start a new cluster, join enters a running one"
+                    .into(),
+            );
         }
-        let write_buffer = self.storage.write_buffer.0;
-        if !(1 << 20..=1 << 30).contains(&write_buffer) {
-            return invalid("storage.write_buffer must be between 1MiB and 1GiB".into());
+        if self.capacity == 0 {
+            return invalid("capacity must be > 0".into());
+        }
+        if let Some(bad) = self.cluster.join.iter().find(|a| a.trim().is_empty()) {
+            return invalid(format!("cluster.join has an empty address: {bad:?}"));
         }
         Ok(())
     }
+}
+
+/// `a:1, b:2` as `["a:1", "b:2"]`.
+pub fn split_addresses(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 impl ClusterConfig {
@@ -390,6 +457,7 @@ mod tests {
 
     fn three_nodes() -> NodeConfig {
         let mut cfg = NodeConfig {
+            node_id: 1,
             island: "a".into(),
             ..NodeConfig::default()
         };
@@ -464,7 +532,10 @@ mod tests {
     /// larger limit could never be used, so it is refused at start.
     #[test]
     fn limits_that_no_message_could_carry_are_refused() {
-        let mut cfg = NodeConfig::default();
+        let mut cfg = NodeConfig {
+            node_id: 1,
+            ..NodeConfig::default()
+        };
         cfg.cluster.initial_nodes = vec![crate::config::InitialNode {
             id: 1,
             island: cfg.island.clone(),
@@ -479,6 +550,27 @@ mod tests {
         cfg.validate().unwrap();
         cfg.limits.read_page_bytes = ByteSize(16 << 20);
         assert!(cfg.validate().is_err(), "a 16 MiB read page");
+    }
+
+    #[test]
+    fn a_joining_node_names_no_id_and_no_initial_nodes() {
+        let mut cfg = NodeConfig::default();
+        assert!(cfg.validate().is_err(), "neither initial_nodes nor join");
+        cfg.apply_env([("ATOLL_JOIN".to_string(), " a:1, b:2 ,".to_string())])
+            .unwrap();
+        assert_eq!(cfg.cluster.join, ["a:1", "b:2"]);
+        cfg.validate().unwrap();
+        let with_id = NodeConfig {
+            node_id: 4,
+            ..cfg.clone()
+        };
+        assert!(with_id.validate().is_err(), "the cluster gives the id");
+        let both = three_nodes();
+        let mut both = NodeConfig { node_id: 0, ..both };
+        both.cluster.join = cfg.cluster.join.clone();
+        assert!(both.validate().is_err(), "join and initial_nodes");
+        let no_capacity = NodeConfig { capacity: 0, ..cfg };
+        assert!(no_capacity.validate().is_err());
     }
 
     #[test]

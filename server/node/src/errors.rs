@@ -31,6 +31,9 @@ pub enum ApiError {
     Overloaded(String),
     #[error("session expired: {0}")]
     SessionExpired(String),
+    /// A change of the cluster map whose precondition does not hold.
+    #[error("refused: {0}")]
+    Refused(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -55,6 +58,7 @@ impl ApiError {
             ApiError::Timeout(_) => ErrorCode::Timeout,
             ApiError::Overloaded(_) => ErrorCode::Overloaded,
             ApiError::SessionExpired(_) => ErrorCode::SessionExpired,
+            ApiError::Refused(_) => ErrorCode::Refused,
             ApiError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -66,7 +70,8 @@ impl ApiError {
             ApiError::NotLeader { .. }
             | ApiError::StaleMap { .. }
             | ApiError::CasFailed { .. }
-            | ApiError::SessionExpired(_) => Code::FailedPrecondition,
+            | ApiError::SessionExpired(_)
+            | ApiError::Refused(_) => Code::FailedPrecondition,
             ApiError::ShardUnavailable(_) => Code::Unavailable,
             ApiError::InvalidArgument { .. } => Code::InvalidArgument,
             ApiError::DataCorruption(_) => Code::DataLoss,

@@ -1,8 +1,9 @@
-//! The node's identity: which cluster, which layout and which node id its
-//! data directory belongs to. Written at first start, checked at every
-//! start, so a data directory is never reused under another identity: a
-//! restart with a different `initial_shards`, `initial_nodes` or `node_id`
-//! would otherwise rebind its replica ids to other shards and ranges.
+//! The node's identity: which cluster and which node id its data directory
+//! belongs to. Written at first start (or when a join gets the node its
+//! id), checked at every start, so a data directory is never reused under
+//! another identity: a restart with a different `initial_shards`,
+//! `initial_nodes` or `node_id` would otherwise rebind its replica ids to
+//! other shards and ranges.
 
 use atoll_proto::v1::{ClusterMap, Shard};
 use atoll_proto::ReplicaId;
@@ -15,9 +16,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
     pub cluster_name: String,
-    /// A fingerprint of the initial layout: every shard's id, hash range
-    /// and replicas (replica id and node id), and the replication factor.
-    /// Addresses and capacities may change between starts; this may not.
+    /// The map's `cluster_id`: a fingerprint of the initial layout (every
+    /// shard's id, hash range and replicas, and the replication factor),
+    /// fixed at bootstrap. Addresses and capacities may change between
+    /// starts; this may not.
     pub cluster_id: u64,
     pub node_id: u64,
 }
@@ -72,12 +74,33 @@ fn identity_key() -> Vec<u8> {
     tagged_key(ReplicaId(0), apply_tag::IDENTITY, &[])
 }
 
+/// The stored identity, if any.
+pub fn read(engine: &dyn Engine) -> Result<Option<Identity>, IdentityError> {
+    match engine.get(Cf::ApplyState, &identity_key())? {
+        Some(bytes) => Ok(Some(decode(&bytes, "node identity")?)),
+        None => Ok(None),
+    }
+}
+
+/// Stores the identity a join gave, and deletes the join token it was
+/// asked with (`token_key`), in one synced write.
+pub fn store_joined(
+    engine: &dyn Engine,
+    identity: &Identity,
+    token_key: &[u8],
+) -> Result<(), IdentityError> {
+    let mut batch = WriteBatch::new();
+    batch.put(Cf::ApplyState, identity_key(), encode(identity)?);
+    batch.delete(Cf::ApplyState, token_key.to_vec());
+    engine.write(batch, true)?;
+    Ok(())
+}
+
 /// Stores `identity` if the engine holds none yet; otherwise checks that
 /// the stored one is the same.
 pub fn check(engine: &dyn Engine, identity: &Identity) -> Result<(), IdentityError> {
-    match engine.get(Cf::ApplyState, &identity_key())? {
-        Some(bytes) => {
-            let stored: Identity = decode(&bytes, "node identity")?;
+    match read(engine)? {
+        Some(stored) => {
             if &stored != identity {
                 return Err(IdentityError::Mismatch {
                     stored,

@@ -8,6 +8,7 @@ pub mod config;
 pub mod dev;
 pub mod errors;
 pub mod identity;
+pub mod join;
 pub mod kv_service;
 pub mod node;
 mod scan;

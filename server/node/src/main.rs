@@ -48,6 +48,14 @@ struct ServerArgs {
     advertise: Option<String>,
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Join a running cluster through any of these nodes (comma-separated
+    /// `host:port`), instead of being one of `cluster.initial_nodes`. Only
+    /// the first start of a data dir joins; later starts reuse its identity.
+    #[arg(long, value_delimiter = ',')]
+    join: Vec<String>,
+    /// This node's relative capacity weight, registered when it joins.
+    #[arg(long)]
+    capacity: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -87,6 +95,12 @@ fn load_config(args: &ServerArgs) -> anyhow::Result<NodeConfig> {
     if let Some(v) = &args.data_dir {
         config.data_dir = v.clone();
     }
+    if !args.join.is_empty() {
+        config.cluster.join = args.join.clone();
+    }
+    if let Some(v) = args.capacity {
+        config.capacity = v;
+    }
     config.validate()?;
     Ok(config)
 }
@@ -112,10 +126,18 @@ async fn shutdown_signal() {
 async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
     if args.config_check {
-        println!(
-            "config ok: node {} on island {}",
-            config.node_id, config.island
-        );
+        if config.joins() {
+            println!(
+                "config ok: a node on island {} joining through {}",
+                config.island,
+                config.cluster.join.join(",")
+            );
+        } else {
+            println!(
+                "config ok: node {} on island {}",
+                config.node_id, config.island
+            );
+        }
         return Ok(());
     }
     let listener = TcpListener::bind(config.listen)

@@ -4,21 +4,23 @@
 //! barrier).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use atoll_proto::keyhash::key_hash;
 use atoll_proto::v1::{ClusterMap, LeaderHint, Shard};
 use atoll_proto::{NodeId, ReplicaId, ShardId};
+use atoll_raft::meta_command::Lifecycle;
 use atoll_raft::proposer::ProposeError;
-use atoll_raft::state_machine::read_cluster_map;
+use atoll_raft::state_machine::{read_cluster_map, read_node_map};
 use atoll_raft::types::{CheckIsLeaderError, ClientWriteError, Raft, RaftError, ReplicaNode};
 use atoll_raft::{
     Command, NetworkFaults, Outcome, PeerDirectory, PeerPool, Replica, ReplicaConfig,
     ReplicaDirectory, ReplicaSpec, Request, ShardKind, SnapshotPacing, WriteId,
 };
 use atoll_storage::{Engine, GroupCommitter};
+use tokio::sync::watch;
 
 use crate::bootstrap::initial_map;
 use crate::config::NodeConfig;
@@ -44,6 +46,15 @@ pub enum NodeError {
     Storage(#[from] atoll_storage::EngineError),
     #[error(transparent)]
     Identity(#[from] crate::identity::IdentityError),
+    #[error("joining the cluster: {0}")]
+    Join(#[from] crate::join::JoinError),
+    #[error(
+        "node {node} is removed from the cluster (map version {map_version}): a removed node \
+         never comes back; start a new node on an empty data dir with cluster.join"
+    )]
+    Removed { node: NodeId, map_version: u64 },
+    #[error("node {node} is not in the cluster map (version {map_version})")]
+    NotInMap { node: NodeId, map_version: u64 },
     #[error("replica of shard {shard}: {source}")]
     Replica {
         shard: ShardId,
@@ -51,14 +62,19 @@ pub enum NodeError {
     },
 }
 
-type SharedMap = Arc<RwLock<Arc<ClusterMap>>>;
+/// The node's current map; watchers wake when a newer one arrives.
+type SharedMap = watch::Sender<Arc<ClusterMap>>;
 
-struct MapDirectory(SharedMap);
+/// Peer addresses from the current map. A removed node has none: nothing
+/// is sent to it any more.
+struct MapDirectory(watch::Receiver<Arc<ClusterMap>>);
 
 impl PeerDirectory for MapDirectory {
     fn address(&self, node: NodeId) -> Option<String> {
-        let map = self.0.read().ok()?;
-        map.node(node).map(|n| n.address.clone())
+        let map = self.0.borrow();
+        map.node(node)
+            .filter(|n| Lifecycle::of(n) != Lifecycle::Removed)
+            .map(|n| n.address.clone())
     }
 }
 
@@ -73,7 +89,11 @@ pub struct Node {
     pub hooks: TestHooks,
     replicas: RwLock<HashMap<ShardId, Replica>>,
     map: SharedMap,
-    initial_map: Arc<ClusterMap>,
+    /// The map this node computes from `cluster.initial_nodes` (which the
+    /// first meta leader publishes); none for a node that joined.
+    initial_map: Option<Arc<ClusterMap>>,
+    /// Set once the node has seen itself removed and stopped its replicas.
+    retired: AtomicBool,
 }
 
 impl std::fmt::Debug for Node {
@@ -111,19 +131,33 @@ impl Node {
         engine: Arc<dyn Engine>,
     ) -> Result<Arc<Node>, NodeError> {
         config.validate()?;
-        let id = NodeId(config.node_id);
-        let initial = Arc::new(initial_map(&config.cluster).map_err(NodeError::Bootstrap)?);
-        crate::identity::check(engine.as_ref(), &Identity::of(&initial, config.node_id))?;
-        // A restarted node prefers the map its meta replica has stored.
-        let stored = match initial.meta.as_ref().and_then(|m| m.replica_on(id)) {
-            Some(replica) => read_cluster_map(engine.as_ref(), ReplicaId(replica))?,
-            None => None,
+        let (identity, map, initial) = if config.joins() {
+            let (identity, map) = crate::join::enter(&config, engine.as_ref()).await?;
+            (identity, Arc::new(map), None)
+        } else {
+            let initial = Arc::new(initial_map(&config.cluster).map_err(NodeError::Bootstrap)?);
+            let identity = Identity::of(&initial, config.node_id);
+            crate::identity::check(engine.as_ref(), &identity)?;
+            let map = newest_stored_map(engine.as_ref(), &initial, NodeId(identity.node_id))?;
+            (identity, map, Some(initial))
         };
-        let map = match stored {
-            Some(m) if m.map_version >= initial.map_version => Arc::new(m),
-            _ => initial.clone(),
-        };
-        let shared: SharedMap = Arc::new(RwLock::new(map.clone()));
+        let id = NodeId(identity.node_id);
+        match map.node(id).map(Lifecycle::of) {
+            Some(Lifecycle::Removed) => {
+                return Err(NodeError::Removed {
+                    node: id,
+                    map_version: map.map_version,
+                })
+            }
+            Some(_) => {}
+            None => {
+                return Err(NodeError::NotInMap {
+                    node: id,
+                    map_version: map.map_version,
+                })
+            }
+        }
+        let (shared, _) = watch::channel(map.clone());
         let faults = Arc::new(NetworkFaults::default());
         // No burst: every byte waits its turn, so the rate holds from the
         // first chunk.
@@ -134,7 +168,8 @@ impl Node {
             config.raft.snapshot_stall_timeout,
         );
         let pool = Arc::new(PeerPool::new(
-            Arc::new(MapDirectory(shared.clone())),
+            id,
+            Arc::new(MapDirectory(shared.subscribe())),
             faults.clone(),
             Arc::new(pacing),
         ));
@@ -211,6 +246,7 @@ impl Node {
             replicas: RwLock::new(replicas),
             map: shared,
             initial_map: initial,
+            retired: AtomicBool::new(false),
         });
         crate::background::spawn(&node);
         Ok(node)
@@ -230,22 +266,44 @@ impl Node {
 
     /// The cluster map as this node knows it.
     pub fn map(&self) -> Arc<ClusterMap> {
-        self.map
-            .read()
-            .map(|m| m.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        self.map.borrow().clone()
     }
 
-    pub(crate) fn initial_map(&self) -> &Arc<ClusterMap> {
-        &self.initial_map
+    /// The map computed from `cluster.initial_nodes`; none for a node
+    /// that joined a running cluster.
+    pub(crate) fn initial_map(&self) -> Option<&Arc<ClusterMap>> {
+        self.initial_map.as_ref()
     }
 
-    pub(crate) fn set_map(&self, map: ClusterMap) {
-        if let Ok(mut current) = self.map.write() {
-            if map.map_version > current.map_version {
+    /// Takes `map` if it is newer than the node's; returns whether it was.
+    pub(crate) fn set_map(&self, map: ClusterMap) -> bool {
+        self.map.send_if_modified(|current| {
+            let newer = map.map_version > current.map_version;
+            if newer {
                 *current = Arc::new(map);
             }
-        }
+            newer
+        })
+    }
+
+    /// The node's map once it is newer than `known_version`, or after
+    /// `timeout` the map it has.
+    pub async fn watch_map(&self, known_version: u64, timeout: Duration) -> Arc<ClusterMap> {
+        let mut changes = self.map.subscribe();
+        let newer = changes.wait_for(|m| m.map_version > known_version);
+        let _ = tokio::time::timeout(timeout, newer).await;
+        self.map()
+    }
+
+    /// Marks the node retired (removed from the cluster); true the first
+    /// time only.
+    pub(crate) fn retire(&self) -> bool {
+        !self.retired.swap(true, Ordering::SeqCst)
+    }
+
+    /// This node's state in its map.
+    pub fn lifecycle(&self) -> Option<Lifecycle> {
+        self.map.borrow().node(self.id).map(Lifecycle::of)
     }
 
     /// The local replica of `shard`.
@@ -338,6 +396,25 @@ impl Node {
         command: Command,
         write_id: WriteId,
     ) -> Result<Outcome, ApiError> {
+        match self.propose_command(replica, command, write_id).await? {
+            // The state machine refused the command: it was routed to a
+            // shard that does not own its keys.
+            Outcome::Rejected { reason } => Err(ApiError::StaleMap {
+                map_version: self.map().map_version,
+                message: reason,
+            }),
+            other => Ok(other),
+        }
+    }
+
+    /// Proposes a command and waits for its outcome, which may be
+    /// `Outcome::Rejected`.
+    pub async fn propose_command(
+        &self,
+        replica: &Replica,
+        command: Command,
+        write_id: WriteId,
+    ) -> Result<Outcome, ApiError> {
         let request = Request {
             write_id,
             now_ms: replica.stamp(now_ms()),
@@ -389,12 +466,6 @@ impl Node {
             ));
         }
         match outcome {
-            // The state machine refused the command: it was routed to a
-            // shard that does not own its keys.
-            Outcome::Rejected { reason } => Err(ApiError::StaleMap {
-                map_version: self.map().map_version,
-                message: reason,
-            }),
             Outcome::SessionExpired { reason } => Err(ApiError::SessionExpired(reason)),
             Outcome::Overloaded { reason } => Err(ApiError::Overloaded(reason)),
             other => Ok(other),
@@ -448,4 +519,37 @@ impl ReplicaDirectory for Node {
     fn snapshot_file(&self) -> Result<tempfile::NamedTempFile, atoll_storage::EngineError> {
         atoll_raft::state_machine::received_snapshot_file(&snapshot_dir(&self.config))
     }
+
+    /// Refuses a node the map says is removed. A node the map does not
+    /// know yet (this node's map may lag) is let in.
+    fn admit(&self, peer: Option<NodeId>) -> Result<(), String> {
+        let Some(peer) = peer else { return Ok(()) };
+        let map = self.map.borrow();
+        match map.node(peer) {
+            Some(n) if Lifecycle::of(n) == Lifecycle::Removed => Err(format!(
+                "node {peer} is removed from the cluster (map version {}); its Raft calls are refused",
+                map.map_version
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The newest map a node of the initial layout has: its meta replica's,
+/// its own copy of the last map it followed, or the initial one.
+fn newest_stored_map(
+    engine: &dyn Engine,
+    initial: &Arc<ClusterMap>,
+    id: NodeId,
+) -> Result<Arc<ClusterMap>, NodeError> {
+    let meta = match initial.meta.as_ref().and_then(|m| m.replica_on(id)) {
+        Some(replica) => read_cluster_map(engine, ReplicaId(replica))?,
+        None => None,
+    };
+    let newest = [meta, read_node_map(engine)?]
+        .into_iter()
+        .flatten()
+        .filter(|m| m.map_version >= initial.map_version)
+        .max_by_key(|m| m.map_version);
+    Ok(newest.map_or_else(|| initial.clone(), Arc::new))
 }

@@ -20,15 +20,24 @@ impl Lifecycle {
     /// The state a map stores for a node. Maps written before node states
     /// were used have every node unspecified, which means up.
     pub fn of(node: &Node) -> Lifecycle {
-        match NodeState::try_from(node.state) {
-            Ok(NodeState::Joining) => Lifecycle::Joining,
-            Ok(NodeState::Draining) => Lifecycle::Draining,
-            Ok(NodeState::Removed) => Lifecycle::Removed,
-            Ok(NodeState::Up | NodeState::Unspecified) | Err(_) => Lifecycle::Up,
+        NodeState::try_from(node.state)
+            .ok()
+            .and_then(Lifecycle::from_proto)
+            .unwrap_or(Lifecycle::Up)
+    }
+
+    /// The lifecycle state a request names; none for `UNSPECIFIED`.
+    pub fn from_proto(state: NodeState) -> Option<Lifecycle> {
+        match state {
+            NodeState::Joining => Some(Lifecycle::Joining),
+            NodeState::Up => Some(Lifecycle::Up),
+            NodeState::Draining => Some(Lifecycle::Draining),
+            NodeState::Removed => Some(Lifecycle::Removed),
+            NodeState::Unspecified => None,
         }
     }
 
-    fn proto(self) -> NodeState {
+    pub fn proto(self) -> NodeState {
         match self {
             Lifecycle::Joining => NodeState::Joining,
             Lifecycle::Up => NodeState::Up,

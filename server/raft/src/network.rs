@@ -52,6 +52,27 @@ const BULK_CALL_BYTES: usize = 64 << 10;
 /// control window, then this queue; further calls fail at once as
 /// unreachable, and openraft backs off, instead of queueing a copy of
 /// every resent AppendEntries until keepalive gives up on the peer.
+/// The gRPC metadata key that names the sending node on every Raft stream,
+/// so a receiver can refuse a node the cluster has removed.
+pub const FROM_NODE_HEADER: &str = "atoll-from-node";
+
+/// A request carrying `body`, naming `from` as its sender.
+fn from_node<T>(from: NodeId, body: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(body);
+    request.metadata_mut().insert(
+        FROM_NODE_HEADER,
+        tonic::metadata::MetadataValue::from(from.get()),
+    );
+    request
+}
+
+/// The sending node a Raft request names, if it names one (senders of
+/// earlier versions do not).
+pub fn sender_of<T>(request: &tonic::Request<T>) -> Option<NodeId> {
+    let value = request.metadata().get(FROM_NODE_HEADER)?;
+    value.to_str().ok()?.parse().ok().map(NodeId)
+}
+
 pub const MAX_STREAM_QUEUE_BYTES: usize = 8 * MAX_APPEND_BYTES;
 
 /// How many of `entries` (at least one) fit in [`MAX_APPEND_BYTES`].
@@ -133,6 +154,8 @@ struct Peer {
 
 /// The node's channels and streams to its peers.
 pub struct PeerPool {
+    /// This node, named on every stream it opens.
+    local: NodeId,
     directory: Arc<dyn PeerDirectory>,
     peers: Mutex<HashMap<NodeId, Peer>>,
     faults: Arc<NetworkFaults>,
@@ -152,11 +175,13 @@ struct PeerError(String);
 
 impl PeerPool {
     pub fn new(
+        local: NodeId,
         directory: Arc<dyn PeerDirectory>,
         faults: Arc<NetworkFaults>,
         pacing: Arc<SnapshotPacing>,
     ) -> Self {
         Self {
+            local,
             directory,
             peers: Mutex::new(HashMap::new()),
             faults,
@@ -213,12 +238,13 @@ impl PeerPool {
     /// The open stream to `node` on `lane`; opens a new one when there is
     /// none or the last one ended.
     fn stream(&self, node: NodeId, lane: Lane) -> Result<Arc<PeerStream>, Unreachable<TypeConfig>> {
+        let local = self.local;
         self.with_peer(node, |peer| {
             let slot = &mut peer.lanes[lane as usize];
             match slot {
                 Some(stream) if !stream.is_closed() => stream.clone(),
                 _ => {
-                    let stream = Arc::new(PeerStream::open(peer.channel.clone(), node));
+                    let stream = Arc::new(PeerStream::open(peer.channel.clone(), local, node));
                     *slot = Some(stream.clone());
                     stream
                 }
@@ -272,7 +298,7 @@ fn lock(state: &Mutex<StreamState>) -> std::sync::MutexGuard<'_, StreamState> {
 impl PeerStream {
     /// Starts a stream on `channel`; calls sent before it is connected
     /// wait in its queue.
-    fn open(channel: Channel, node: NodeId) -> Self {
+    fn open(channel: Channel, local: NodeId, node: NodeId) -> Self {
         let (outgoing, calls) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let taken = queued.clone();
@@ -287,19 +313,20 @@ impl PeerStream {
             next_id: 0,
             closed: None,
         }));
-        tokio::spawn(Self::run(shared.clone(), channel, calls, node));
+        tokio::spawn(Self::run(shared.clone(), channel, local, calls, node));
         Self { shared }
     }
 
     async fn run(
         shared: Arc<Mutex<StreamState>>,
         channel: Channel,
+        local: NodeId,
         calls: impl futures::Stream<Item = RaftCall> + Send + 'static,
         node: NodeId,
     ) {
         let mut client = RaftClient::new(channel).max_decoding_message_size(MAX_RAFT_MESSAGE);
         let ended = async {
-            let mut replies = client.exchange(calls).await?.into_inner();
+            let mut replies = client.exchange(from_node(local, calls)).await?.into_inner();
             while let Some(reply) = replies.message().await? {
                 Self::deliver(&shared, reply);
             }
@@ -609,7 +636,7 @@ impl RaftNetworkV2<TypeConfig> for Network {
         let mut client = RaftClient::new(channel).max_decoding_message_size(MAX_RAFT_MESSAGE);
         // No deadline on the whole send: it fails only when it stops
         // moving (docs/design/elastic.md, "Snapshots that scale").
-        let send = client.install_snapshot(chunks);
+        let send = client.install_snapshot(from_node(self.pool.local, chunks));
         tokio::pin!(send);
         let mut check = tokio::time::interval(Duration::from_secs(1));
         let reply = loop {
@@ -974,6 +1001,7 @@ mod stream_tests {
                 .serve_with_incoming(TcpListenerStream::new(listener)),
         );
         PeerPool::new(
+            NodeId(1),
             Arc::new(OneAddress(address)),
             Arc::default(),
             Arc::new(SnapshotPacing::unlimited()),
@@ -1074,6 +1102,7 @@ mod stream_tests {
     async fn a_cut_peer_is_unreachable() {
         let faults = Arc::new(NetworkFaults::default());
         let pool = PeerPool::new(
+            NodeId(1),
             Arc::new(OneAddress("127.0.0.1:1".into())),
             faults.clone(),
             Arc::new(SnapshotPacing::unlimited()),

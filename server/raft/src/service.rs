@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use atoll_proto::v1::raft_server::Raft as RaftRpc;
 use atoll_proto::v1::{RaftCall, RaftCallKind, RaftMessage, RaftReply, SnapshotChunk};
-use atoll_proto::{ReplicaId, ShardId};
+use atoll_proto::{NodeId, ReplicaId, ShardId};
 use futures::stream::FuturesUnordered;
 use futures::Stream;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
@@ -15,7 +15,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::network::{message, unpack, verify_chunk};
+use crate::network::{message, sender_of, unpack, verify_chunk};
 use crate::state_machine::SnapshotFile;
 use crate::types::{
     AppendEntriesRequest, Raft, Snapshot, SnapshotMeta, TransferLeaderRequest, Vote, VoteRequest,
@@ -28,6 +28,13 @@ pub trait ReplicaDirectory: Send + Sync + 'static {
     /// A new file for a snapshot being received (see
     /// [`received_snapshot_file`](crate::state_machine::received_snapshot_file)).
     fn snapshot_file(&self) -> Result<tempfile::NamedTempFile, atoll_storage::EngineError>;
+    /// Whether this node takes Raft traffic from `peer` (`None` for a
+    /// sender of an earlier version, which does not name itself). A node
+    /// the cluster has removed is refused, with the reason.
+    fn admit(&self, peer: Option<NodeId>) -> Result<(), String> {
+        let _ = peer;
+        Ok(())
+    }
 }
 
 /// Implements `atoll.v1.Raft` over a [`ReplicaDirectory`].
@@ -62,6 +69,7 @@ fn target(replicas: &dyn ReplicaDirectory, shard: u64, replica: u64) -> Result<R
 /// is closing.
 async fn answer_calls(
     replicas: Arc<dyn ReplicaDirectory>,
+    peer: Option<NodeId>,
     mut calls: Streaming<RaftCall>,
     replies: mpsc::UnboundedSender<RaftReply>,
     mut closing: watch::Receiver<bool>,
@@ -74,7 +82,7 @@ async fn answer_calls(
         tokio::select! {
             _ = &mut closed => return,
             call = calls.message(), if open => match call {
-                Ok(Some(call)) => running.push(answer(replicas.clone(), call)),
+                Ok(Some(call)) => running.push(answer(replicas.clone(), peer, call)),
                 Ok(None) => open = false,
                 Err(status) => {
                     tracing::debug!(%status, "raft stream from a peer failed");
@@ -91,9 +99,19 @@ async fn answer_calls(
     }
 }
 
-async fn answer(replicas: Arc<dyn ReplicaDirectory>, call: RaftCall) -> RaftReply {
+async fn answer(
+    replicas: Arc<dyn ReplicaDirectory>,
+    peer: Option<NodeId>,
+    call: RaftCall,
+) -> RaftReply {
     let call_id = call.call_id;
-    match dispatch(&*replicas, call).await {
+    // Checked for every call, not once per stream: a stream outlives the
+    // map that let its sender in.
+    let answered = match replicas.admit(peer) {
+        Ok(()) => dispatch(&*replicas, call).await,
+        Err(refused) => Err(refused),
+    };
+    match answered {
         Ok(message) => RaftReply {
             call_id,
             message: Some(message),
@@ -183,9 +201,14 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<Streaming<RaftCall>>,
     ) -> Result<Response<ReplyStream>, Status> {
+        let peer = sender_of(&request);
+        self.replicas
+            .admit(peer)
+            .map_err(Status::permission_denied)?;
         let (replies, out) = mpsc::unbounded_channel();
         tokio::spawn(answer_calls(
             self.replicas.clone(),
+            peer,
             request.into_inner(),
             replies,
             self.closing.clone(),
@@ -198,6 +221,9 @@ impl RaftRpc for RaftService {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftMessage>, Status> {
+        self.replicas
+            .admit(sender_of(&request))
+            .map_err(Status::permission_denied)?;
         let mut stream = request.into_inner();
         let mut header: Option<(Vote, SnapshotMeta)> = None;
         let mut target: Option<(u64, u64, Raft, tokio::fs::File, tempfile::TempPath)> = None;
@@ -295,7 +321,7 @@ mod tests {
             target_replica: 9,
             ..Default::default()
         };
-        let reply = answer(replicas.clone(), call(5, vote, Some(msg))).await;
+        let reply = answer(replicas.clone(), None, call(5, vote, Some(msg))).await;
         assert_eq!(reply.call_id, 5);
         assert!(reply.message.is_none());
         assert!(
@@ -304,8 +330,48 @@ mod tests {
             reply.error
         );
 
-        let reply = answer(replicas, call(6, vote, None)).await;
+        let reply = answer(replicas, None, call(6, vote, None)).await;
         assert_eq!(reply.call_id, 6);
         assert!(reply.error.contains("without a message"), "{}", reply.error);
+    }
+
+    /// A node whose map says node 3 is removed.
+    struct RemovedThree;
+
+    impl ReplicaDirectory for RemovedThree {
+        fn raft(&self, shard: ShardId, replica: ReplicaId) -> Option<Raft> {
+            Empty.raft(shard, replica)
+        }
+
+        fn snapshot_file(&self) -> Result<tempfile::NamedTempFile, atoll_storage::EngineError> {
+            Empty.snapshot_file()
+        }
+
+        fn admit(&self, peer: Option<NodeId>) -> Result<(), String> {
+            match peer {
+                Some(NodeId(3)) => Err("node 3 is removed".into()),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn every_call_of_a_removed_sender_is_refused_before_it_reaches_a_replica() {
+        let replicas: Arc<dyn ReplicaDirectory> = Arc::new(RemovedThree);
+        let vote = RaftCallKind::Vote as i32;
+        let msg = RaftMessage {
+            shard_id: 3,
+            target_replica: 9,
+            ..Default::default()
+        };
+        let refused = answer(
+            replicas.clone(),
+            Some(NodeId(3)),
+            call(1, vote, Some(msg.clone())),
+        )
+        .await;
+        assert_eq!(refused.error, "node 3 is removed");
+        let reached = answer(replicas, Some(NodeId(2)), call(2, vote, Some(msg))).await;
+        assert!(reached.error.contains("no replica r9"), "{}", reached.error);
     }
 }

@@ -29,11 +29,16 @@ pub mod apply_tag {
     pub const SESSION: u8 = b's';
     /// A client session's kept outcome: `++ client_id BE ++ seq BE`.
     pub const SESSION_ROW: u8 = b'r';
-    /// The meta shard's cluster map.
+    /// The meta shard's cluster map; under replica id 0, the node's own
+    /// copy of the latest map it has seen.
     pub const META: u8 = b'm';
     /// The node's identity (cluster name, cluster id, node id), under
     /// replica id 0, written at first start and checked at every start.
     pub const IDENTITY: u8 = b'i';
+    /// A joining node's random join token (u64 BE), under replica id 0,
+    /// kept from before it asks to join until its identity is written, so
+    /// a retried join gets the same node id.
+    pub const JOIN_TOKEN: u8 = b'j';
     /// The log clock: the largest proposer time of any applied entry (Unix
     /// ms, u64 BE). Every replica judges TTL expiry by it.
     pub const CLOCK: u8 = b't';

@@ -146,6 +146,29 @@ impl TestCluster {
         }
     }
 
+    /// Starts a new node that joins the running cluster through node 0,
+    /// on `island` with `capacity`; returns its index. Its config leaves
+    /// `node_id` unset: the cluster gives it one.
+    pub async fn join(&mut self, island: &str, capacity: u64) -> usize {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let i = self.configs.len();
+        let mut config = NodeConfig {
+            node_id: 0,
+            island: island.into(),
+            listen: listener.local_addr().expect("addr"),
+            data_dir: self._dir.path().join(format!("joined-{i}")),
+            capacity,
+            raft: self.configs[0].raft.clone(),
+            ..NodeConfig::default()
+        };
+        config.cluster.name = self.configs[0].cluster.name.clone();
+        config.cluster.join = vec![self.configs[0].listen.to_string()];
+        self.configs.push(config);
+        let running = self.launch(i, listener).await;
+        self.nodes.push(Some(running));
+        i
+    }
+
     pub fn node(&self, i: usize) -> &Arc<Node> {
         &self.nodes[i].as_ref().expect("node is running").node
     }

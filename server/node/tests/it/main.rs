@@ -8,6 +8,7 @@
 mod faults;
 mod harness;
 mod identity;
+mod join;
 mod kv;
 mod overload;
 mod placement;

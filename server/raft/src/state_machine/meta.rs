@@ -32,6 +32,20 @@ pub fn read_cluster_map(
         .transpose()
 }
 
+/// The node's own copy of the latest map it has seen, kept under replica
+/// id 0 (which no replica has), so a node without a meta replica restarts
+/// with the map it last followed rather than one it must fetch first.
+pub fn read_node_map(engine: &dyn Engine) -> Result<Option<ClusterMap>, EngineError> {
+    read_cluster_map(engine, ReplicaId(0))
+}
+
+/// Stores `map` as the node's own copy, synced.
+pub fn store_node_map(engine: &dyn Engine, map: &ClusterMap) -> Result<(), EngineError> {
+    let mut batch = WriteBatch::new();
+    store(ReplicaId(0), map, &mut batch);
+    engine.write(batch, true)
+}
+
 fn store(replica: ReplicaId, map: &ClusterMap, batch: &mut WriteBatch) {
     batch.put(
         Cf::ApplyState,

@@ -26,7 +26,7 @@ use openraft::{OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 
 pub use self::dedup::{DedupRow, DedupTable};
-pub use self::meta::read_cluster_map;
+pub use self::meta::{read_cluster_map, read_node_map, store_node_map};
 use self::sessions::Verdict;
 pub use self::sessions::{SessionTable, StoredSession};
 pub use self::snapshot_store::{SnapshotFile, SnapshotStore};
