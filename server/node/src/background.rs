@@ -107,7 +107,7 @@ async fn leader_loop(node: Weak<Node>) {
 /// its own state in the map: a joining node asks to be up, and a removed
 /// node stops its replicas.
 async fn map_loop(weak: Weak<Node>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut tick = tokio::time::interval(META_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut watch = MapWatch::default();
     let mut asked_up: Option<Instant> = None;
@@ -115,8 +115,20 @@ async fn map_loop(weak: Weak<Node>) {
         let Some(node) = weak.upgrade() else { return };
         if let Some(meta) = node.replica(ShardId::META) {
             read_meta_map(&node, &meta).await;
-            drop(node);
-            tick.tick().await;
+            let raft = meta.raft.clone();
+            let applied = meta.metrics().last_applied.map_or(0, |l| l.index);
+            drop((meta, node));
+            // Read again as soon as the meta replica applies more (a change
+            // of the map shows on every meta voter within a commit), and at
+            // least every tick.
+            let started = Instant::now();
+            let waited = raft
+                .wait(Some(META_POLL))
+                .applied_index_at_least(Some(applied + 1), "the next meta entry")
+                .await;
+            if waited.is_err() {
+                tokio::time::sleep_until(started + META_POLL).await;
+            }
         } else {
             let (map, id) = (node.map(), node.id);
             // The long poll must not keep the node (or its engine) alive.
@@ -157,6 +169,10 @@ async fn map_loop(weak: Weak<Node>) {
         }
     }
 }
+
+/// How often a node with a meta replica reads its map when nothing is
+/// applied, and how long any node pauses after a failed watch.
+const META_POLL: Duration = Duration::from_millis(500);
 
 /// How often a joining node asks to be up until its map shows it.
 const ASK_UP_EVERY: Duration = Duration::from_secs(2);

@@ -365,3 +365,112 @@ fn atoll_dev_starts_three_islands_that_atollctl_can_use() {
         "atoll dev stops cleanly on SIGTERM: {exit:?}"
     );
 }
+
+/// A child process killed when dropped, so a failing test leaves none.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The node of `atollctl node list -o json` with id `id`.
+fn listed_node(endpoints: &str, id: u64) -> Option<serde_json::Value> {
+    let (ok, text) = atollctl(endpoints, &["node", "list", "-o", "json"]);
+    if !ok {
+        return None;
+    }
+    let start = text.find('[')?;
+    let nodes: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&text[start..])
+        .into_iter()
+        .next()?
+        .ok()?;
+    nodes.into_iter().find(|n| n["id"] == id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn atoll_server_join_and_atollctl_node_commands() {
+    let cluster = ProcCluster::start(&["a", "b", "c"], 4);
+    let client = cluster.client(None).await;
+    cluster.wait_healthy(&client).await;
+    let endpoints = cluster.cluster.addresses.join(",");
+    let address = format!("127.0.0.1:{}", free_port());
+    let data_dir = cluster.dir.path().join("joined");
+    let log = cluster.dir.path().join("joined.log");
+    let join = |log: &std::path::Path| {
+        Command::new(atoll_bin())
+            .args(["server", "--island", "d", "--listen", &address])
+            .args(["--capacity", "50", "--join", &cluster.cluster.addresses[1]])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .env("ATOLL_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let joined = KillOnDrop(join(&log));
+    let mut up = None;
+    for _ in 0..150 {
+        up = listed_node(&endpoints, 4).filter(|n| n["state"] == "up");
+        if up.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let node = up.unwrap_or_else(|| {
+        panic!(
+            "node 4 never listed as up: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    assert_eq!(node["island"], "d");
+    assert_eq!(node["address"], address.as_str());
+    assert_eq!(node["capacity"], 50);
+    assert_eq!(node["reachable"], true);
+
+    let (ok, text) = atollctl(&endpoints, &["node", "set-capacity", "4", "70"]);
+    assert!(ok, "{text}");
+    // `node list` answers from the map of the node it asks, which shows a
+    // change once that node has applied it.
+    let listed = |field: &str, value: serde_json::Value| {
+        (0..50).any(|_| {
+            let found = listed_node(&endpoints, 4).is_some_and(|n| n[field] == value);
+            if !found {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            found
+        })
+    };
+    assert!(listed("capacity", 70.into()), "capacity 70 never listed");
+    // Only a drained node is removed without --dead; the refusal says why.
+    let (ok, text) = atollctl(&endpoints, &["node", "remove", "4"]);
+    assert!(!ok && text.contains("refused"), "{text}");
+    let (ok, text) = atollctl(&endpoints, &["node", "remove", "4", "--dead"]);
+    assert!(ok, "{text}");
+    assert!(
+        listed("state", "removed".into()),
+        "node 4 never listed as removed"
+    );
+
+    // Once it has seen its removal, the node refuses to start again.
+    let mut retired = false;
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("this node is removed from the cluster") {
+            retired = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(retired, "the removed node never noticed");
+    drop(joined);
+    let again_log = cluster.dir.path().join("joined-again.log");
+    let mut again = KillOnDrop(join(&again_log));
+    let status = again.0.wait().unwrap();
+    let text = std::fs::read_to_string(&again_log).unwrap();
+    assert!(!status.success(), "a removed node started again: {text}");
+    assert!(text.contains("is removed from the cluster"), "{text}");
+}
