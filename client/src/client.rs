@@ -9,8 +9,9 @@ use atoll_proto::limits::{MAX_BATCH_BYTES, MAX_BATCH_OPS};
 use atoll_proto::v1::cluster_client::ClusterClient;
 use atoll_proto::v1::kv_client::KvClient;
 use atoll_proto::v1::{
-    self as wire, cas_request, ClusterMap, KeyValue, Limit, NodeState, SetNodeCapacityRequest,
-    SetNodeStateRequest, StatusRequest, StatusResponse,
+    self as wire, cas_request, ClusterMap, KeyValue, Limit, ListMovesRequest, ListMovesResponse,
+    MoveReplicaRequest, NodeState, SetNodeCapacityRequest, SetNodeStateRequest, StatusRequest,
+    StatusResponse,
 };
 use atoll_proto::ShardId;
 use futures::future::try_join_all;
@@ -472,6 +473,38 @@ impl Client {
                 .set_node_capacity(request(msg, timeout))
                 .await
                 .map(|r| r.into_inner().map_version)
+        })
+        .await
+    }
+
+    /// Starts moving `shard`'s replica on node `from_node` to node
+    /// `to_node`; the cluster carries the move out in the background
+    /// ([`Client::list_moves`] shows it). Refused, with the reason, when the
+    /// shard already has a move in progress, the target holds a replica of
+    /// the shard or is not up, or the move would put two of the shard's
+    /// replicas on one island where it had them on distinct ones.
+    pub async fn move_replica(&self, shard: u64, from_node: u64, to_node: u64) -> Result<u64> {
+        let msg = MoveReplicaRequest {
+            shard_id: shard,
+            from_node,
+            to_node,
+        };
+        self.on_any_node(|mut client, timeout| async move {
+            client
+                .move_replica(request(msg, timeout))
+                .await
+                .map(|r| r.into_inner().map_version)
+        })
+        .await
+    }
+
+    /// The replica moves in progress, as one node's map has them.
+    pub async fn list_moves(&self) -> Result<ListMovesResponse> {
+        self.on_any_node(|mut client, timeout| async move {
+            client
+                .list_moves(request(ListMovesRequest {}, timeout))
+                .await
+                .map(|r| r.into_inner())
         })
         .await
     }

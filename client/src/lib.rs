@@ -26,7 +26,10 @@ mod scan;
 mod session;
 mod types;
 
-pub use atoll_proto::v1::{ClusterMap, KeyValue, LeaderHint, Limit, NodeState, StatusResponse};
+pub use atoll_proto::v1::{
+    ClusterMap, KeyValue, LeaderHint, Limit, ListMovesResponse, Move, MoveState, NodeState,
+    StatusResponse,
+};
 pub use client::{Client, ClientOptions};
 pub use error::{Error, Result};
 pub use types::{BatchOp, Consistency, Expect, ScanAllPage, ScanCursor, ScanPage};

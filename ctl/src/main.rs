@@ -104,6 +104,37 @@ enum Cmd {
         #[command(subcommand)]
         command: NodeCmd,
     },
+    /// Shards: move a replica.
+    Shard {
+        #[command(subcommand)]
+        command: ShardCmd,
+    },
+    /// Replica moves in progress.
+    Moves {
+        #[command(subcommand)]
+        command: MovesCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ShardCmd {
+    /// Move shard S's replica on node FROM to node TO. The cluster adds the
+    /// new replica as a learner, lets it catch up, then swaps it for the
+    /// old one in one joint change of voters; `moves list` follows it.
+    Move {
+        shard: u64,
+        #[arg(long)]
+        from: u64,
+        #[arg(long)]
+        to: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum MovesCmd {
+    /// Every move in progress: shard, replicas, state, catch-up progress,
+    /// and why it is not advancing, if it is not.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -373,6 +404,32 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 .set_node_state(node, NodeState::Removed, dead)
                 .await?;
             print_change(out, node, version)?;
+            Ok(true)
+        }
+        Cmd::Shard {
+            command: ShardCmd::Move { shard, from, to },
+        } => {
+            let version = client.move_replica(shard, from, to).await?;
+            match out {
+                Output::Json => {
+                    print_json(&serde_json::json!({ "shard": shard, "map_version": version }))?
+                }
+                Output::Table => println!(
+                    "move started (map version {version}); follow it with `atollctl moves list`"
+                ),
+            }
+            Ok(true)
+        }
+        Cmd::Moves {
+            command: MovesCmd::List,
+        } => {
+            let moves = client.list_moves().await?;
+            let rows: Vec<status::MoveOut> =
+                moves.moves.iter().map(status::MoveOut::from).collect();
+            match out {
+                Output::Json => print_json(&rows)?,
+                Output::Table => status::print_moves(&rows),
+            }
             Ok(true)
         }
         Cmd::Cluster {

@@ -293,3 +293,65 @@ impl MapOut {
         }
     }
 }
+
+/// One move, for `moves list`.
+#[derive(Serialize)]
+pub struct MoveOut {
+    pub id: u64,
+    pub shard: u64,
+    pub from_node: u64,
+    pub from_replica: u64,
+    pub to_node: u64,
+    pub to_replica: u64,
+    pub state: String,
+    pub reason: String,
+    pub started_ms: u64,
+    /// The new replica's matched log index, and the leader's last.
+    pub matched_index: u64,
+    pub leader_last_index: u64,
+    /// Why the move is not advancing ("" while it is).
+    pub stuck: String,
+}
+
+impl From<&atoll_client::Move> for MoveOut {
+    fn from(m: &atoll_client::Move) -> Self {
+        MoveOut {
+            id: m.id,
+            shard: m.shard_id,
+            from_node: m.from_node,
+            from_replica: m.from_replica,
+            to_node: m.to_node,
+            to_replica: m.to_replica,
+            state: atoll_client::MoveState::try_from(m.state)
+                .map_or("unknown".into(), |s| s.as_str_name().to_lowercase()),
+            reason: m.reason.clone(),
+            started_ms: m.started_ms,
+            matched_index: m.matched_index,
+            leader_last_index: m.leader_last_index,
+            stuck: m.stuck.clone(),
+        }
+    }
+}
+
+pub fn print_moves(moves: &[MoveOut]) {
+    if moves.is_empty() {
+        println!("no moves in progress");
+        return;
+    }
+    println!(
+        "{:<5} {:<6} {:<14} {:<14} {:<14} {:>19} STUCK",
+        "MOVE", "SHARD", "FROM", "TO", "STATE", "MATCHED/LAST"
+    );
+    for m in moves {
+        println!(
+            "{:<5} {:<6} {:<14} {:<14} {:<14} {:>19} {}",
+            m.id,
+            m.shard,
+            format!("n{} r{}", m.from_node, m.from_replica),
+            format!("n{} r{}", m.to_node, m.to_replica),
+            m.state,
+            format!("{}/{}", m.matched_index, m.leader_last_index),
+            m.stuck
+        );
+    }
+}

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use crate::cluster_service::{meta_addresses, ClusterService, WATCH_WAIT};
-use crate::node::{now_ms, Node};
+use crate::node::{now_ms, wanted_replicas, Node};
 
 /// How often the leader looks for due TTLs.
 const TTL_SWEEP: Duration = Duration::from_millis(500);
@@ -34,7 +34,11 @@ const LEADER_RETRY: Duration = Duration::from_secs(30);
 
 pub(crate) fn spawn(node: &Arc<Node>) {
     let weak = Arc::downgrade(node);
-    tokio::spawn(map_loop(weak.clone()));
+    tokio::spawn(meta_map_loop(weak.clone()));
+    tokio::spawn(watch_loop(weak.clone()));
+    tokio::spawn(own_state_loop(weak.clone()));
+    tokio::spawn(reconcile_loop(weak.clone()));
+    tokio::spawn(crate::controller::run(weak.clone()));
     tokio::spawn(ttl_loop(weak.clone()));
     tokio::spawn(leader_loop(weak));
 }
@@ -99,82 +103,99 @@ async fn leader_loop(node: Weak<Node>) {
     }
 }
 
-/// Keeps the node's map in step with the meta shard's: a node with a meta
-/// replica reads the map its replica applied (and the first meta leader
-/// publishes the initial map); any other node long-polls
-/// `WatchClusterMap` on a node with a meta replica, and keeps a synced
-/// copy of what it learns, so it restarts with it. Then the node acts on
-/// its own state in the map: a joining node asks to be up, and a removed
-/// node stops its replicas.
-async fn map_loop(weak: Weak<Node>) {
-    let mut tick = tokio::time::interval(META_POLL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut watch = MapWatch::default();
-    let mut asked_up: Option<Instant> = None;
+/// Keeps the node's map in step with the meta shard's, two ways: a node
+/// with a meta replica reads the map its replica applied (and the first
+/// meta leader publishes the initial map), and every node long-polls
+/// `WatchClusterMap` on the other nodes with a meta replica, keeping a
+/// synced copy of what it learns so it restarts with it. The watch is how
+/// a node without a meta replica follows the map at all, and how a meta
+/// voter that its peers no longer replicate to (a removed node) learns
+/// why.
+async fn meta_map_loop(weak: Weak<Node>) {
     loop {
         let Some(node) = weak.upgrade() else { return };
-        if let Some(meta) = node.replica(ShardId::META) {
-            read_meta_map(&node, &meta).await;
-            let raft = meta.raft.clone();
-            let applied = meta.metrics().last_applied.map_or(0, |l| l.index);
-            drop((meta, node));
-            // Read again as soon as the meta replica applies more (a change
-            // of the map shows on every meta voter within a commit), and at
-            // least every tick.
-            let started = Instant::now();
-            let waited = raft
-                .wait(Some(META_POLL))
-                .applied_index_at_least(Some(applied + 1), "the next meta entry")
-                .await;
-            if waited.is_err() {
-                tokio::time::sleep_until(started + META_POLL).await;
-            }
-        } else {
-            let (map, id) = (node.map(), node.id);
-            // The long poll must not keep the node (or its engine) alive.
+        let Some(meta) = node.replica(ShardId::META) else {
             drop(node);
-            match watch.next(&map, id).await {
-                Ok(newer) if newer.map_version > map.map_version => {
-                    let Some(node) = weak.upgrade() else { return };
-                    if node.set_map(newer.clone()) {
-                        let engine = node.engine().clone();
-                        drop(node);
-                        let stored = tokio::task::spawn_blocking(move || {
-                            store_node_map(engine.as_ref(), &newer).map_err(|e| e.to_string())
-                        })
-                        .await;
-                        if let Err(e) = stored.map_err(|e| e.to_string()).and_then(|r| r) {
-                            tracing::warn!(error = %e, "storing the node's copy of the cluster map");
-                        }
+            tokio::time::sleep(META_POLL).await;
+            continue;
+        };
+        read_meta_map(&node, &meta).await;
+        let raft = meta.raft.clone();
+        let applied = meta.metrics().last_applied.map_or(0, |l| l.index);
+        drop((meta, node));
+        // Read again as soon as the meta replica applies more (a change of
+        // the map shows on every meta voter within a commit), and at least
+        // every META_POLL.
+        let started = Instant::now();
+        let waited = raft
+            .wait(Some(META_POLL))
+            .applied_index_at_least(Some(applied + 1), "the next meta entry")
+            .await;
+        if waited.is_err() {
+            tokio::time::sleep_until(started + META_POLL).await;
+        }
+    }
+}
+
+/// The long poll of [`meta_map_loop`]'s doc.
+async fn watch_loop(weak: Weak<Node>) {
+    let mut watch = MapWatch::default();
+    loop {
+        let Some(node) = weak.upgrade() else { return };
+        let (map, id) = (node.map(), node.id);
+        // The long poll must not keep the node (or its engine) alive.
+        drop(node);
+        match watch.next(&map, id).await {
+            Ok(newer) if newer.map_version > map.map_version => {
+                let Some(node) = weak.upgrade() else { return };
+                if node.set_map(newer.clone()) {
+                    let engine = node.engine().clone();
+                    drop(node);
+                    let stored = tokio::task::spawn_blocking(move || {
+                        store_node_map(engine.as_ref(), &newer).map_err(|e| e.to_string())
+                    })
+                    .await;
+                    if let Err(e) = stored.map_err(|e| e.to_string()).and_then(|r| r) {
+                        tracing::warn!(error = %e, "storing the node's copy of the cluster map");
                     }
                 }
-                Ok(_) => {}
-                Err(why) => {
-                    tracing::debug!(%why, "following the cluster map");
-                    tick.tick().await;
-                }
+            }
+            Ok(_) => {}
+            Err(why) => {
+                tracing::debug!(%why, "following the cluster map");
+                tokio::time::sleep(META_POLL).await;
             }
         }
+    }
+}
+
+/// Acts on the node's own state in its map: a joining node asks to be up,
+/// and a removed node stops its replicas.
+async fn own_state_loop(weak: Weak<Node>) {
+    let Some(mut changes) = weak.upgrade().map(|n| n.subscribe_map()) else {
+        return;
+    };
+    loop {
         let Some(node) = weak.upgrade() else { return };
         match node.lifecycle() {
-            Some(Lifecycle::Joining) if asked_up.is_none_or(|t| t.elapsed() >= ASK_UP_EVERY) => {
-                asked_up = Some(Instant::now());
-                ask_up(&node).await;
-            }
+            Some(Lifecycle::Joining) => ask_up(&node).await,
             Some(Lifecycle::Removed) if node.retire() => {
                 tracing::error!(node = %node.id, "this node is removed from the cluster: its replicas stop, and its peers refuse its Raft calls");
                 node.shutdown().await;
             }
             _ => {}
         }
+        drop(node);
+        let _ = tokio::time::timeout(ASK_UP_EVERY, changes.changed()).await;
     }
 }
 
 /// How often a node with a meta replica reads its map when nothing is
-/// applied, and how long any node pauses after a failed watch.
+/// applied, and how long a node pauses after a failed watch.
 const META_POLL: Duration = Duration::from_millis(500);
 
-/// How often a joining node asks to be up until its map shows it.
+/// How often a joining node asks to be up until its map shows it (and
+/// how often a node looks at its own state when its map does not change).
 const ASK_UP_EVERY: Duration = Duration::from_secs(2);
 
 /// Asks the meta shard to move this node from joining to up.
@@ -262,6 +283,54 @@ impl MapWatch {
             // The next call asks another node.
             Ok(Err(status)) => Err(format!("{address}: {}", status.message())),
             Err(_) => Err(format!("{address}: no answer")),
+        }
+    }
+}
+
+/// How often the reconciler compares the map with the running replicas
+/// when the map does not change.
+const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+
+/// Starts the replicas the map gives this node and destroys those it no
+/// longer gives it (docs/design/elastic.md, "The replica reconciler"), at
+/// once when the map changes.
+async fn reconcile_loop(weak: Weak<Node>) {
+    let Some(mut changes) = weak.upgrade().map(|n| n.subscribe_map()) else {
+        return;
+    };
+    loop {
+        let _ = tokio::time::timeout(RECONCILE_EVERY, changes.changed()).await;
+        let Some(node) = weak.upgrade() else { return };
+        if node.lifecycle() == Some(Lifecycle::Removed) {
+            continue;
+        }
+        reconcile(&node).await;
+    }
+}
+
+async fn reconcile(node: &Node) {
+    let wanted = wanted_replicas(&node.map(), node.id);
+    // Destroy first: a replica moving back to this node must not meet the
+    // old one (a node runs one replica per shard).
+    for replica in node.replicas() {
+        let shard = replica.spec.shard;
+        if wanted.get(&shard).map(|s| s.replica) == Some(replica.spec.replica) {
+            continue;
+        }
+        if let Err(e) = node.destroy_replica(shard).await {
+            tracing::error!(shard = %shard, error = %e, "destroying a replica that left its shard");
+        }
+    }
+    for (shard, spec) in wanted {
+        if node.replica(shard).is_some() {
+            continue;
+        }
+        let replica = spec.replica;
+        match node.start_replica(spec).await {
+            Ok(()) => {
+                tracing::info!(shard = %shard, %replica, "replica started: the map gives it to this node")
+            }
+            Err(e) => tracing::error!(shard = %shard, %replica, error = %e, "starting a replica"),
         }
     }
 }

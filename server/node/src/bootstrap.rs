@@ -88,6 +88,8 @@ pub fn initial_map(cluster: &ClusterConfig) -> Result<ClusterMap, String> {
         cluster_name: cluster.name.clone(),
         cluster_id: 0,
         next_node_id: nodes.iter().map(|n| n.id + 1).max().unwrap_or(1),
+        moves: Vec::new(),
+        next_move_id: 1,
     };
     // Every node computes the initial map itself: the id must come out the
     // same on each, so it is the fingerprint of the layout.

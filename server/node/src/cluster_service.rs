@@ -189,8 +189,8 @@ impl ClusterService {
                     .propose_command(&meta, command, WriteId::Untracked)
                     .await
                 {
-                    Ok(Outcome::MapChanged { version, node }) => {
-                        return Ok(Response::new(applied(version, node)))
+                    Ok(Outcome::MapChanged { version, allocated }) => {
+                        return Ok(Response::new(applied(version, allocated)))
                     }
                     Ok(Outcome::Rejected { reason }) => {
                         return Err(ApiError::Refused(reason).into())
@@ -301,6 +301,47 @@ impl Cluster for ClusterService {
             c.set_node_state(r).await
         })
         .await
+    }
+
+    async fn move_replica(
+        &self,
+        request: Request<wire::MoveReplicaRequest>,
+    ) -> Result<Response<wire::MapChangeResponse>, Status> {
+        let r = request.get_ref();
+        let map = self.node.map();
+        let shard = map
+            .shard(ShardId(r.shard_id))
+            .ok_or_else(|| ApiError::Refused(format!("shard {} is not in the map", r.shard_id)))?;
+        let from_replica = shard.replica_on(NodeId(r.from_node)).ok_or_else(|| {
+            ApiError::Refused(format!(
+                "node {} holds no replica of shard {}",
+                r.from_node, r.shard_id
+            ))
+        })?;
+        let command = MetaCommand::BeginMove {
+            shard: r.shard_id,
+            epoch: shard.epoch,
+            from_replica,
+            to_node: r.to_node,
+            reason: "operator".into(),
+            now_ms: crate::node::now_ms(),
+        };
+        let applied = |map_version, _| wire::MapChangeResponse { map_version };
+        self.change(request, command, applied, |mut c, r| async move {
+            c.move_replica(r).await
+        })
+        .await
+    }
+
+    async fn list_moves(
+        &self,
+        _request: Request<wire::ListMovesRequest>,
+    ) -> Result<Response<wire::ListMovesResponse>, Status> {
+        let map = self.node.map();
+        Ok(Response::new(wire::ListMovesResponse {
+            map_version: map.map_version,
+            moves: map.moves.clone(),
+        }))
     }
 
     async fn set_node_capacity(

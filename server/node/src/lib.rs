@@ -5,6 +5,7 @@ mod background;
 pub mod bootstrap;
 pub mod cluster_service;
 pub mod config;
+mod controller;
 pub mod dev;
 pub mod errors;
 pub mod identity;
@@ -13,6 +14,7 @@ pub mod kv_service;
 pub mod node;
 mod scan;
 pub mod server;
+pub mod shard_admin;
 pub mod size;
 mod validate;
 

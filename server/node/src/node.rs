@@ -94,6 +94,9 @@ pub struct Node {
     initial_map: Option<Arc<ClusterMap>>,
     /// Set once the node has seen itself removed and stopped its replicas.
     retired: AtomicBool,
+    /// What every replica of this node starts with.
+    replica_config: ReplicaConfig,
+    pool: Arc<PeerPool>,
 }
 
 impl std::fmt::Debug for Node {
@@ -194,47 +197,6 @@ impl Node {
             ))
         })?;
         atoll_raft::state_machine::clear_received_snapshots(&replica_config.snapshot_dir)?;
-        let mut replicas = HashMap::new();
-        for shard in map.meta.iter().chain(map.shards.iter()) {
-            let Some(replica_id) = shard.replica_on(id) else {
-                continue;
-            };
-            let spec = ReplicaSpec {
-                shard: ShardId(shard.id),
-                replica: ReplicaId(replica_id),
-                kind: shard_kind(shard),
-                initial_members: shard
-                    .replicas
-                    .iter()
-                    .map(|r| {
-                        (
-                            ReplicaId(r.replica_id),
-                            ReplicaNode {
-                                node: NodeId(r.node_id),
-                            },
-                        )
-                    })
-                    .collect::<BTreeMap<_, _>>(),
-                preferred_leader: shard
-                    .replicas
-                    .first()
-                    .is_some_and(|r| r.replica_id == replica_id),
-            };
-            let replica = Replica::start(
-                spec,
-                &replica_config,
-                engine.clone(),
-                committer.clone(),
-                pool.clone(),
-            )
-            .await
-            .map_err(|source| NodeError::Replica {
-                shard: ShardId(shard.id),
-                source,
-            })?;
-            replicas.insert(ShardId(shard.id), replica);
-        }
-        tracing::info!(node = %id, replicas = replicas.len(), map_version = map.map_version, "node started");
         let node = Arc::new(Node {
             id,
             island: config.island.clone(),
@@ -243,11 +205,18 @@ impl Node {
             committer,
             faults,
             hooks: TestHooks::default(),
-            replicas: RwLock::new(replicas),
+            replicas: RwLock::new(HashMap::new()),
             map: shared,
             initial_map: initial,
             retired: AtomicBool::new(false),
+            replica_config,
+            pool,
         });
+        for spec in wanted_replicas(&map, id).into_values() {
+            node.start_replica(spec).await?;
+        }
+        let started = node.replicas().len();
+        tracing::info!(node = %id, replicas = started, map_version = map.map_version, "node started");
         crate::background::spawn(&node);
         Ok(node)
     }
@@ -286,6 +255,11 @@ impl Node {
         })
     }
 
+    /// A receiver that wakes when the node takes a newer map.
+    pub(crate) fn subscribe_map(&self) -> watch::Receiver<Arc<ClusterMap>> {
+        self.map.subscribe()
+    }
+
     /// The node's map once it is newer than `known_version`, or after
     /// `timeout` the map it has.
     pub async fn watch_map(&self, known_version: u64, timeout: Duration) -> Arc<ClusterMap> {
@@ -304,6 +278,56 @@ impl Node {
     /// This node's state in its map.
     pub fn lifecycle(&self) -> Option<Lifecycle> {
         self.map.borrow().node(self.id).map(Lifecycle::of)
+    }
+
+    /// Starts a replica of this node (at start, or when the map gives the
+    /// node a new one).
+    pub(crate) async fn start_replica(&self, spec: ReplicaSpec) -> Result<(), NodeError> {
+        let shard = spec.shard;
+        let replica = Replica::start(
+            spec,
+            &self.replica_config,
+            self.engine.clone(),
+            self.committer.clone(),
+            self.pool.clone(),
+        )
+        .await
+        .map_err(|source| NodeError::Replica { shard, source })?;
+        if let Ok(mut replicas) = self.replicas.write() {
+            replicas.insert(shard, replica);
+        }
+        Ok(())
+    }
+
+    /// Stops the local replica of `shard` and deletes all it stored: its
+    /// log, its state and its data range. Only for a replica that has left
+    /// its shard for good (the map no longer lists it, and no move names
+    /// it), so no other replica needs anything it holds.
+    pub(crate) async fn destroy_replica(&self, shard: ShardId) -> Result<(), NodeError> {
+        let Some(replica) = self
+            .replicas
+            .write()
+            .ok()
+            .and_then(|mut r| r.remove(&shard))
+        else {
+            return Ok(());
+        };
+        if let Err(e) = replica.raft.shutdown().await {
+            tracing::warn!(shard = %shard, error = %e, "replica shutdown");
+        }
+        let spec = replica.spec.clone();
+        drop(replica);
+        let (engine, dir) = (
+            self.engine.clone(),
+            self.replica_config.snapshot_dir.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            atoll_raft::replica::destroy_storage(engine.as_ref(), spec.replica, spec.kind, &dir)
+        })
+        .await
+        .map_err(|e| atoll_storage::EngineError::Io(format!("destroying a replica: {e}")))??;
+        tracing::info!(shard = %shard, replica = %spec.replica, "replica destroyed: it left its shard");
+        Ok(())
     }
 
     /// The local replica of `shard`.
@@ -533,6 +557,53 @@ impl ReplicaDirectory for Node {
             _ => Ok(()),
         }
     }
+}
+
+/// The replicas `map` gives node `id`, by shard: those its shards list,
+/// and the new replicas of moves to it. A shard still at its first epoch
+/// gets its initial members, so a brand-new group initializes; any later
+/// replica starts empty and uninitialized, and learns its membership from
+/// the shard's leader (docs/design/elastic.md, principle 5).
+pub(crate) fn wanted_replicas(map: &ClusterMap, id: NodeId) -> BTreeMap<ShardId, ReplicaSpec> {
+    let mut wanted = BTreeMap::new();
+    for shard in map.meta.iter().chain(&map.shards) {
+        let listed = shard.replica_on(id);
+        let moving_in = map
+            .moves
+            .iter()
+            .find(|m| m.shard_id == shard.id && m.to_node == id.get())
+            .map(|m| m.to_replica);
+        let Some(replica_id) = listed.or(moving_in) else {
+            continue;
+        };
+        let initial = shard.epoch <= 1 && listed.is_some();
+        let initial_members = match initial {
+            true => shard
+                .replicas
+                .iter()
+                .map(|r| {
+                    let node = ReplicaNode {
+                        node: NodeId(r.node_id),
+                    };
+                    (ReplicaId(r.replica_id), node)
+                })
+                .collect(),
+            false => BTreeMap::new(),
+        };
+        let spec = ReplicaSpec {
+            shard: ShardId(shard.id),
+            replica: ReplicaId(replica_id),
+            kind: shard_kind(shard),
+            initial_members,
+            preferred_leader: initial
+                && shard
+                    .replicas
+                    .first()
+                    .is_some_and(|r| r.replica_id == replica_id),
+        };
+        wanted.insert(ShardId(shard.id), spec);
+    }
+    wanted
 }
 
 /// The newest map a node of the initial layout has: its meta replica's,

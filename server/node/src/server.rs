@@ -6,6 +6,7 @@ use std::sync::Arc;
 use atoll_proto::v1::cluster_server::ClusterServer;
 use atoll_proto::v1::kv_server::KvServer;
 use atoll_proto::v1::raft_server::RaftServer;
+use atoll_proto::v1::shard_admin_server::ShardAdminServer;
 use atoll_raft::network::MAX_RAFT_MESSAGE;
 use atoll_raft::RaftService;
 use tokio::net::TcpListener;
@@ -14,6 +15,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::cluster_service::ClusterService;
 use crate::kv_service::KvService;
 use crate::node::Node;
+use crate::shard_admin::ShardAdminService;
 
 /// Largest gRPC message exchanged with clients (a value or read page of at
 /// most 8 MiB, or a 4 MiB batch, plus framing).
@@ -31,6 +33,7 @@ pub async fn serve(
         .max_decoding_message_size(MAX_CLIENT_MESSAGE)
         .max_encoding_message_size(MAX_CLIENT_MESSAGE);
     let cluster = ClusterServer::new(ClusterService::new(node.clone()));
+    let shard_admin = ShardAdminServer::new(ShardAdminService::new(node.clone()));
     let (closing_tx, closing) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         shutdown.await;
@@ -45,6 +48,7 @@ pub async fn serve(
         .add_service(kv)
         .add_service(cluster)
         .add_service(raft)
+        .add_service(shard_admin)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

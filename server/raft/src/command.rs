@@ -261,11 +261,11 @@ pub enum Outcome {
         version: u64,
         expires_at_ms: u64,
     },
-    /// A [`MetaCommand`] applied: the map's version after it, and for a
-    /// registered node its id.
+    /// A [`MetaCommand`] applied: the map's version after it, and the id
+    /// it allocated (a registered node's, a begun move's).
     MapChanged {
         version: u64,
-        node: Option<u64>,
+        allocated: Option<u64>,
     },
 }
 

@@ -4,7 +4,9 @@
 //! node's join and the controller's steps interleave without
 //! read-modify-write races; a refused command changes nothing and says why.
 
-use atoll_proto::v1::{ClusterMap, Node, NodeState};
+use std::collections::BTreeSet;
+
+use atoll_proto::v1::{ClusterMap, Move, MoveState, Node, NodeState, Replica};
 use serde::{Deserialize, Serialize};
 
 /// A node's place in its life: `Joining → Up ⇄ Draining → Removed`.
@@ -68,6 +70,58 @@ pub enum MetaCommand {
     },
     /// A node's relative capacity, which placement weighs.
     SetCapacity { node: u64, capacity: u64 },
+    /// Starts moving `shard`'s replica `from_replica` (0: add one to a
+    /// shard short of replicas) to node `to_node`: a new replica id, and a
+    /// move record in state `AddLearner`.
+    BeginMove {
+        shard: u64,
+        epoch: u64,
+        from_replica: u64,
+        to_node: u64,
+        reason: String,
+        now_ms: u64,
+    },
+    /// What the controller saw of a move: its state, progress, and why it
+    /// is stuck ("" when it is not).
+    AdvanceMove {
+        id: u64,
+        state: MovePhase,
+        matched_index: u64,
+        leader_last_index: u64,
+        stuck: String,
+    },
+    /// The shard's voters changed: the new replica replaces the old one in
+    /// the map, the shard's epoch goes up, and the record goes.
+    FinishMove { id: u64 },
+    /// The move is given up (its learner already left the shard).
+    AbortMove { id: u64 },
+}
+
+/// The states of a move (`atoll.v1.MoveState`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MovePhase {
+    AddLearner,
+    CatchUp,
+    ChangeVoters,
+}
+
+impl MovePhase {
+    /// The phase a move record is in.
+    pub fn of(record: &Move) -> MovePhase {
+        match MoveState::try_from(record.state) {
+            Ok(MoveState::CatchUp) => MovePhase::CatchUp,
+            Ok(MoveState::ChangeVoters) => MovePhase::ChangeVoters,
+            Ok(MoveState::AddLearner | MoveState::Unspecified) | Err(_) => MovePhase::AddLearner,
+        }
+    }
+
+    pub fn proto(self) -> MoveState {
+        match self {
+            MovePhase::AddLearner => MoveState::AddLearner,
+            MovePhase::CatchUp => MoveState::CatchUp,
+            MovePhase::ChangeVoters => MoveState::ChangeVoters,
+        }
+    }
 }
 
 impl MetaCommand {
@@ -77,6 +131,10 @@ impl MetaCommand {
             MetaCommand::RegisterNode { .. } => "register-node",
             MetaCommand::SetNodeState { .. } => "set-node-state",
             MetaCommand::SetCapacity { .. } => "set-capacity",
+            MetaCommand::BeginMove { .. } => "begin-move",
+            MetaCommand::AdvanceMove { .. } => "advance-move",
+            MetaCommand::FinishMove { .. } => "finish-move",
+            MetaCommand::AbortMove { .. } => "abort-move",
         }
     }
 }
@@ -90,11 +148,135 @@ pub enum Change {
     AlreadyDone,
 }
 
-/// Whether node `node` holds a replica of any shard of `map`.
+/// Whether node `node` holds a replica of any shard of `map`, or is
+/// receiving one.
 fn holds_replicas(map: &ClusterMap, node: u64) -> bool {
     (map.meta.iter().chain(&map.shards))
         .flat_map(|shard| &shard.replicas)
         .any(|replica| replica.node_id == node)
+        || map.moves.iter().any(|m| m.to_node == node)
+}
+
+fn move_index(map: &ClusterMap, id: u64) -> Result<usize, String> {
+    map.moves
+        .iter()
+        .position(|m| m.id == id)
+        .ok_or_else(|| format!("move {id} is not in progress"))
+}
+
+/// Checks a new move of `shard` and records it; returns its id.
+fn begin_move(map: &mut ClusterMap, command: &MetaCommand) -> Result<u64, String> {
+    let MetaCommand::BeginMove {
+        shard,
+        epoch,
+        from_replica,
+        to_node,
+        reason,
+        now_ms,
+    } = command
+    else {
+        return Err("not a move".into());
+    };
+    let target = map
+        .nodes
+        .iter()
+        .find(|n| n.id == *to_node)
+        .ok_or_else(|| format!("node {to_node} is not in the cluster"))?;
+    if Lifecycle::of(target) != Lifecycle::Up {
+        return Err(format!(
+            "node {to_node} is {:?}; replicas move only to nodes that are up",
+            Lifecycle::of(target)
+        ));
+    }
+    if map.moves.iter().any(|m| m.shard_id == *shard) {
+        return Err(format!("shard {shard} already has a move in progress"));
+    }
+    let found = (map.meta.iter().chain(&map.shards)).find(|s| s.id == *shard);
+    let found = found.ok_or_else(|| format!("shard {shard} is not in the map"))?;
+    if found.epoch != *epoch {
+        return Err(format!(
+            "shard {shard} is at epoch {}, not {epoch}: it changed meanwhile",
+            found.epoch
+        ));
+    }
+    if found.replicas.iter().any(|r| r.node_id == *to_node) {
+        return Err(format!(
+            "node {to_node} already holds a replica of shard {shard}"
+        ));
+    }
+    // Placement spreads a shard over as many islands as it can; a move
+    // must not undo that.
+    let island_of = |node: u64| map.nodes.iter().find(|n| n.id == node).map(|n| &n.island);
+    let before: BTreeSet<&String> = found
+        .replicas
+        .iter()
+        .filter_map(|r| island_of(r.node_id))
+        .collect();
+    let after: BTreeSet<&String> = (found.replicas.iter())
+        .filter(|r| r.replica_id != *from_replica)
+        .filter_map(|r| island_of(r.node_id))
+        .chain([&target.island])
+        .collect();
+    if after.len() < before.len() {
+        return Err(format!(
+            "the move would leave shard {shard} on {} islands instead of {}: island {:?} already holds one of its replicas",
+            after.len(),
+            before.len(),
+            target.island
+        ));
+    }
+    let from_node = match *from_replica {
+        0 => 0,
+        id => {
+            found
+                .replicas
+                .iter()
+                .find(|r| r.replica_id == id)
+                .ok_or_else(|| format!("replica {id} is not a replica of shard {shard}"))?
+                .node_id
+        }
+    };
+    let id = map.next_move_id.max(1);
+    let to_replica = map.next_replica_id;
+    map.next_move_id = id + 1;
+    map.next_replica_id += 1;
+    map.moves.push(Move {
+        id,
+        shard_id: *shard,
+        epoch: *epoch,
+        from_replica: *from_replica,
+        from_node,
+        to_replica,
+        to_node: *to_node,
+        state: MoveState::AddLearner as i32,
+        reason: reason.clone(),
+        started_ms: *now_ms,
+        ..Default::default()
+    });
+    Ok(id)
+}
+
+/// The shard's voters after move `record`: the new replica instead of the
+/// old one.
+fn finish_move(map: &mut ClusterMap, record: &Move) -> Result<(), String> {
+    let shard = (map.meta.iter_mut().chain(map.shards.iter_mut()))
+        .find(|s| s.id == record.shard_id)
+        .ok_or_else(|| format!("shard {} is not in the map", record.shard_id))?;
+    if shard.epoch != record.epoch {
+        return Err(format!(
+            "shard {} is at epoch {}, not the move's {}",
+            shard.id, shard.epoch, record.epoch
+        ));
+    }
+    shard
+        .replicas
+        .retain(|r| r.replica_id != record.from_replica);
+    shard.replicas.push(Replica {
+        replica_id: record.to_replica,
+        node_id: record.to_node,
+    });
+    shard.epoch += 1;
+    Ok(())
 }
 
 fn node_mut(map: &mut ClusterMap, id: u64) -> Result<&mut Node, String> {
@@ -194,6 +376,51 @@ pub fn apply(map: &mut ClusterMap, command: &MetaCommand) -> Result<(Change, Opt
                 return Ok((Change::AlreadyDone, None));
             }
             entry.capacity = *capacity;
+            Ok((Change::Changed, None))
+        }
+        MetaCommand::BeginMove { .. } => {
+            let id = begin_move(map, command)?;
+            Ok((Change::Changed, Some(id)))
+        }
+        MetaCommand::AdvanceMove {
+            id,
+            state,
+            matched_index,
+            leader_last_index,
+            stuck,
+        } => {
+            let at = move_index(map, *id)?;
+            let record = &mut map.moves[at];
+            let seen = (
+                state.proto() as i32,
+                *matched_index,
+                *leader_last_index,
+                stuck.as_str(),
+            );
+            let was = (
+                record.state,
+                record.matched_index,
+                record.leader_last_index,
+                record.stuck.as_str(),
+            );
+            if seen == was {
+                return Ok((Change::AlreadyDone, None));
+            }
+            record.state = seen.0;
+            record.matched_index = *matched_index;
+            record.leader_last_index = *leader_last_index;
+            record.stuck = stuck.clone();
+            Ok((Change::Changed, None))
+        }
+        MetaCommand::FinishMove { id } | MetaCommand::AbortMove { id } => {
+            // A retried finish or abort finds no record: done already.
+            let Ok(at) = move_index(map, *id) else {
+                return Ok((Change::AlreadyDone, None));
+            };
+            let record = map.moves.remove(at);
+            if matches!(command, MetaCommand::FinishMove { .. }) {
+                finish_move(map, &record)?;
+            }
             Ok((Change::Changed, None))
         }
     }
@@ -326,5 +553,92 @@ mod tests {
             capacity: 2,
         };
         assert!(apply(&mut m, &removed).unwrap_err().contains("removed"));
+    }
+
+    fn begin(shard: u64, epoch: u64, from_replica: u64, to_node: u64) -> MetaCommand {
+        MetaCommand::BeginMove {
+            shard,
+            epoch,
+            from_replica,
+            to_node,
+            reason: "operator".into(),
+            now_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_move_gets_a_new_replica_and_finishes_by_swapping_it_in() {
+        let mut m = map();
+        m.next_replica_id = 11;
+        m.shards[0].epoch = 1;
+        let (_, id) = apply(&mut m, &begin(1, 1, 10, 2)).unwrap();
+        let id = id.unwrap();
+        let record = m.moves[0].clone();
+        assert_eq!(
+            (record.from_node, record.to_replica, record.to_node),
+            (1, 11, 2)
+        );
+        assert_eq!(m.next_replica_id, 12, "replica ids are never reused");
+        assert!(holds_replicas(&m, 2), "a node receiving a replica holds it");
+        let second = apply(&mut m, &begin(1, 1, 10, 3)).unwrap_err();
+        assert!(second.contains("already has a move"), "{second}");
+
+        apply(&mut m, &MetaCommand::FinishMove { id }).unwrap();
+        assert!(m.moves.is_empty());
+        let replicas: Vec<(u64, u64)> = m.shards[0]
+            .replicas
+            .iter()
+            .map(|r| (r.replica_id, r.node_id))
+            .collect();
+        assert_eq!(replicas, [(11, 2)]);
+        assert_eq!(m.shards[0].epoch, 2);
+        let again = apply(&mut m, &MetaCommand::FinishMove { id }).unwrap();
+        assert_eq!(again, (Change::AlreadyDone, None), "a retried finish");
+        let stale = apply(&mut m, &begin(1, 1, 11, 3)).unwrap_err();
+        assert!(stale.contains("epoch 2, not 1"), "{stale}");
+    }
+
+    #[test]
+    fn a_move_needs_a_live_target_without_a_replica_of_the_shard() {
+        let mut m = map();
+        let here = apply(&mut m, &begin(1, 0, 10, 1)).unwrap_err();
+        assert!(here.contains("already holds a replica"), "{here}");
+        let stranger = apply(&mut m, &begin(1, 0, 99, 2)).unwrap_err();
+        assert!(stranger.contains("not a replica of shard 1"), "{stranger}");
+        apply(&mut m, &set_state(3, Lifecycle::Draining, false)).unwrap();
+        let draining = apply(&mut m, &begin(1, 0, 10, 3)).unwrap_err();
+        assert!(draining.contains("only to nodes that are up"), "{draining}");
+        let mut spread = map();
+        spread.nodes.push(node(4, "a"));
+        spread.shards[0].replicas = (1..=3)
+            .map(|n| Replica {
+                replica_id: 10 * n,
+                node_id: n,
+            })
+            .collect();
+        let crowded = apply(&mut spread, &begin(1, 0, 20, 4)).unwrap_err();
+        assert!(crowded.contains("on 2 islands instead of 3"), "{crowded}");
+        apply(&mut spread, &begin(1, 0, 10, 4)).unwrap();
+        let nowhere = apply(&mut m, &begin(7, 0, 10, 2)).unwrap_err();
+        assert!(nowhere.contains("shard 7 is not in the map"), "{nowhere}");
+        assert!(m.moves.is_empty());
+
+        let (_, id) = apply(&mut m, &begin(1, 0, 10, 2)).unwrap();
+        let advance = MetaCommand::AdvanceMove {
+            id: id.unwrap(),
+            state: MovePhase::CatchUp,
+            matched_index: 5,
+            leader_last_index: 9,
+            stuck: String::new(),
+        };
+        assert_eq!(apply(&mut m, &advance).unwrap().0, Change::Changed);
+        assert_eq!(apply(&mut m, &advance).unwrap().0, Change::AlreadyDone);
+        assert_eq!(m.moves[0].state, MoveState::CatchUp as i32);
+        apply(&mut m, &MetaCommand::AbortMove { id: id.unwrap() }).unwrap();
+        assert!(m.moves.is_empty());
+        assert_eq!(
+            m.shards[0].replicas[0].replica_id, 10,
+            "an abort keeps the voters"
+        );
     }
 }

@@ -64,6 +64,27 @@ pub enum ReplicaError {
     Raft(String),
 }
 
+/// Deletes everything `replica` stored on this node, in one synced write:
+/// its log, its Raft state, its state machine's rows and its data range;
+/// then its snapshot files. The replica must be stopped, and must have left
+/// its shard (no other local replica shares its data range: a node holds
+/// at most one replica of a shard, and shards' ranges do not overlap).
+pub fn destroy_storage(
+    engine: &dyn Engine,
+    replica: ReplicaId,
+    kind: ShardKind,
+    snapshot_dir: &std::path::Path,
+) -> Result<(), EngineError> {
+    let mut batch = atoll_storage::WriteBatch::new();
+    for cf in [atoll_storage::Cf::RaftLog, atoll_storage::Cf::RaftState] {
+        let (start, end) = atoll_storage::keys::replica_range(replica);
+        batch.delete_range(cf, start, end);
+    }
+    StateMachine::destroy(replica, kind, &mut batch);
+    engine.write(batch, true)?;
+    crate::state_machine::SnapshotStore::open(snapshot_dir, replica)?.forget()
+}
+
 /// A running replica.
 #[derive(Clone)]
 pub struct Replica {

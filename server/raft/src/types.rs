@@ -34,6 +34,7 @@ pub type LogId = alias::LogIdOf<TypeConfig>;
 pub type Vote = alias::VoteOf<TypeConfig>;
 pub type StoredMembership = alias::StoredMembershipOf<TypeConfig>;
 pub type Membership = openraft::Membership<ReplicaId, ReplicaNode>;
+pub type ChangeMembers = openraft::ChangeMembers<ReplicaId, ReplicaNode>;
 pub type Snapshot = alias::SnapshotOf<TypeConfig, SnapshotData>;
 pub type SnapshotMeta = alias::SnapshotMetaOf<TypeConfig>;
 pub type LogState = openraft::storage::LogState<TypeConfig>;

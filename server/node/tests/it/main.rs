@@ -10,6 +10,7 @@ mod harness;
 mod identity;
 mod join;
 mod kv;
+mod moves;
 mod overload;
 mod placement;
 mod processes;

@@ -106,7 +106,7 @@ pub(super) fn apply_meta(
         Err(reason) => Outcome::Rejected { reason },
         Ok((Change::AlreadyDone, node)) => Outcome::MapChanged {
             version: map.map_version,
-            node,
+            allocated: node,
         },
         Ok((Change::Changed, node)) => {
             changed.map_version += 1;
@@ -114,7 +114,7 @@ pub(super) fn apply_meta(
             *map = changed;
             Outcome::MapChanged {
                 version: map.map_version,
-                node,
+                allocated: node,
             }
         }
     }

@@ -88,19 +88,19 @@ async fn meta_commands_change_the_map_one_version_at_a_time() {
         &[
             Outcome::MapChanged {
                 version: 2,
-                node: Some(4)
+                allocated: Some(4)
             },
             Outcome::MapChanged {
                 version: 2,
-                node: Some(4)
+                allocated: Some(4)
             },
             Outcome::MapChanged {
                 version: 3,
-                node: None
+                allocated: None
             },
             Outcome::MapChanged {
                 version: 4,
-                node: Some(5)
+                allocated: Some(5)
             },
         ]
     );
@@ -129,7 +129,7 @@ async fn meta_commands_change_the_map_one_version_at_a_time() {
         outcomes[1],
         Outcome::MapChanged {
             version: 5,
-            node: Some(6)
+            allocated: Some(6)
         }
     );
 
@@ -148,7 +148,7 @@ async fn meta_commands_change_the_map_one_version_at_a_time() {
         outcomes[0],
         Outcome::MapChanged {
             version: 6,
-            node: Some(7)
+            allocated: Some(7)
         }
     );
 }

@@ -1,0 +1,394 @@
+//! The move controller (docs/design/elastic.md, "Moves"): on the node whose
+//! meta replica leads, it carries every move of the map one step at a time.
+//! Each step reads the shard's membership from the shard's leader, decides
+//! from what it sees (never from what it did before, so a new meta leader
+//! resumes any move where it stands), and takes one idempotent action.
+
+use std::collections::HashMap;
+use std::sync::Weak;
+use std::time::Duration;
+
+use atoll_proto::v1::{
+    self as wire, AddLearnerRequest, ChangeVotersRequest, ClusterMap, MembershipRequest,
+    MembershipResponse, TransferLeadershipRequest,
+};
+use atoll_proto::ShardId;
+use atoll_raft::meta_command::{MetaCommand, MovePhase};
+use atoll_raft::{Command, Outcome, Replica, WriteId};
+use tokio::time::Instant;
+
+use crate::node::Node;
+use crate::shard_admin::on_leader;
+
+/// How often the controller looks at the moves.
+const TICK: Duration = Duration::from_secs(1);
+/// A learner this close to the leader's last log index is caught up: the
+/// joint change that makes it a voter then commits without waiting on it.
+const CAUGHT_UP_ENTRIES: u64 = 1_000;
+/// How often a move's progress is written to the map while nothing else
+/// about it changes.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// What one step of a move does, decided from the shard's membership.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Add the new replica as a learner.
+    AddLearner,
+    /// The learner is catching up (or a change is in flight): wait.
+    Wait {
+        phase: MovePhase,
+        matched: u64,
+        last: u64,
+    },
+    /// The outgoing replica leads: hand leadership to this voter first.
+    TransferLeader { to: u64 },
+    /// Replace the voters with these, in one joint change.
+    ChangeVoters { voters: Vec<u64> },
+    /// The membership is the move's target: record it in the map.
+    Finish,
+}
+
+/// The next step of `record`, given the shard's voters in the map
+/// (`map_voters`, before the move) and its membership as its leader sees it.
+pub(crate) fn decide(record: &wire::Move, map_voters: &[u64], seen: &MembershipResponse) -> Step {
+    let (from, to) = (record.from_replica, record.to_replica);
+    let mut target: Vec<u64> = map_voters.iter().copied().filter(|r| *r != from).collect();
+    target.push(to);
+    target.sort_unstable();
+    let matched = (seen.progress.iter())
+        .find(|p| p.replica_id == to)
+        .map_or(0, |p| p.matched_index);
+    let last = seen.last_log_index;
+    let mut voters = seen.voters.clone();
+    voters.sort_unstable();
+    if !seen.committed {
+        // A change is in flight; the leader finishes it.
+        return Step::Wait {
+            phase: MovePhase::ChangeVoters,
+            matched,
+            last,
+        };
+    }
+    if !seen.old_voters.is_empty() {
+        // A joint configuration left by a crash: finish it.
+        return Step::ChangeVoters { voters: target };
+    }
+    if voters == target {
+        return Step::Finish;
+    }
+    if voters.contains(&to) {
+        // The new replica votes but the old one still does (an earlier
+        // change of this move that did not complete).
+        return Step::ChangeVoters { voters: target };
+    }
+    if !seen.learners.contains(&to) {
+        return Step::AddLearner;
+    }
+    if matched == 0 || last.saturating_sub(matched) > CAUGHT_UP_ENTRIES {
+        return Step::Wait {
+            phase: MovePhase::CatchUp,
+            matched,
+            last,
+        };
+    }
+    if seen.leader_replica == from {
+        if let Some(other) = target.iter().find(|r| **r != to && voters.contains(r)) {
+            return Step::TransferLeader { to: *other };
+        }
+    }
+    Step::ChangeVoters { voters: target }
+}
+
+/// Runs the controller while the node lives.
+pub(crate) async fn run(weak: Weak<Node>) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reported: HashMap<u64, (Instant, MovePhase, String)> = HashMap::new();
+    loop {
+        tick.tick().await;
+        let Some(node) = weak.upgrade() else { return };
+        let Some(meta) = node.replica(ShardId::META) else {
+            continue;
+        };
+        if meta.leader() != Some(meta.spec.replica) {
+            reported.clear();
+            continue;
+        }
+        let map = node.map();
+        reported.retain(|id, _| map.moves.iter().any(|m| m.id == *id));
+        for record in &map.moves {
+            advance(&node, &meta, &map, record, &mut reported).await;
+        }
+    }
+}
+
+/// One step of one move.
+async fn advance(
+    node: &Node,
+    meta: &Replica,
+    map: &ClusterMap,
+    record: &wire::Move,
+    reported: &mut HashMap<u64, (Instant, MovePhase, String)>,
+) {
+    let shard = ShardId(record.shard_id);
+    let Some(voters) = map
+        .shard(shard)
+        .map(|s| s.replicas.iter().map(|r| r.replica_id).collect::<Vec<_>>())
+    else {
+        return;
+    };
+    let seen = on_leader(map, shard, |mut c| async move {
+        c.membership(MembershipRequest {
+            shard_id: shard.get(),
+        })
+        .await
+        .map(|r| r.into_inner())
+    })
+    .await;
+    let seen = match seen {
+        Ok(seen) => seen,
+        Err(why) => {
+            let stuck = format!("the shard's leader did not answer: {why}");
+            report(
+                node,
+                meta,
+                record,
+                MovePhase::AddLearner,
+                0,
+                0,
+                stuck,
+                reported,
+            )
+            .await;
+            return;
+        }
+    };
+    let step = decide(record, &voters, &seen);
+    tracing::debug!(shard = %shard, r#move = record.id, ?step, "move step");
+    let phase_now = MovePhase::of(record);
+    let result = match &step {
+        Step::AddLearner => {
+            let request = AddLearnerRequest {
+                shard_id: shard.get(),
+                replica_id: record.to_replica,
+                node_id: record.to_node,
+            };
+            on_leader(map, shard, |mut c| async move {
+                c.add_learner(request).await.map(|_| ())
+            })
+            .await
+            .map(|()| (MovePhase::CatchUp, 0, 0))
+        }
+        Step::Wait {
+            phase,
+            matched,
+            last,
+        } => Ok((*phase, *matched, *last)),
+        Step::TransferLeader { to } => {
+            let request = TransferLeadershipRequest {
+                shard_id: shard.get(),
+                to_replica: *to,
+            };
+            on_leader(map, shard, |mut c| async move {
+                c.transfer_leadership(request).await.map(|_| ())
+            })
+            .await
+            .map(|()| {
+                (
+                    MovePhase::ChangeVoters,
+                    seen.last_log_index,
+                    seen.last_log_index,
+                )
+            })
+        }
+        Step::ChangeVoters { voters } => {
+            tracing::info!(shard = %shard, r#move = record.id, ?voters, "changing the shard's voters");
+            let request = ChangeVotersRequest {
+                shard_id: shard.get(),
+                voters: voters.clone(),
+            };
+            on_leader(map, shard, |mut c| {
+                let request = request.clone();
+                async move { c.change_voters(request).await.map(|_| ()) }
+            })
+            .await
+            .map(|()| {
+                (
+                    MovePhase::ChangeVoters,
+                    seen.last_log_index,
+                    seen.last_log_index,
+                )
+            })
+        }
+        Step::Finish => {
+            let command = Command::Meta(MetaCommand::FinishMove { id: record.id });
+            match node
+                .propose_command(meta, command, WriteId::Untracked)
+                .await
+            {
+                Ok(Outcome::MapChanged { .. }) => {
+                    tracing::info!(shard = %shard, r#move = record.id, from = record.from_replica, to = record.to_replica, "move finished");
+                }
+                other => {
+                    tracing::warn!(shard = %shard, r#move = record.id, ?other, "finishing a move");
+                }
+            }
+            return;
+        }
+    };
+    match result {
+        Ok((phase, matched, last)) => {
+            report(
+                node,
+                meta,
+                record,
+                phase,
+                matched,
+                last,
+                String::new(),
+                reported,
+            )
+            .await
+        }
+        Err(why) => report(node, meta, record, phase_now, 0, 0, why, reported).await,
+    }
+}
+
+/// Writes what the controller saw of a move to the map: at once when its
+/// phase or stuck reason changes, else every [`PROGRESS_EVERY`].
+#[allow(clippy::too_many_arguments)]
+async fn report(
+    node: &Node,
+    meta: &Replica,
+    record: &wire::Move,
+    phase: MovePhase,
+    matched: u64,
+    last: u64,
+    stuck: String,
+    reported: &mut HashMap<u64, (Instant, MovePhase, String)>,
+) {
+    let due = match reported.get(&record.id) {
+        Some((at, p, s)) => *p != phase || *s != stuck || at.elapsed() >= PROGRESS_EVERY,
+        None => true,
+    };
+    if !due {
+        return;
+    }
+    if !stuck.is_empty() {
+        tracing::info!(shard = record.shard_id, r#move = record.id, %stuck, "move not advancing");
+    }
+    reported.insert(record.id, (Instant::now(), phase, stuck.clone()));
+    let command = Command::Meta(MetaCommand::AdvanceMove {
+        id: record.id,
+        state: phase,
+        matched_index: matched,
+        leader_last_index: last,
+        stuck,
+    });
+    if let Err(e) = node
+        .propose_command(meta, command, WriteId::Untracked)
+        .await
+    {
+        tracing::debug!(error = %e, "recording a move's progress");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> wire::Move {
+        wire::Move {
+            id: 1,
+            shard_id: 1,
+            from_replica: 10,
+            to_replica: 40,
+            to_node: 4,
+            ..Default::default()
+        }
+    }
+
+    fn seen(voters: &[u64], learners: &[u64], matched: u64, leader: u64) -> MembershipResponse {
+        MembershipResponse {
+            leader_replica: leader,
+            voters: voters.to_vec(),
+            learners: learners.to_vec(),
+            committed: true,
+            last_log_index: 5_000,
+            progress: vec![wire::ReplicaProgress {
+                replica_id: 40,
+                node_id: 4,
+                matched_index: matched,
+            }],
+            ..Default::default()
+        }
+    }
+
+    const VOTERS: [u64; 3] = [10, 20, 30];
+
+    #[test]
+    fn every_observation_of_the_membership_has_one_next_step() {
+        let r = record();
+        assert_eq!(
+            decide(&r, &VOTERS, &seen(&VOTERS, &[], 0, 20)),
+            Step::AddLearner
+        );
+        assert!(matches!(
+            decide(&r, &VOTERS, &seen(&VOTERS, &[40], 100, 20)),
+            Step::Wait {
+                phase: MovePhase::CatchUp,
+                ..
+            }
+        ));
+        let target = vec![20, 30, 40];
+        assert_eq!(
+            decide(&r, &VOTERS, &seen(&VOTERS, &[40], 4_500, 20)),
+            Step::ChangeVoters {
+                voters: target.clone()
+            }
+        );
+        assert_eq!(
+            decide(&r, &VOTERS, &seen(&VOTERS, &[40], 4_500, 10)),
+            Step::TransferLeader { to: 20 },
+            "the outgoing replica hands leadership on first"
+        );
+        let mut joint = seen(&[20, 30, 40], &[], 5_000, 20);
+        joint.old_voters = VOTERS.to_vec();
+        assert_eq!(
+            decide(&r, &VOTERS, &joint),
+            Step::ChangeVoters {
+                voters: target.clone()
+            },
+            "a joint configuration is finished"
+        );
+        let mut in_flight = seen(&VOTERS, &[40], 5_000, 20);
+        in_flight.committed = false;
+        assert!(matches!(decide(&r, &VOTERS, &in_flight), Step::Wait { .. }));
+        assert_eq!(
+            decide(&r, &VOTERS, &seen(&[20, 30, 40], &[], 5_000, 20)),
+            Step::Finish
+        );
+        assert_eq!(
+            decide(&r, &VOTERS, &seen(&[10, 20, 30, 40], &[], 5_000, 20)),
+            Step::ChangeVoters { voters: target }
+        );
+    }
+
+    #[test]
+    fn a_replica_added_to_a_short_shard_leaves_the_others_in_place() {
+        let r = wire::Move {
+            from_replica: 0,
+            ..record()
+        };
+        assert_eq!(
+            decide(&r, &[20, 30], &seen(&[20, 30], &[40], 4_999, 20)),
+            Step::ChangeVoters {
+                voters: vec![20, 30, 40]
+            }
+        );
+        assert_eq!(
+            decide(&r, &[20, 30], &seen(&[20, 30, 40], &[], 5_000, 20)),
+            Step::Finish
+        );
+    }
+}

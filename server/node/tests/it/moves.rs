@@ -1,0 +1,147 @@
+//! Moving a replica (docs/design/elastic.md, "One move"): the new replica
+//! is added as a learner, catches up (by snapshot when the log behind it
+//! is purged), and replaces the old one in one joint change of voters,
+//! while clients write; the old node then deletes everything the replica
+//! held.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use atoll_client::Error;
+use atoll_proto::{NodeId, ShardId};
+use atoll_raft::meta_command::Lifecycle;
+use atoll_storage::keys::{data_range, replica_range};
+use atoll_storage::Cf;
+
+use crate::harness::{eventually, Spec, TestCluster};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_moves_to_a_new_node_under_writes_and_nothing_is_lost() {
+    let mut cluster = TestCluster::start(Spec {
+        rocks: true,
+        snapshot_after_entries: 50,
+        keep_entries_after_snapshot: 10,
+        ..Spec::default()
+    })
+    .await;
+    // Node 4 joins on island "a", node 1's island, so a replica can move
+    // from node 1 to it and keep the shard on three islands.
+    let joined = cluster.join("a", 100).await;
+    assert!(
+        eventually(Duration::from_secs(20), || cluster
+            .node(0)
+            .map()
+            .node(NodeId(4))
+            .is_some_and(|n| Lifecycle::of(n) == Lifecycle::Up))
+        .await
+    );
+    let client = cluster.client().await;
+    for i in 0..400 {
+        client.put(format!("k{i}"), format!("v{i}")).await.unwrap();
+    }
+    let shard = ShardId(1);
+    let before = cluster.node(0).map().shard(shard).unwrap().clone();
+    let leaving = before.replica_on(NodeId(1)).unwrap();
+
+    // Writers go on through the move; every acknowledged write must stay.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (client, stop) = (cluster.client().await, stop.clone());
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                if client.put(format!("w{i}"), format!("{i}")).await.is_ok() {
+                    acked.push(i);
+                }
+                i += 1;
+            }
+            acked
+        })
+    };
+    let refused = client.move_replica(1, 2, 4).await;
+    assert!(
+        matches!(&refused, Err(Error::Refused(m)) if m.contains("islands")),
+        "node 2's island differs from node 4's: {refused:?}"
+    );
+    client.move_replica(1, 1, 4).await.unwrap();
+    let again = client.move_replica(1, 1, 4).await;
+    assert!(
+        matches!(again, Err(Error::Refused(_))),
+        "one move per shard: {again:?}"
+    );
+
+    let moved = eventually(Duration::from_secs(90), || {
+        let map = cluster.node(0).map();
+        let nodes: Vec<u64> = map
+            .shard(shard)
+            .unwrap()
+            .replicas
+            .iter()
+            .map(|r| r.node_id)
+            .collect();
+        map.moves.is_empty() && nodes.contains(&4) && !nodes.contains(&1)
+    })
+    .await;
+    assert!(
+        moved,
+        "the move finished: {:?}",
+        cluster.node(0).map().moves
+    );
+    let after = cluster.node(0).map().shard(shard).unwrap().clone();
+    assert_eq!(after.epoch, before.epoch + 1);
+    assert!(
+        eventually(Duration::from_secs(20), || cluster
+            .node(0)
+            .replica(shard)
+            .is_none())
+        .await,
+        "node 1 stops the replica that left"
+    );
+    let engine = cluster.node(0).engine().clone();
+    let (first, last) = (before.range_start, before.range_last);
+    let (start, end) = data_range(first, last);
+    assert!(
+        engine.scan(Cf::Data, &start, &end, 1).unwrap().is_empty(),
+        "its data is gone"
+    );
+    let (start, end) = replica_range(atoll_proto::ReplicaId(leaving));
+    for cf in [Cf::RaftLog, Cf::RaftState, Cf::ApplyState] {
+        assert!(
+            engine.scan(cf, &start, &end, 1).unwrap().is_empty(),
+            "its {cf:?} rows are gone"
+        );
+    }
+    let new = cluster
+        .node(joined)
+        .replica(shard)
+        .expect("node 4 runs the new replica");
+    let membership = new.metrics().membership_config.membership().clone();
+    let voters: Vec<u64> = membership.voter_ids().map(|r| r.get()).collect();
+    assert!(
+        voters.contains(&new.spec.replica.get()) && !voters.contains(&leaving),
+        "{voters:?}"
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    let acked = writer.await.unwrap();
+    assert!(!acked.is_empty());
+    for i in 0..400 {
+        let got = client.get(format!("k{i}")).await.unwrap();
+        assert_eq!(
+            got.map(|kv| kv.value),
+            Some(format!("v{i}").into_bytes()),
+            "k{i}"
+        );
+    }
+    for i in acked {
+        let got = client.get(format!("w{i}")).await.unwrap();
+        assert_eq!(
+            got.map(|kv| kv.value),
+            Some(i.to_string().into_bytes()),
+            "w{i}"
+        );
+    }
+    cluster.shutdown().await;
+}
