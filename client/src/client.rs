@@ -10,8 +10,8 @@ use atoll_proto::v1::cluster_client::ClusterClient;
 use atoll_proto::v1::kv_client::KvClient;
 use atoll_proto::v1::{
     self as wire, cas_request, ClusterMap, KeyValue, Limit, ListMovesRequest, ListMovesResponse,
-    MoveReplicaRequest, NodeState, SetNodeCapacityRequest, SetNodeStateRequest, StatusRequest,
-    StatusResponse,
+    MoveReplicaRequest, NodeState, SetNodeCapacityRequest, SetNodeStateRequest,
+    SetPlacementRequest, StatusRequest, StatusResponse,
 };
 use atoll_proto::ShardId;
 use futures::future::try_join_all;
@@ -492,6 +492,18 @@ impl Client {
         self.on_any_node(|mut client, timeout| async move {
             client
                 .move_replica(request(msg, timeout))
+                .await
+                .map(|r| r.into_inner().map_version)
+        })
+        .await
+    }
+
+    /// Pauses placement (`true`: no move starts, repairs included; moves in
+    /// progress finish) or resumes it.
+    pub async fn set_placement_paused(&self, paused: bool) -> Result<u64> {
+        self.on_any_node(|mut client, timeout| async move {
+            client
+                .set_placement(request(SetPlacementRequest { paused }, timeout))
                 .await
                 .map(|r| r.into_inner().map_version)
         })

@@ -104,6 +104,11 @@ enum Cmd {
         #[command(subcommand)]
         command: NodeCmd,
     },
+    /// The placement controller: pause or resume it.
+    Placement {
+        #[command(subcommand)]
+        command: PlacementCmd,
+    },
     /// Shards: move a replica.
     Shard {
         #[command(subcommand)]
@@ -114,6 +119,15 @@ enum Cmd {
         #[command(subcommand)]
         command: MovesCmd,
     },
+}
+
+#[derive(Subcommand)]
+enum PlacementCmd {
+    /// Start no move (repairs included) until `resume`; moves in progress
+    /// finish.
+    Pause,
+    /// Let the controller start moves again.
+    Resume,
 }
 
 #[derive(Subcommand)]
@@ -144,6 +158,10 @@ enum NodeCmd {
     List,
     /// Set a node's relative capacity weight, which placement weighs.
     SetCapacity { node: u64, capacity: u64 },
+    /// Move every replica off a node (leaders first hand over); once it
+    /// holds none, it is removed. Refused, with the reason, when the other
+    /// nodes cannot hold its replicas (say 3 nodes with RF 3).
+    Drain { node: u64 },
     /// Remove a node from the cluster for good: its id is never reused,
     /// and its peers refuse its Raft calls. Without --dead, only a node
     /// that holds no replica is removed.
@@ -395,6 +413,29 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         } => {
             let version = client.set_node_capacity(node, capacity).await?;
             print_change(out, node, version)?;
+            Ok(true)
+        }
+        Cmd::Node {
+            command: NodeCmd::Drain { node },
+        } => {
+            let version = client
+                .set_node_state(node, NodeState::Draining, false)
+                .await?;
+            print_change(out, node, version)?;
+            Ok(true)
+        }
+        Cmd::Placement { command } => {
+            let paused = matches!(command, PlacementCmd::Pause);
+            let version = client.set_placement_paused(paused).await?;
+            match out {
+                Output::Json => {
+                    print_json(&serde_json::json!({ "paused": paused, "map_version": version }))?
+                }
+                Output::Table => println!(
+                    "placement {} (map version {version})",
+                    if paused { "paused" } else { "resumed" }
+                ),
+            }
             Ok(true)
         }
         Cmd::Node {

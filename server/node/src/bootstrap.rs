@@ -90,6 +90,7 @@ pub fn initial_map(cluster: &ClusterConfig) -> Result<ClusterMap, String> {
         next_node_id: nodes.iter().map(|n| n.id + 1).max().unwrap_or(1),
         moves: Vec::new(),
         next_move_id: 1,
+        placement_paused: false,
     };
     // Every node computes the initial map itself: the id must come out the
     // same on each, so it is the fingerprint of the layout.

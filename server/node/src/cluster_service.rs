@@ -291,6 +291,9 @@ impl Cluster for ClusterService {
             )
             .into());
         };
+        if state == Lifecycle::Draining {
+            crate::planner::can_drain(&self.node.map(), r.node_id).map_err(ApiError::Refused)?;
+        }
         let command = MetaCommand::SetNodeState {
             node: r.node_id,
             state,
@@ -329,6 +332,20 @@ impl Cluster for ClusterService {
         let applied = |map_version, _| wire::MapChangeResponse { map_version };
         self.change(request, command, applied, |mut c, r| async move {
             c.move_replica(r).await
+        })
+        .await
+    }
+
+    async fn set_placement(
+        &self,
+        request: Request<wire::SetPlacementRequest>,
+    ) -> Result<Response<wire::MapChangeResponse>, Status> {
+        let command = MetaCommand::SetPlacement {
+            paused: request.get_ref().paused,
+        };
+        let applied = |map_version, _| wire::MapChangeResponse { map_version };
+        self.change(request, command, applied, |mut c, r| async move {
+            c.set_placement(r).await
         })
         .await
     }

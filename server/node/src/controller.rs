@@ -1,5 +1,7 @@
 //! The move controller (docs/design/elastic.md, "Moves"): on the node whose
-//! meta replica leads, it carries every move of the map one step at a time.
+//! meta replica leads, it carries every move of the map one step at a time,
+//! starts the moves placement asks for ([`planner`]), and removes drained
+//! nodes.
 //! Each step reads the shard's membership from the shard's leader, decides
 //! from what it sees (never from what it did before, so a new meta leader
 //! resumes any move where it stands), and takes one idempotent action.
@@ -10,14 +12,15 @@ use std::time::Duration;
 
 use atoll_proto::v1::{
     self as wire, AddLearnerRequest, ChangeVotersRequest, ClusterMap, MembershipRequest,
-    MembershipResponse, TransferLeadershipRequest,
+    MembershipResponse, RemoveLearnersRequest, TransferLeadershipRequest,
 };
 use atoll_proto::ShardId;
-use atoll_raft::meta_command::{MetaCommand, MovePhase};
+use atoll_raft::meta_command::{Lifecycle, MetaCommand, MovePhase};
 use atoll_raft::{Command, Outcome, Replica, WriteId};
 use tokio::time::Instant;
 
 use crate::node::Node;
+use crate::planner;
 use crate::shard_admin::on_leader;
 
 /// How often the controller looks at the moves.
@@ -28,6 +31,11 @@ const CAUGHT_UP_ENTRIES: u64 = 1_000;
 /// How often a move's progress is written to the map while nothing else
 /// about it changes.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// Moves in progress at once, in the whole cluster and into one node. Each
+/// move is a snapshot sent by the shard's leader (throttled by the
+/// leader's `raft.snapshot_rate`) and written by the new replica's node.
+const MAX_MOVES: usize = 4;
+const MAX_MOVES_INTO_NODE: usize = 1;
 
 /// What one step of a move does, decided from the shard's membership.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,6 +127,88 @@ pub(crate) async fn run(weak: Weak<Node>) {
         for record in &map.moves {
             advance(&node, &meta, &map, record, &mut reported).await;
         }
+        start_planned(&node, &meta, &map).await;
+        remove_drained(&node, &meta, &map).await;
+    }
+}
+
+/// Begins the moves placement asks for, most urgent first, within
+/// [`MAX_MOVES`] and [`MAX_MOVES_INTO_NODE`]; none while placement is
+/// paused.
+async fn start_planned(node: &Node, meta: &Replica, map: &ClusterMap) {
+    if map.placement_paused {
+        return;
+    }
+    let planned = match planner::plan(map) {
+        Ok(planned) => planned,
+        Err(why) => {
+            tracing::debug!(%why, "no placement target");
+            return;
+        }
+    };
+    let mut in_flight = map.moves.len();
+    let mut into: HashMap<u64, usize> = HashMap::new();
+    for m in &map.moves {
+        *into.entry(m.to_node).or_default() += 1;
+    }
+    for p in planned {
+        if in_flight >= MAX_MOVES {
+            break;
+        }
+        let receiving = into.entry(p.to_node).or_default();
+        if *receiving >= MAX_MOVES_INTO_NODE {
+            continue;
+        }
+        let command = Command::Meta(MetaCommand::BeginMove {
+            shard: p.shard.get(),
+            epoch: p.epoch,
+            from_replica: p.from_replica,
+            to_node: p.to_node,
+            reason: p.reason.name().into(),
+            now_ms: crate::node::now_ms(),
+        });
+        match node
+            .propose_command(meta, command, WriteId::Untracked)
+            .await
+        {
+            Ok(Outcome::MapChanged { allocated, .. }) => {
+                tracing::info!(shard = %p.shard, r#move = ?allocated, from = p.from_node, to = p.to_node, reason = p.reason.name(), "move started");
+                in_flight += 1;
+                *receiving += 1;
+            }
+            other => tracing::debug!(shard = %p.shard, ?other, "move not started"),
+        }
+    }
+}
+
+/// Removes draining nodes that hold no replica any more.
+async fn remove_drained(node: &Node, meta: &Replica, map: &ClusterMap) {
+    let holds = |id: u64| {
+        (map.meta.iter().chain(&map.shards))
+            .flat_map(|s| &s.replicas)
+            .any(|r| r.node_id == id)
+            || map
+                .moves
+                .iter()
+                .any(|m| m.to_node == id || m.from_node == id)
+    };
+    let drained =
+        (map.nodes.iter()).filter(|n| Lifecycle::of(n) == Lifecycle::Draining && !holds(n.id));
+    for drained in drained {
+        let command = Command::Meta(MetaCommand::SetNodeState {
+            node: drained.id,
+            state: Lifecycle::Removed,
+            dead: false,
+        });
+        match node
+            .propose_command(meta, command, WriteId::Untracked)
+            .await
+        {
+            Ok(Outcome::MapChanged { .. }) => {
+                tracing::info!(node = drained.id, "node drained and removed");
+            }
+            other => tracing::debug!(node = drained.id, ?other, "removing a drained node"),
+        }
     }
 }
 
@@ -163,6 +253,13 @@ async fn advance(
             return;
         }
     };
+    let target_up = map
+        .node(atoll_proto::NodeId(record.to_node))
+        .is_some_and(|n| Lifecycle::of(n) == Lifecycle::Up);
+    if !target_up && !seen.voters.contains(&record.to_replica) {
+        abort(node, meta, map, record, &seen).await;
+        return;
+    }
     let step = decide(record, &voters, &seen);
     tracing::debug!(shard = %shard, r#move = record.id, ?step, "move step");
     let phase_now = MovePhase::of(record);
@@ -251,6 +348,43 @@ async fn advance(
             .await
         }
         Err(why) => report(node, meta, record, phase_now, 0, 0, why, reported).await,
+    }
+}
+
+/// Gives up a move whose target node is no longer up: its learner leaves
+/// the shard, then the record goes.
+async fn abort(
+    node: &Node,
+    meta: &Replica,
+    map: &ClusterMap,
+    record: &wire::Move,
+    seen: &MembershipResponse,
+) {
+    let shard = ShardId(record.shard_id);
+    if seen.learners.contains(&record.to_replica) {
+        let request = RemoveLearnersRequest {
+            shard_id: shard.get(),
+            learners: vec![record.to_replica],
+        };
+        let removed = on_leader(map, shard, |mut c| {
+            let request = request.clone();
+            async move { c.remove_learners(request).await.map(|_| ()) }
+        })
+        .await;
+        if let Err(why) = removed {
+            tracing::info!(shard = %shard, r#move = record.id, %why, "removing the learner of an aborted move");
+            return;
+        }
+    }
+    let command = Command::Meta(MetaCommand::AbortMove { id: record.id });
+    match node
+        .propose_command(meta, command, WriteId::Untracked)
+        .await
+    {
+        Ok(Outcome::MapChanged { .. }) => {
+            tracing::info!(shard = %shard, r#move = record.id, to = record.to_node, "move aborted: its target is not up");
+        }
+        other => tracing::debug!(?other, "aborting a move"),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod identity;
 pub mod join;
 pub mod kv_service;
 pub mod node;
+mod planner;
 mod scan;
 pub mod server;
 pub mod shard_admin;

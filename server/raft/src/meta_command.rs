@@ -95,6 +95,8 @@ pub enum MetaCommand {
     FinishMove { id: u64 },
     /// The move is given up (its learner already left the shard).
     AbortMove { id: u64 },
+    /// Pauses or resumes placement: while paused no move starts.
+    SetPlacement { paused: bool },
 }
 
 /// The states of a move (`atoll.v1.MoveState`).
@@ -135,6 +137,7 @@ impl MetaCommand {
             MetaCommand::AdvanceMove { .. } => "advance-move",
             MetaCommand::FinishMove { .. } => "finish-move",
             MetaCommand::AbortMove { .. } => "abort-move",
+            MetaCommand::SetPlacement { .. } => "set-placement",
         }
     }
 }
@@ -410,6 +413,13 @@ pub fn apply(map: &mut ClusterMap, command: &MetaCommand) -> Result<(Change, Opt
             record.matched_index = *matched_index;
             record.leader_last_index = *leader_last_index;
             record.stuck = stuck.clone();
+            Ok((Change::Changed, None))
+        }
+        MetaCommand::SetPlacement { paused } => {
+            if map.placement_paused == *paused {
+                return Ok((Change::AlreadyDone, None));
+            }
+            map.placement_paused = *paused;
             Ok((Change::Changed, None))
         }
         MetaCommand::FinishMove { id } | MetaCommand::AbortMove { id } => {

@@ -25,6 +25,13 @@ async fn a_replica_moves_to_a_new_node_under_writes_and_nothing_is_lost() {
         ..Spec::default()
     })
     .await;
+    // An operator's move alone: the controller starts none of its own.
+    cluster
+        .client()
+        .await
+        .set_placement_paused(true)
+        .await
+        .unwrap();
     // Node 4 joins on island "a", node 1's island, so a replica can move
     // from node 1 to it and keep the shard on three islands.
     let joined = cluster.join("a", 100).await;
@@ -141,6 +148,80 @@ async fn a_replica_moves_to_a_new_node_under_writes_and_nothing_is_lost() {
             got.map(|kv| kv.value),
             Some(i.to_string().into_bytes()),
             "w{i}"
+        );
+    }
+    cluster.shutdown().await;
+}
+
+/// Replicas (meta included) that `map` puts on `node`.
+fn held(map: &atoll_proto::v1::ClusterMap, node: u64) -> usize {
+    (map.meta.iter().chain(&map.shards))
+        .filter(|s| s.replicas.iter().any(|r| r.node_id == node))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_joining_node_gets_its_share_and_a_drained_node_gives_it_back() {
+    let mut cluster = TestCluster::start(Spec {
+        rocks: true,
+        ..Spec::default()
+    })
+    .await;
+    let client = cluster.client().await;
+    let refused = client
+        .set_node_state(2, atoll_client::NodeState::Draining, false)
+        .await;
+    assert!(
+        matches!(&refused, Err(Error::Refused(m)) if m.contains("cannot hold")),
+        "3 nodes with RF 3 cannot drain one: {refused:?}"
+    );
+    for i in 0..200 {
+        client.put(format!("k{i}"), format!("v{i}")).await.unwrap();
+    }
+    // Island a's 5 replicas (4 shards and meta) end split between nodes 1
+    // and 4, with no one computing a layout.
+    cluster.join("a", 100).await;
+    let balanced = eventually(Duration::from_secs(120), || {
+        let map = cluster.node(1).map();
+        map.moves.is_empty()
+            && (2..=3).contains(&held(&map, 4))
+            && held(&map, 1) + held(&map, 4) == 5
+    })
+    .await;
+    let map = cluster.node(1).map();
+    assert!(
+        balanced,
+        "node 4 got its share: {} and {} replicas, moves {:?}",
+        held(&map, 1),
+        held(&map, 4),
+        map.moves
+    );
+    assert!(map.shards.iter().all(|s| s.replicas.len() == 3));
+
+    client
+        .set_node_state(4, atoll_client::NodeState::Draining, false)
+        .await
+        .unwrap();
+    let drained = eventually(Duration::from_secs(120), || {
+        let map = cluster.node(1).map();
+        map.node(NodeId(4))
+            .is_some_and(|n| Lifecycle::of(n) == Lifecycle::Removed)
+    })
+    .await;
+    let map = cluster.node(1).map();
+    assert!(
+        drained,
+        "node 4 drained and removed: {} replicas, moves {:?}",
+        held(&map, 4),
+        map.moves
+    );
+    assert_eq!((held(&map, 1), held(&map, 4)), (5, 0));
+    for i in 0..200 {
+        let got = client.get(format!("k{i}")).await.unwrap();
+        assert_eq!(
+            got.map(|kv| kv.value),
+            Some(format!("v{i}").into_bytes()),
+            "k{i}"
         );
     }
     cluster.shutdown().await;
