@@ -226,3 +226,54 @@ async fn a_joining_node_gets_its_share_and_a_drained_node_gives_it_back() {
     }
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_removed_as_dead_has_its_replicas_repaired_elsewhere() {
+    let mut cluster = TestCluster::start(Spec {
+        rocks: true,
+        ..Spec::default()
+    })
+    .await;
+    let client = cluster.client().await;
+    for i in 0..200 {
+        client.put(format!("k{i}"), format!("v{i}")).await.unwrap();
+    }
+    let joined = cluster.join("a", 100).await;
+    let balanced = eventually(Duration::from_secs(120), || {
+        let map = cluster.node(1).map();
+        map.moves.is_empty() && held(&map, 4) >= 2
+    })
+    .await;
+    assert!(balanced, "node 4 got replicas");
+
+    // Node 4 is lost for good: stopped, then removed as dead.
+    cluster.stop(joined).await;
+    client
+        .set_node_state(4, atoll_client::NodeState::Removed, true)
+        .await
+        .unwrap();
+    let repaired = eventually(Duration::from_secs(120), || {
+        let map = cluster.node(1).map();
+        map.moves.is_empty()
+            && held(&map, 4) == 0
+            && (map.meta.iter().chain(&map.shards)).all(|s| s.replicas.len() == 3)
+    })
+    .await;
+    let map = cluster.node(1).map();
+    assert!(
+        repaired,
+        "every shard is back to 3 replicas: moves {:?}",
+        map.moves
+    );
+    assert_eq!(held(&map, 1), 5, "island a's replicas are back on node 1");
+    for i in 0..200 {
+        let got = client.get(format!("k{i}")).await.unwrap();
+        assert_eq!(
+            got.map(|kv| kv.value),
+            Some(format!("v{i}").into_bytes()),
+            "k{i}"
+        );
+    }
+    client.put("after", "repair").await.unwrap();
+    cluster.shutdown().await;
+}
