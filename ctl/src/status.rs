@@ -79,7 +79,7 @@ impl Report {
         for report in &status.nodes {
             if let Some(s) = &report.status {
                 for r in &s.replicas {
-                    reported.insert((r.shard_id, r.replica_id), *r);
+                    reported.insert((r.shard_id, r.replica_id), r);
                 }
             }
         }

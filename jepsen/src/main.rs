@@ -91,7 +91,8 @@ struct Args {
     #[arg(long, default_value = "/usr/bin/etcd")]
     etcd: PathBuf,
     /// Faults to apply in turn, comma-separated: kill, pause, partition,
-    /// island-loss, packet-loss, lose-unsynced, disk-fault, clock; or none.
+    /// island-loss, packet-loss, lose-unsynced, disk-fault, clock, move; or
+    /// none.
     #[arg(long, value_delimiter = ',', default_value = "kill", value_parser = parse_fault)]
     nemesis: Vec<Option<Fault>>,
     /// How long clients run.
@@ -152,6 +153,9 @@ struct Args {
 
 /// How long the healed cluster has to serve reads and writes again.
 const RECOVERY: Duration = Duration::from_secs(30);
+/// How long a run whose nemesis moved replicas may take, after the faults,
+/// for its moves to finish and its map and memberships to agree.
+const SETTLE: Duration = Duration::from_secs(90);
 
 /// Checks `history` with the workload's checker: one line per key, and the
 /// combined verdict.
@@ -422,6 +426,14 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         }
         System::Etcd(stores) => recovers(&stores[0]).await,
     };
+    // A layout that changed must settle: the map and every shard's
+    // membership agree again.
+    let unsettled = match &system {
+        System::Atoll(client, _) if faults.iter().any(|f| f.moves_replicas()) => {
+            harness::settled::check(client, SETTLE).await
+        }
+        _ => Vec::new(),
+    };
     let history = recorder.history();
     let panics = cluster.lock().await.panics();
     let missed = harness::nemesis::missed(&faults, &events);
@@ -461,7 +473,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let ambiguous = count(|o| matches!(o, Outcome::Ambiguous));
     let faults_hit = events.iter().filter(|e| !e.leaders_hit.is_empty()).count();
     let summary = format!(
-        "target {:?}; workload {:?}; ops {} (ok {ok}, fail {fail}, ambiguous {ambiguous}); faults {} ({faults_hit} hit a shard leader); missed {missed:?}; recovered {recovered}; panics {panics:?}\nverdict: {}\n{}",
+        "target {:?}; workload {:?}; ops {} (ok {ok}, fail {fail}, ambiguous {ambiguous}); faults {} ({faults_hit} hit a shard leader); missed {missed:?}; recovered {recovered}; unsettled {unsettled:?}; panics {panics:?}\nverdict: {}\n{}",
         args.target,
         args.workload,
         history.len(),
@@ -484,7 +496,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     std::fs::write(out.join("verdict.txt"), &summary)?;
     println!("{summary}");
     println!("run folder: {}", out.display());
-    Ok(verdict.is_valid() && recovered && panics.is_empty() && missed.is_empty())
+    Ok(verdict.is_valid()
+        && recovered
+        && panics.is_empty()
+        && missed.is_empty()
+        && unsettled.is_empty())
 }
 
 fn main() -> ExitCode {

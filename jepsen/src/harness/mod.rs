@@ -7,6 +7,7 @@ pub mod nemesis;
 pub mod register;
 pub mod register_ttl;
 pub mod set;
+pub mod settled;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -50,6 +50,13 @@ pub enum Fault {
     /// min) or runs 1.5x fast (libfaketime; the monotonic clock is left
     /// alone); set right a period later.
     Clock,
+    /// Move a replica of a shard the workload uses (its leader's, when
+    /// aimed) to a node that holds none, on the same island when one
+    /// exists: the cluster adds a learner, catches it up and swaps it in
+    /// with one joint change of voters, while the other faults strike. The
+    /// controller may move it back to its placement target later. Needs
+    /// more nodes than the replication factor.
+    Move,
 }
 
 impl Fault {
@@ -72,6 +79,12 @@ impl Fault {
     /// Whether a run with this fault must hit a shard leader at least once.
     fn must_hit_leaders(self) -> bool {
         !matches!(self, Fault::PacketLoss | Fault::Clock)
+    }
+
+    /// Whether the fault changes the cluster's layout, so the run must end
+    /// with the map and every shard's membership agreeing again.
+    pub fn moves_replicas(self) -> bool {
+        self == Fault::Move
     }
 }
 
@@ -105,6 +118,8 @@ enum Undo {
     Clock(usize),
     Resume(Vec<usize>),
     Heal,
+    /// Nothing to undo (a move finishes by itself).
+    Nothing,
 }
 
 /// How the nemesis asks the system under test who leads what.
@@ -236,6 +251,7 @@ async fn inject(
     cluster: &Mutex<Cluster>,
     view: &View,
     aim: bool,
+    probe: &Probe<'_>,
 ) -> anyhow::Result<(String, Vec<u64>, Undo)> {
     let mut c = cluster.lock().await;
     let n = c.len();
@@ -358,6 +374,62 @@ async fn inject(
             );
             (what, view.cut_off(&cut.grudge), Undo::Heal)
         }
+        Fault::Move => {
+            let Probe::Atoll(client) = probe else {
+                anyhow::bail!("moves need an Atoll cluster");
+            };
+            // Moves that keep the shard on its islands: to a node of the
+            // leaving replica's island that holds none of the shard's.
+            let mut legal: Vec<(u64, usize, usize)> = Vec::new();
+            for &shard in view.leaders.keys() {
+                let replicas = view.replicas.get(&shard).cloned().unwrap_or_default();
+                for &from in &replicas {
+                    for to in (0..n).filter(|i| !replicas.contains(i)) {
+                        if c.islands[to] == c.islands[from] {
+                            legal.push((shard, from, to));
+                        }
+                    }
+                }
+            }
+            let led: Vec<(u64, usize, usize)> = (legal.iter())
+                .filter(|(shard, from, _)| view.leaders.get(shard) == Some(from))
+                .copied()
+                .collect();
+            let pick = match aim {
+                true => led.choose(&mut rng).or_else(|| legal.choose(&mut rng)),
+                false => legal.choose(&mut rng),
+            };
+            let Some(&(shard, from, to)) = pick else {
+                return Ok((
+                    "move: no replica can move within its island".into(),
+                    Vec::new(),
+                    Undo::Nothing,
+                ));
+            };
+            let leader = view.leaders.get(&shard).copied();
+            let asked = client
+                .move_replica(shard, from as u64 + 1, to as u64 + 1)
+                .await;
+            let moved = asked.is_ok();
+            let what = match asked {
+                Ok(_) => format!(
+                    "move shard {shard} from node {} to node {}",
+                    from + 1,
+                    to + 1
+                ),
+                Err(e) => format!(
+                    "move shard {shard} from node {} to node {}: {e}",
+                    from + 1,
+                    to + 1
+                ),
+            };
+            // A refused move hit nothing.
+            let hit = match moved && leader == Some(from) {
+                true => vec![shard],
+                false => Vec::new(),
+            };
+            (what, hit, Undo::Nothing)
+        }
         Fault::PacketLoss => {
             let i = rng.random_range(0..n);
             let net = c
@@ -397,14 +469,16 @@ async fn undo(cluster: &Mutex<Cluster>, undo: Undo) -> anyhow::Result<()> {
                 net.heal()?;
             }
         }
+        Undo::Nothing => {}
     }
     Ok(())
 }
 
 /// Every `period`, applies the next of `faults` (in turn) and undoes it
-/// `period` later, until `until`; then heals everything. Every other fault
-/// (the first included) aims at the leaders of the `relevant` shards (those
-/// the workload uses); the others pick at random. Returns the events.
+/// `period` later, until `until`; then heals everything. Every other round
+/// of `faults` (the first included) aims at the leaders of the `relevant`
+/// shards (those the workload uses); the others pick at random. Returns the
+/// events.
 pub async fn run(
     faults: &[Fault],
     cluster: &Mutex<Cluster>,
@@ -424,8 +498,10 @@ pub async fn run(
         let n = cluster.lock().await.len();
         let view = View::probe(&probe, n, relevant).await;
         let start_ms = at();
-        let aim = count % 2 == 0;
-        let (what, leaders_hit, how) = inject(fault, cluster, &view, aim).await?;
+        // Aimed in every other round of the list, the first included, so
+        // each fault is aimed on its first use however many there are.
+        let aim = (count / faults.len().max(1)).is_multiple_of(2);
+        let (what, leaders_hit, how) = inject(fault, cluster, &view, aim, &probe).await?;
         tokio::time::sleep(period).await;
         undo(cluster, how).await?;
         events.push(Event {

@@ -68,6 +68,7 @@ pub fn node_status(node: &Node) -> wire::NodeStatusResponse {
         .iter()
         .map(|r| {
             let m = r.metrics();
+            let membership = m.membership_config.membership();
             let proposed = r.proposer.stats();
             wire::ReplicaStatus {
                 shard_id: r.spec.shard.get(),
@@ -81,6 +82,9 @@ pub fn node_status(node: &Node) -> wire::NodeStatusResponse {
                 purged_index: m.purged.map_or(0, |l| l.index),
                 proposed_entries: proposed.entries.load(Ordering::Relaxed),
                 proposed_writes: proposed.writes.load(Ordering::Relaxed),
+                voters: membership.voter_ids().map(|r| r.get()).collect(),
+                learners: membership.learner_ids().map(|r| r.get()).collect(),
+                joint: membership.get_joint_config().len() > 1,
             }
         })
         .collect();

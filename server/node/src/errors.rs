@@ -31,8 +31,9 @@ pub enum ApiError {
     Overloaded(String),
     #[error("session expired: {0}")]
     SessionExpired(String),
-    /// A change of the cluster map whose precondition does not hold.
-    #[error("refused: {0}")]
+    /// A change of the cluster map whose precondition does not hold (the
+    /// code says it is a refusal; the message is the reason alone).
+    #[error("{0}")]
     Refused(String),
     #[error("internal error: {0}")]
     Internal(String),

@@ -163,17 +163,23 @@ enum Attempt {
     Fatal(JoinError),
 }
 
+/// A client of the node at `address`, and the map it has.
+async fn map_at(address: &str) -> Result<(ClusterClient<Channel>, ClusterMap), Attempt> {
+    let mut client = client(address).await.map_err(Attempt::Retry)?;
+    let map = client
+        .get_cluster_map(GetClusterMapRequest {})
+        .await
+        .map_err(|s| Attempt::Retry(s.message().to_string()))?
+        .into_inner()
+        .map
+        .ok_or_else(|| Attempt::Retry("answered without a map".into()))?;
+    Ok((client, map))
+}
+
 /// Registers this node; returns its id and the map version that holds it.
 async fn register(config: &NodeConfig, token: u64) -> Result<(u64, u64), JoinError> {
     with_any_address(config, |address| async move {
-        let mut client = client(&address).await.map_err(Attempt::Retry)?;
-        let map = client
-            .get_cluster_map(GetClusterMapRequest {})
-            .await
-            .map_err(|s| Attempt::Retry(s.message().to_string()))?
-            .into_inner()
-            .map
-            .ok_or_else(|| Attempt::Retry("answered without a map".into()))?;
+        let (mut client, map) = map_at(&address).await?;
         if map.cluster_name != config.cluster.name {
             return Err(Attempt::Fatal(JoinError::WrongCluster {
                 found: map.cluster_name,
@@ -213,14 +219,7 @@ fn refused(status: &tonic::Status) -> bool {
 /// `version`.
 async fn newest_map(config: &NodeConfig, version: u64) -> Result<ClusterMap, JoinError> {
     with_any_address(config, |address| async move {
-        let mut client = client(&address).await.map_err(Attempt::Retry)?;
-        let map = client
-            .get_cluster_map(GetClusterMapRequest {})
-            .await
-            .map_err(|s| Attempt::Retry(s.message().to_string()))?
-            .into_inner()
-            .map
-            .ok_or_else(|| Attempt::Retry("answered without a map".into()))?;
+        let (_, map) = map_at(&address).await?;
         if map.map_version < version {
             return Err(Attempt::Retry(format!(
                 "has map version {}, waiting for {version}",

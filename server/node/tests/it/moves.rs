@@ -44,9 +44,7 @@ async fn a_replica_moves_to_a_new_node_under_writes_and_nothing_is_lost() {
         .await
     );
     let client = cluster.client().await;
-    for i in 0..400 {
-        client.put(format!("k{i}"), format!("v{i}")).await.unwrap();
-    }
+    put_keys(&client, 400).await;
     let shard = ShardId(1);
     let before = cluster.node(0).map().shard(shard).unwrap().clone();
     let leaving = before.replica_on(NodeId(1)).unwrap();
@@ -134,14 +132,7 @@ async fn a_replica_moves_to_a_new_node_under_writes_and_nothing_is_lost() {
     stop.store(true, Ordering::Relaxed);
     let acked = writer.await.unwrap();
     assert!(!acked.is_empty());
-    for i in 0..400 {
-        let got = client.get(format!("k{i}")).await.unwrap();
-        assert_eq!(
-            got.map(|kv| kv.value),
-            Some(format!("v{i}").into_bytes()),
-            "k{i}"
-        );
-    }
+    check_keys(&client, 400).await;
     for i in acked {
         let got = client.get(format!("w{i}")).await.unwrap();
         assert_eq!(
@@ -151,6 +142,22 @@ async fn a_replica_moves_to_a_new_node_under_writes_and_nothing_is_lost() {
         );
     }
     cluster.shutdown().await;
+}
+
+/// Writes `k0..k{n}`.
+async fn put_keys(client: &atoll_client::Client, n: usize) {
+    for i in 0..n {
+        client.put(format!("k{i}"), format!("v{i}")).await.unwrap();
+    }
+}
+
+/// Reads `k0..k{n}` back, linearizably.
+async fn check_keys(client: &atoll_client::Client, n: usize) {
+    for i in 0..n {
+        let got = client.get(format!("k{i}")).await.unwrap();
+        let want = format!("v{i}").into_bytes();
+        assert_eq!(got.map(|kv| kv.value), Some(want), "k{i}");
+    }
 }
 
 /// Replicas (meta included) that `map` puts on `node`.
@@ -175,9 +182,7 @@ async fn a_joining_node_gets_its_share_and_a_drained_node_gives_it_back() {
         matches!(&refused, Err(Error::Refused(m)) if m.contains("cannot hold")),
         "3 nodes with RF 3 cannot drain one: {refused:?}"
     );
-    for i in 0..200 {
-        client.put(format!("k{i}"), format!("v{i}")).await.unwrap();
-    }
+    put_keys(&client, 200).await;
     // Island a's 5 replicas (4 shards and meta) end split between nodes 1
     // and 4, with no one computing a layout.
     cluster.join("a", 100).await;
@@ -216,14 +221,7 @@ async fn a_joining_node_gets_its_share_and_a_drained_node_gives_it_back() {
         map.moves
     );
     assert_eq!((held(&map, 1), held(&map, 4)), (5, 0));
-    for i in 0..200 {
-        let got = client.get(format!("k{i}")).await.unwrap();
-        assert_eq!(
-            got.map(|kv| kv.value),
-            Some(format!("v{i}").into_bytes()),
-            "k{i}"
-        );
-    }
+    check_keys(&client, 200).await;
     cluster.shutdown().await;
 }
 
@@ -235,9 +233,7 @@ async fn a_node_removed_as_dead_has_its_replicas_repaired_elsewhere() {
     })
     .await;
     let client = cluster.client().await;
-    for i in 0..200 {
-        client.put(format!("k{i}"), format!("v{i}")).await.unwrap();
-    }
+    put_keys(&client, 200).await;
     let joined = cluster.join("a", 100).await;
     let balanced = eventually(Duration::from_secs(120), || {
         let map = cluster.node(1).map();
@@ -266,14 +262,7 @@ async fn a_node_removed_as_dead_has_its_replicas_repaired_elsewhere() {
         map.moves
     );
     assert_eq!(held(&map, 1), 5, "island a's replicas are back on node 1");
-    for i in 0..200 {
-        let got = client.get(format!("k{i}")).await.unwrap();
-        assert_eq!(
-            got.map(|kv| kv.value),
-            Some(format!("v{i}").into_bytes()),
-            "k{i}"
-        );
-    }
+    check_keys(&client, 200).await;
     client.put("after", "repair").await.unwrap();
     cluster.shutdown().await;
 }
