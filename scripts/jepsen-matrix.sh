@@ -5,7 +5,8 @@
 #   scripts/jepsen-matrix.sh [RUNS] [OUT]        (defaults: 10, jepsen-runs/matrix)
 #
 # Environment: TIME (client time per run, default 20s), PERIOD (fault
-# period, default 3s), WORKLOADS and NEMESES (space-separated lists), EXTRA
+# period, default 3s), WORKLOADS and NEMESES (space-separated lists; a
+# comma joins faults applied in turn in one run, e.g. move,kill), EXTRA
 # (more harness arguments, e.g. "--raft snapshot_after_entries=200", so
 # that the faults meet snapshot sends and installs).
 set -euo pipefail
@@ -18,7 +19,7 @@ out="${2:-jepsen-runs/matrix}"
 time="${TIME:-20s}"
 period="${PERIOD:-3s}"
 workloads="${WORKLOADS:-register register-ttl set bank}"
-nemeses="${NEMESES:-kill pause partition island-loss lose-unsynced}"
+nemeses="${NEMESES:-kill pause partition island-loss lose-unsynced move move,kill move,partition}"
 read -r -a extra <<< "${EXTRA:-}"
 
 cargo build --quiet --workspace --bins
