@@ -119,6 +119,7 @@ mod tests {
                 })
                 .collect(),
             join: Vec::new(),
+            dead_after: std::time::Duration::from_secs(300),
         }
     }
 

@@ -50,6 +50,12 @@ pub struct ClusterConfig {
     /// empty data dir joins through any of them (instead of
     /// `initial_nodes`). Later starts use the identity the join stored.
     pub join: Vec<String>,
+    /// A node that has not answered the meta shard's leader for this long
+    /// has its replicas re-created on other nodes (it stays in the
+    /// cluster: if it comes back, it gets replicas again). The meta
+    /// leader's setting counts.
+    #[serde(with = "humantime_serde")]
+    pub dead_after: Duration,
 }
 
 /// One member of `initial_nodes`.
@@ -150,6 +156,7 @@ impl Default for ClusterConfig {
             replication_factor: 3,
             initial_nodes: Vec::new(),
             join: Vec::new(),
+            dead_after: Duration::from_secs(300),
         }
     }
 }
@@ -285,6 +292,9 @@ impl NodeConfig {
         if self.island.is_empty() {
             return invalid("island must not be empty".into());
         }
+        if self.cluster.dead_after < Duration::from_secs(1) {
+            return invalid("cluster.dead_after must be at least 1s".into());
+        }
         if self.joins() {
             self.validate_join()?;
         } else {
@@ -386,6 +396,7 @@ impl ClusterConfig {
         if self.replication_factor == 0 {
             return invalid("cluster.replication_factor must be > 0".into());
         }
+
         if self.initial_nodes.is_empty() {
             return invalid("cluster.initial_nodes must list every node of the new cluster".into());
         }

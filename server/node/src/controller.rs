@@ -6,18 +6,20 @@
 //! from what it sees (never from what it did before, so a new meta leader
 //! resumes any move where it stands), and takes one idempotent action.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Weak;
 use std::time::Duration;
 
+use atoll_proto::v1::cluster_client::ClusterClient;
 use atoll_proto::v1::{
     self as wire, AddLearnerRequest, ChangeVotersRequest, ClusterMap, MembershipRequest,
-    MembershipResponse, RemoveLearnersRequest, TransferLeadershipRequest,
+    MembershipResponse, NodeStatusRequest, RemoveLearnersRequest, TransferLeadershipRequest,
 };
 use atoll_proto::ShardId;
 use atoll_raft::meta_command::{Lifecycle, MetaCommand, MovePhase};
 use atoll_raft::{Command, Outcome, Replica, WriteId};
 use tokio::time::Instant;
+use tonic::transport::Channel;
 
 use crate::node::Node;
 use crate::planner;
@@ -112,6 +114,7 @@ pub(crate) async fn run(weak: Weak<Node>) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reported: HashMap<u64, (Instant, MovePhase, String)> = HashMap::new();
+    let mut liveness = Liveness::default();
     loop {
         tick.tick().await;
         let Some(node) = weak.upgrade() else { return };
@@ -120,14 +123,18 @@ pub(crate) async fn run(weak: Weak<Node>) {
         };
         if meta.leader() != Some(meta.spec.replica) {
             reported.clear();
+            liveness = Liveness::default();
             continue;
         }
         let map = node.map();
+        let silent = liveness
+            .probe(&node, &map, node.config().cluster.dead_after)
+            .await;
         reported.retain(|id, _| map.moves.iter().any(|m| m.id == *id));
         for record in &map.moves {
             advance(&node, &meta, &map, record, &mut reported).await;
         }
-        start_planned(&node, &meta, &map).await;
+        start_planned(&node, &meta, &map, &silent).await;
         remove_drained(&node, &meta, &map).await;
     }
 }
@@ -135,11 +142,11 @@ pub(crate) async fn run(weak: Weak<Node>) {
 /// Begins the moves placement asks for, most urgent first, within
 /// [`MAX_MOVES`] and [`MAX_MOVES_INTO_NODE`]; none while placement is
 /// paused.
-async fn start_planned(node: &Node, meta: &Replica, map: &ClusterMap) {
+async fn start_planned(node: &Node, meta: &Replica, map: &ClusterMap, silent: &BTreeSet<u64>) {
     if map.placement_paused {
         return;
     }
-    let planned = match planner::plan(map) {
+    let planned = match planner::plan(map, silent) {
         Ok(planned) => planned,
         Err(why) => {
             tracing::debug!(%why, "no placement target");
@@ -178,6 +185,82 @@ async fn start_planned(node: &Node, meta: &Replica, map: &ClusterMap) {
             }
             other => tracing::debug!(shard = %p.shard, ?other, "move not started"),
         }
+    }
+}
+
+/// When each node last answered the meta leader. A new meta leader starts
+/// every node's silence clock at zero, which can only delay a repair,
+/// never cause a wrong one.
+#[derive(Default)]
+struct Liveness {
+    last_seen: HashMap<u64, Instant>,
+    silent: BTreeSet<u64>,
+    channels: HashMap<String, Channel>,
+}
+
+impl Liveness {
+    /// Asks every node that is not removed for its status (at most
+    /// [`PROBE_TIMEOUT`] each, all at once); returns the nodes silent for
+    /// longer than `dead_after`.
+    async fn probe(
+        &mut self,
+        node: &Node,
+        map: &ClusterMap,
+        dead_after: Duration,
+    ) -> BTreeSet<u64> {
+        let now = Instant::now();
+        let others: Vec<(u64, String)> = (map.nodes.iter())
+            .filter(|n| n.id != node.id.get() && Lifecycle::of(n) != Lifecycle::Removed)
+            .map(|n| (n.id, n.address.clone()))
+            .collect();
+        let calls = others.iter().map(|(id, address)| {
+            let channel = self
+                .channels
+                .entry(address.clone())
+                .or_insert_with(|| lazy_channel(address))
+                .clone();
+            async move {
+                let mut client = ClusterClient::new(channel);
+                let call = client.node_status(NodeStatusRequest {});
+                let answered = matches!(tokio::time::timeout(PROBE_TIMEOUT, call).await, Ok(Ok(_)));
+                (*id, answered)
+            }
+        });
+        for (id, answered) in futures::future::join_all(calls).await {
+            let seen = self.last_seen.entry(id).or_insert(now);
+            if answered {
+                *seen = now;
+            }
+        }
+        self.last_seen
+            .retain(|id, _| others.iter().any(|(o, _)| o == id));
+        let silent: BTreeSet<u64> = (self.last_seen.iter())
+            .filter(|(_, seen)| now.duration_since(**seen) > dead_after)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in silent.difference(&self.silent) {
+            tracing::warn!(
+                node = id,
+                ?dead_after,
+                "node silent: its replicas are repaired elsewhere"
+            );
+        }
+        for id in self.silent.difference(&silent) {
+            tracing::info!(node = id, "node answers again");
+        }
+        self.silent = silent.clone();
+        silent
+    }
+}
+
+/// How long the meta leader waits for a node's status in one probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+fn lazy_channel(address: &str) -> Channel {
+    match Channel::from_shared(format!("http://{address}")) {
+        Ok(endpoint) => endpoint.connect_timeout(PROBE_TIMEOUT).connect_lazy(),
+        // An address that is no URI never answers.
+        Err(_) => Channel::from_static("http://0.0.0.0:1").connect_lazy(),
     }
 }
 

@@ -1,8 +1,9 @@
 //! Which moves the controller starts (docs/design/elastic.md, "Moves"):
-//! the placement target for the nodes that are up, compared with the map.
-//! A replica on a removed node is repaired first, then replicas leave
-//! draining nodes, then the rest rebalance (a node that joined gets its
-//! share). Pure: the same map always gives the same plan.
+//! the placement target for the nodes that are up and answering, compared
+//! with the map. A replica on a removed or silent node is repaired first,
+//! then replicas leave draining nodes, then the rest rebalance (a node that
+//! joined gets its share). Pure: the same map and silent nodes always give
+//! the same plan.
 
 use std::collections::BTreeSet;
 
@@ -14,7 +15,8 @@ use atoll_raft::meta_command::Lifecycle;
 /// Why a move is made, most urgent first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Reason {
-    /// The replica is on a removed node (or the shard is short of one).
+    /// The replica is on a removed or silent node (or the shard is short
+    /// of one).
     Repair,
     /// The replica is on a draining node.
     Drain,
@@ -44,10 +46,11 @@ pub(crate) struct Planned {
     pub reason: Reason,
 }
 
-/// The nodes placement may put replicas on: those that are up.
-fn up_nodes(map: &ClusterMap, except: Option<u64>) -> Vec<NodeSpec> {
+/// The nodes placement may put replicas on: those that are up, but the
+/// `left_out`.
+fn up_nodes(map: &ClusterMap, left_out: &BTreeSet<u64>) -> Vec<NodeSpec> {
     (map.nodes.iter())
-        .filter(|n| Lifecycle::of(n) == Lifecycle::Up && Some(n.id) != except)
+        .filter(|n| Lifecycle::of(n) == Lifecycle::Up && !left_out.contains(&n.id))
         .map(|n| NodeSpec {
             id: NodeId(n.id),
             island: n.island.clone(),
@@ -57,9 +60,9 @@ fn up_nodes(map: &ClusterMap, except: Option<u64>) -> Vec<NodeSpec> {
 }
 
 /// The placement target of every shard, for the nodes that are up (but
-/// `except`). The meta shard keeps its number of voters.
-fn target(map: &ClusterMap, except: Option<u64>) -> Result<Assignment, String> {
-    let nodes = up_nodes(map, except);
+/// the `left_out`). The meta shard keeps its number of voters.
+fn target(map: &ClusterMap, left_out: &BTreeSet<u64>) -> Result<Assignment, String> {
+    let nodes = up_nodes(map, left_out);
     let current = |shards: &mut dyn Iterator<Item = &Shard>| -> Assignment {
         shards
             .map(|s| {
@@ -90,15 +93,17 @@ fn target(map: &ClusterMap, except: Option<u64>) -> Result<Assignment, String> {
 /// replication factor and island spread: a drain of `node` is refused
 /// otherwise, with the reason.
 pub(crate) fn can_drain(map: &ClusterMap, node: u64) -> Result<(), String> {
-    target(map, Some(node))
+    target(map, &BTreeSet::from([node]))
         .map(|_| ())
         .map_err(|why| format!("the other nodes cannot hold node {node}'s replicas: {why}"))
 }
 
 /// The moves that bring `map` to its placement target, most urgent first,
-/// at most one per shard, skipping shards with a move in progress.
-pub(crate) fn plan(map: &ClusterMap) -> Result<Vec<Planned>, String> {
-    let target = target(map, None)?;
+/// at most one per shard, skipping shards with a move in progress. The
+/// `silent` nodes (up, but not answering for `cluster.dead_after`) get no
+/// replicas, and theirs are repaired elsewhere.
+pub(crate) fn plan(map: &ClusterMap, silent: &BTreeSet<u64>) -> Result<Vec<Planned>, String> {
+    let target = target(map, silent)?;
     let state = |node: u64| map.node(NodeId(node)).map(Lifecycle::of);
     let island = |node: u64| map.node(NodeId(node)).map(|n| n.island.clone());
     let moving: BTreeSet<u64> = map.moves.iter().map(|m| m.shard_id).collect();
@@ -119,6 +124,7 @@ pub(crate) fn plan(map: &ClusterMap) -> Result<Vec<Planned>, String> {
             .filter(|r| !wanted.iter().any(|n| n.get() == r.node_id))
             .map(|r| {
                 let reason = match state(r.node_id) {
+                    _ if silent.contains(&r.node_id) => Reason::Repair,
                     Some(Lifecycle::Up) => Reason::Rebalance,
                     Some(Lifecycle::Draining) => Reason::Drain,
                     _ => Reason::Repair,
@@ -199,14 +205,14 @@ mod tests {
 
     #[test]
     fn a_balanced_cluster_plans_nothing() {
-        assert!(plan(&map()).unwrap().is_empty());
+        assert!(plan(&map(), &BTreeSet::new()).unwrap().is_empty());
     }
 
     #[test]
     fn a_new_node_gets_its_share_from_its_own_island() {
         let mut m = map();
         m.nodes.push(node(4, "a", NodeState::Up));
-        let planned = plan(&m).unwrap();
+        let planned = plan(&m, &BTreeSet::new()).unwrap();
         assert!(!planned.is_empty());
         for p in &planned {
             assert_eq!((p.from_node, p.to_node), (1, 4), "{p:?}");
@@ -225,7 +231,7 @@ mod tests {
         m.nodes[1].state = NodeState::Draining as i32;
         // One move per shard: each shard's replica on the removed node 1
         // goes first, to node 4 on its island.
-        let planned = plan(&m).unwrap();
+        let planned = plan(&m, &BTreeSet::new()).unwrap();
         assert_eq!(planned.len(), 7, "{planned:?}");
         for p in &planned {
             assert_eq!((p.reason, p.from_node, p.to_node), (Reason::Repair, 1, 4));
@@ -238,7 +244,7 @@ mod tests {
                 }
             }
         }
-        let planned = plan(&m).unwrap();
+        let planned = plan(&m, &BTreeSet::new()).unwrap();
         assert_eq!(planned.len(), 7, "{planned:?}");
         for p in &planned {
             assert_eq!((p.reason, p.from_node, p.to_node), (Reason::Drain, 2, 5));
@@ -248,7 +254,24 @@ mod tests {
             shard_id: 3,
             ..Default::default()
         });
-        assert!(plan(&m).unwrap().iter().all(|p| p.shard != ShardId(3)));
+        assert!(plan(&m, &BTreeSet::new())
+            .unwrap()
+            .iter()
+            .all(|p| p.shard != ShardId(3)));
+    }
+
+    #[test]
+    fn a_silent_node_is_repaired_like_a_removed_one() {
+        let mut m = map();
+        m.nodes.push(node(4, "a", NodeState::Up));
+        for shard in m.meta.iter_mut().chain(m.shards.iter_mut()).take(3) {
+            shard.replicas[0].node_id = 4;
+        }
+        let planned = plan(&m, &BTreeSet::from([4])).unwrap();
+        assert_eq!(planned.len(), 3, "{planned:?}");
+        for p in &planned {
+            assert_eq!((p.reason, p.from_node, p.to_node), (Reason::Repair, 4, 1));
+        }
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub struct Spec {
     pub stale_linearizable_reads: bool,
     /// `raft.snapshot_rate` in bytes per second, if not the default.
     pub snapshot_rate: Option<u64>,
+    /// `cluster.dead_after`, if not the default.
+    pub dead_after: Option<Duration>,
 }
 
 impl Default for Spec {
@@ -53,6 +55,7 @@ impl Default for Spec {
             keep_entries_after_snapshot: 5_000,
             stale_linearizable_reads: false,
             snapshot_rate: None,
+            dead_after: None,
         }
     }
 }
@@ -96,6 +99,9 @@ impl TestCluster {
                 cfg.testing.stale_linearizable_reads = spec.stale_linearizable_reads;
                 if let Some(rate) = spec.snapshot_rate {
                     cfg.raft.snapshot_rate = atoll_server::size::ByteSize(rate);
+                }
+                if let Some(after) = spec.dead_after {
+                    cfg.cluster.dead_after = after;
                 }
                 cfg
             })
@@ -162,6 +168,7 @@ impl TestCluster {
             ..NodeConfig::default()
         };
         config.cluster.name = self.configs[0].cluster.name.clone();
+        config.cluster.dead_after = self.configs[0].cluster.dead_after;
         config.cluster.join = vec![self.configs[0].listen.to_string()];
         self.configs.push(config);
         let running = self.launch(i, listener).await;

@@ -266,3 +266,57 @@ async fn a_node_removed_as_dead_has_its_replicas_repaired_elsewhere() {
     client.put("after", "repair").await.unwrap();
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silent_node_is_repaired_around_and_gets_replicas_again_when_it_returns() {
+    let mut cluster = TestCluster::start(Spec {
+        rocks: true,
+        dead_after: Some(Duration::from_secs(4)),
+        ..Spec::default()
+    })
+    .await;
+    let client = cluster.client().await;
+    put_keys(&client, 100).await;
+    let joined = cluster.join("a", 100).await;
+    let balanced = || {
+        let map = cluster.node(1).map();
+        map.moves.is_empty() && held(&map, 4) >= 2
+    };
+    assert!(
+        eventually(Duration::from_secs(120), balanced).await,
+        "node 4 got replicas"
+    );
+
+    // Node 4 stops answering: after dead_after its replicas are re-created
+    // on node 1, though node 4 stays in the cluster.
+    cluster.stop(joined).await;
+    let repaired = eventually(Duration::from_secs(120), || {
+        let map = cluster.node(1).map();
+        map.moves.is_empty()
+            && held(&map, 4) == 0
+            && (map.meta.iter().chain(&map.shards)).all(|s| s.replicas.len() == 3)
+    })
+    .await;
+    let map = cluster.node(1).map();
+    assert!(
+        repaired,
+        "repaired around the silent node: moves {:?}",
+        map.moves
+    );
+    let state = map.node(NodeId(4)).map(Lifecycle::of);
+    assert_eq!(state, Some(Lifecycle::Up), "a silent node is not removed");
+    check_keys(&client, 100).await;
+
+    // Back, it is up again and gets its share again.
+    cluster.restart(joined).await;
+    assert!(
+        eventually(Duration::from_secs(120), || {
+            let map = cluster.node(1).map();
+            map.moves.is_empty() && held(&map, 4) >= 2
+        })
+        .await,
+        "the returning node gets replicas again"
+    );
+    check_keys(&client, 100).await;
+    cluster.shutdown().await;
+}
