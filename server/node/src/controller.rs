@@ -322,17 +322,8 @@ async fn advance(
         Ok(seen) => seen,
         Err(why) => {
             let stuck = format!("the shard's leader did not answer: {why}");
-            report(
-                node,
-                meta,
-                record,
-                MovePhase::AddLearner,
-                0,
-                0,
-                stuck,
-                reported,
-            )
-            .await;
+            let phase = MovePhase::of(record);
+            report(node, meta, record, phase, 0, 0, stuck, reported).await;
             return;
         }
     };
