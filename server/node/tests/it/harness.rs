@@ -199,6 +199,16 @@ impl TestCluster {
             .expect("client connects")
     }
 
+    /// Stops the controller from starting moves of its own (an operator's
+    /// still run).
+    pub async fn pause_placement(&self) {
+        let client = self.client().await;
+        client
+            .set_placement_paused(true)
+            .await
+            .expect("pause placement");
+    }
+
     /// Stops node `i` (its replicas shut down, its port closes).
     pub async fn stop(&mut self, i: usize) {
         if let Some(running) = self.nodes[i].take() {

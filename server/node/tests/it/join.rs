@@ -35,12 +35,7 @@ async fn a_joining_node_gets_a_fresh_id_follows_the_map_and_keeps_its_id() {
     })
     .await;
     // This test follows the map's versions: no moves meanwhile.
-    cluster
-        .client()
-        .await
-        .set_placement_paused(true)
-        .await
-        .unwrap();
+    cluster.pause_placement().await;
     let joined = cluster.join("d", 200).await;
     let id = cluster.node(joined).id;
     assert_eq!(id, NodeId(4), "the first id above the initial nodes'");

@@ -26,12 +26,7 @@ async fn a_replica_moves_to_a_new_node_under_writes_and_nothing_is_lost() {
     })
     .await;
     // An operator's move alone: the controller starts none of its own.
-    cluster
-        .client()
-        .await
-        .set_placement_paused(true)
-        .await
-        .unwrap();
+    cluster.pause_placement().await;
     // Node 4 joins on island "a", node 1's island, so a replica can move
     // from node 1 to it and keep the shard on three islands.
     let joined = cluster.join("a", 100).await;
@@ -160,6 +155,18 @@ async fn check_keys(client: &atoll_client::Client, n: usize) {
     }
 }
 
+/// Waits until no move is in progress, node `gone` holds no replica, and
+/// every shard has its 3 replicas again.
+async fn repaired_around(cluster: &TestCluster, gone: u64) -> bool {
+    eventually(Duration::from_secs(120), || {
+        let map = cluster.node(1).map();
+        map.moves.is_empty()
+            && held(&map, gone) == 0
+            && (map.meta.iter().chain(&map.shards)).all(|s| s.replicas.len() == 3)
+    })
+    .await
+}
+
 /// Replicas (meta included) that `map` puts on `node`.
 fn held(map: &atoll_proto::v1::ClusterMap, node: u64) -> usize {
     (map.meta.iter().chain(&map.shards))
@@ -248,13 +255,7 @@ async fn a_node_removed_as_dead_has_its_replicas_repaired_elsewhere() {
         .set_node_state(4, atoll_client::NodeState::Removed, true)
         .await
         .unwrap();
-    let repaired = eventually(Duration::from_secs(120), || {
-        let map = cluster.node(1).map();
-        map.moves.is_empty()
-            && held(&map, 4) == 0
-            && (map.meta.iter().chain(&map.shards)).all(|s| s.replicas.len() == 3)
-    })
-    .await;
+    let repaired = repaired_around(&cluster, 4).await;
     let map = cluster.node(1).map();
     assert!(
         repaired,
@@ -290,13 +291,7 @@ async fn a_silent_node_is_repaired_around_and_gets_replicas_again_when_it_return
     // Node 4 stops answering: after dead_after its replicas are re-created
     // on node 1, though node 4 stays in the cluster.
     cluster.stop(joined).await;
-    let repaired = eventually(Duration::from_secs(120), || {
-        let map = cluster.node(1).map();
-        map.moves.is_empty()
-            && held(&map, 4) == 0
-            && (map.meta.iter().chain(&map.shards)).all(|s| s.replicas.len() == 3)
-    })
-    .await;
+    let repaired = repaired_around(&cluster, 4).await;
     let map = cluster.node(1).map();
     assert!(
         repaired,
