@@ -43,6 +43,21 @@ impl ShardAdminService {
         }
         Ok(replica)
     }
+
+    /// Changes the membership of `replica`'s shard (its leader), in a joint
+    /// step where voters change; answers once the change is committed.
+    async fn change(
+        &self,
+        replica: &Replica,
+        changes: ChangeMembers,
+    ) -> Result<Response<wire::AdminResponse>, Status> {
+        replica
+            .raft
+            .change_membership(changes, false)
+            .await
+            .map_err(|e| change_error(&self.node, replica.spec.shard, e))?;
+        Ok(Response::new(wire::AdminResponse {}))
+    }
 }
 
 /// A membership change's error as the API's.
@@ -129,12 +144,8 @@ impl ShardAdmin for ShardAdminService {
         if voters.is_empty() {
             return Err(ApiError::Refused("a shard needs at least one voter".into()).into());
         }
-        replica
-            .raft
-            .change_membership(ChangeMembers::ReplaceAllVoters(voters), false)
+        self.change(&replica, ChangeMembers::ReplaceAllVoters(voters))
             .await
-            .map_err(|e| change_error(&self.node, replica.spec.shard, e))?;
-        Ok(Response::new(wire::AdminResponse {}))
     }
 
     async fn remove_learners(
@@ -153,12 +164,8 @@ impl ShardAdmin for ShardAdminService {
         if learners.is_empty() {
             return Ok(Response::new(wire::AdminResponse {}));
         }
-        replica
-            .raft
-            .change_membership(ChangeMembers::RemoveNodes(learners), false)
+        self.change(&replica, ChangeMembers::RemoveNodes(learners))
             .await
-            .map_err(|e| change_error(&self.node, replica.spec.shard, e))?;
-        Ok(Response::new(wire::AdminResponse {}))
     }
 
     async fn transfer_leadership(
