@@ -1,7 +1,9 @@
 //! What a log entry asks the state machine to do, and what it answered.
 
-use crate::meta_command::MetaCommand;
+use atoll_proto::{NodeId, ReplicaId, ShardId};
 use serde::{Deserialize, Serialize};
+
+use crate::meta_command::MetaCommand;
 
 /// A client write as entries of earlier versions identify it: deduplicated
 /// by the bounded table of [`DedupTable`](crate::state_machine::DedupTable).
@@ -161,6 +163,31 @@ pub enum Command {
     /// Meta shard only: one checked change of the cluster map
     /// ([`MetaCommand`]).
     Meta(MetaCommand),
+    /// Data shard only: the shard splits; applied alone, in a synced batch
+    /// of its own ([`SplitCommand`]).
+    Split(SplitCommand),
+}
+
+/// A split of a data shard at hash `at` (docs/design/elastic.md,
+/// "Splits"): the shard keeps `[first, at)`; every replica named here
+/// seeds its child replica with the state of `[at, last]` as of the split
+/// entry, on its own node, so no data moves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitCommand {
+    /// The first hash the child owns.
+    pub at: u64,
+    /// The child shard.
+    pub child: ShardId,
+    /// Every voter of the shard, with the child replica it seeds.
+    pub replicas: Vec<SplitReplica>,
+}
+
+/// One voter of a splitting shard and the child replica on its node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitReplica {
+    pub parent: ReplicaId,
+    pub child: ReplicaId,
+    pub node: NodeId,
 }
 
 /// One write of a [`Command::Group`].
@@ -180,6 +207,7 @@ impl Command {
                 | Command::Group { .. }
                 | Command::ExpireDue { .. }
                 | Command::Meta(_)
+                | Command::Split(_)
         )
     }
 
@@ -195,7 +223,8 @@ impl Command {
             Command::SetClusterMap { .. }
             | Command::Group { .. }
             | Command::ExpireDue { .. }
-            | Command::Meta(_) => None,
+            | Command::Meta(_)
+            | Command::Split(_) => None,
         }
     }
 }
@@ -267,6 +296,11 @@ pub enum Outcome {
         version: u64,
         allocated: Option<u64>,
     },
+    /// A [`Command::Split`] applied: the shard's range ends before the
+    /// split point. `already`: it did before this entry (a retried split).
+    Split {
+        already: bool,
+    },
 }
 
 impl Command {
@@ -282,6 +316,7 @@ impl Command {
             Command::Group { .. } => "group",
             Command::ExpireDue { .. } => "expire-due",
             Command::Meta(command) => command.kind(),
+            Command::Split(_) => "split",
         }
     }
 }
@@ -338,6 +373,7 @@ fn command_bytes(command: &Command) -> usize {
         Command::Group { writes } => writes.iter().map(|w| 16 + command_bytes(&w.command)).sum(),
         Command::ExpireDue { .. } => 4,
         Command::Meta(_) => 64,
+        Command::Split(split) => 16 + 24 * split.replicas.len(),
     }
 }
 

@@ -24,7 +24,7 @@ pub mod types;
 
 pub use command::{
     BatchStep, Command, Current, Expected, LegacyWriteId, Outcome, Proposal, Request, SessionWrite,
-    WriteId,
+    SplitCommand, SplitReplica, WriteId,
 };
 pub use network::{NetworkFaults, PeerDirectory, PeerPool};
 pub use pacing::SnapshotPacing;

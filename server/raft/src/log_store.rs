@@ -219,6 +219,20 @@ impl LogStore {
         keys::replica_range(self.replica).1
     }
 
+    /// Writes the Raft state of a replica that starts from an applied log
+    /// id `at` without its log (a split's child, docs/design/elastic.md):
+    /// its log is purged up to `at`, which is committed, and its vote is
+    /// for itself in `at`'s term, not committed, so its first election is
+    /// for a later term and every entry it appends sorts after `at`.
+    pub fn seed(replica: ReplicaId, at: LogId, batch: &mut WriteBatch) -> Result<(), EngineError> {
+        let key = |tag| keys::tagged_key(replica, tag, &[]);
+        let vote = Vote::new(at.leader_id.term, replica);
+        batch.put(Cf::RaftState, key(state_tag::VOTE), encode(&vote)?);
+        batch.put(Cf::RaftState, key(state_tag::PURGED), encode(&Some(at))?);
+        batch.put(Cf::RaftState, key(state_tag::COMMITTED), encode(&Some(at))?);
+        Ok(())
+    }
+
     /// Deletes every row of this replica from `raft_log` and `raft_state`
     /// (when the replica is removed from the node).
     pub fn destroy(&self, batch: &mut WriteBatch) {

@@ -17,7 +17,7 @@ use crate::network::{NetworkFactory, PeerPool};
 use crate::proposer::Proposer;
 use crate::read_index::ReadIndex;
 use crate::state_machine::ttl::{SharedClock, Stamper};
-use crate::state_machine::{ShardKind, StateMachine};
+use crate::state_machine::{OwnedRange, ShardKind, StateMachine};
 use crate::types::{Raft, RaftMetrics, ReplicaNode};
 
 /// Raft timing and log retention, shared by every replica of a node (the
@@ -75,6 +75,9 @@ pub fn destroy_storage(
     kind: ShardKind,
     snapshot_dir: &std::path::Path,
 ) -> Result<(), EngineError> {
+    // The range it owns now: a split may have narrowed it since it started.
+    let kind =
+        crate::state_machine::range::current_kind(engine.snapshot().as_ref(), replica, kind)?;
     let mut batch = atoll_storage::WriteBatch::new();
     for cf in [atoll_storage::Cf::RaftLog, atoll_storage::Cf::RaftState] {
         let (start, end) = atoll_storage::keys::replica_range(replica);
@@ -96,6 +99,9 @@ pub struct Replica {
     /// entries it proposes (docs/design/ttl-and-clocks.md).
     log_clock: Arc<SharedClock>,
     stamper: Arc<Mutex<Stamper>>,
+    /// The hash range it owns as of its applied state (a split narrows it;
+    /// `spec.kind` is the range it started with).
+    owned: Arc<OwnedRange>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -139,6 +145,7 @@ impl Replica {
             .map_err(|e| ReplicaError::Raft(format!("open the state machine: {e}")))??
         };
         let log_clock = sm.log_clock();
+        let owned = sm.owned_range();
         let raft_config = openraft::Config {
             cluster_name: format!("atoll-{}", spec.shard),
             heartbeat_interval: config.heartbeat.as_millis() as u64,
@@ -187,7 +194,7 @@ impl Replica {
             raft.clone(),
             &engine,
             spec.replica,
-            spec.kind,
+            owned.clone(),
             config.snapshot_after_entries,
         );
         let read_index = ReadIndex::new(raft.clone(), restart_floor);
@@ -199,7 +206,18 @@ impl Replica {
             proposer,
             log_clock,
             stamper: Arc::default(),
+            owned,
         })
+    }
+
+    /// What the replica serves as of its applied state.
+    pub fn kind(&self) -> ShardKind {
+        self.owned.kind()
+    }
+
+    /// Whether the replica, as of its applied state, owns `hash`.
+    pub fn owns(&self, hash: u64) -> bool {
+        self.owned.contains(hash)
     }
 
     /// The latest metrics (role, term, leader, log positions).

@@ -23,7 +23,7 @@ use atoll_proto::ReplicaId;
 use atoll_storage::{keys, Cf, Engine, EngineError};
 use openraft::async_runtime::WatchReceiver;
 
-use crate::state_machine::ShardKind;
+use crate::state_machine::{OwnedRange, ShardKind};
 use crate::types::{Raft, ServerState};
 
 /// How often a replica looks whether a snapshot is due.
@@ -67,7 +67,7 @@ pub(crate) fn spawn(
     raft: Raft,
     engine: &Arc<dyn Engine>,
     replica: ReplicaId,
-    kind: ShardKind,
+    owned: Arc<OwnedRange>,
     after_entries: u64,
 ) {
     let engine: Weak<dyn Engine> = Arc::downgrade(engine);
@@ -97,7 +97,7 @@ pub(crate) fn spawn(
             let Some(engine) = engine.upgrade() else {
                 return;
             };
-            let measured = sizes(engine.as_ref(), replica, kind, (last + 1, applied));
+            let measured = sizes(engine.as_ref(), replica, owned.kind(), (last + 1, applied));
             drop(engine);
             let (log, state) = match measured {
                 Ok(sizes) => sizes,

@@ -48,6 +48,10 @@ pub mod apply_tag {
     /// Set while a snapshot is being installed: the snapshot's index (u64
     /// BE). A replica found with it at start finishes the install.
     pub const INSTALLING: u8 = b'n';
+    /// The hash range a data replica owns, `first BE ++ last BE`, once it
+    /// differs from its shard's first range (a split narrowed it, or
+    /// seeded it) or a snapshot set it.
+    pub const RANGE: u8 = b'h';
 }
 
 /// The `data` key of a user key.

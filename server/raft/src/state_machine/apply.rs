@@ -295,7 +295,8 @@ impl<'a> Applier<'a> {
             Command::SetClusterMap { .. }
             | Command::Group { .. }
             | Command::ExpireDue { .. }
-            | Command::Meta(_) => Ok(not_data(command)),
+            | Command::Meta(_)
+            | Command::Split(_) => Ok(not_data(command)),
         }
     }
 }
@@ -305,6 +306,7 @@ fn not_data(command: &Command) -> Outcome {
     let reason = match command {
         Command::Group { .. } => "a group of writes cannot hold another group",
         Command::ExpireDue { .. } => "an expiry sweep goes alone",
+        Command::Split(_) => "a split goes alone",
         _ => "cluster map commands go to the meta shard",
     };
     Outcome::Rejected {

@@ -31,6 +31,7 @@ use atoll_storage::keys::{self, apply_tag};
 use atoll_storage::{BulkLoad, Cf, Engine, EngineError, Record, WriteBatch};
 
 use super::dedup::DedupRow;
+use super::range::write_range;
 use super::snapshot::{self, Item};
 use super::{meta, ttl, AppliedState, DedupTable, SessionTable, ShardKind, SnapshotStore};
 use super::{StateMachine, StoredSession};
@@ -54,6 +55,8 @@ pub(super) struct Target {
 /// What an install leaves for the state machine to take over.
 pub(super) struct Installed {
     pub applied: AppliedState,
+    /// What the replica serves now: the snapshot's range.
+    pub kind: ShardKind,
     pub map: Option<ClusterMap>,
     pub clock_ms: u64,
 }
@@ -61,6 +64,8 @@ pub(super) struct Installed {
 /// A checked snapshot whose records are staged, not yet part of the store.
 pub(super) struct Staged<'a> {
     load: Box<dyn BulkLoad + 'a>,
+    /// The hash range the snapshot covers.
+    range: Option<(u64, u64)>,
     dedup_rows: Vec<DedupRow>,
     sessions: BTreeMap<u64, StoredSession>,
     map: Option<Vec<u8>>,
@@ -93,9 +98,10 @@ impl Target {
     pub fn stage(&self, file: &mut File) -> Result<Staged<'_>, EngineError> {
         rewind(file)?;
         let started = std::time::Instant::now();
-        let range = self.kind.range();
+        let ours = self.kind.range();
         let mut staged = Staged {
             load: self.engine.bulk_load(Cf::Data, &self.staging)?,
+            range: ours,
             dedup_rows: Vec::new(),
             sessions: BTreeMap::new(),
             map: None,
@@ -114,12 +120,16 @@ impl Target {
                         self.shard
                     )));
                 }
-                Item::Header { range: theirs, .. } if theirs != range => {
+                // The snapshot's range is the replica's, or narrower: a
+                // split the replica has not applied yet narrowed it.
+                Item::Header { range: theirs, .. } if !within(theirs, ours) => {
                     return Err(refused(format!(
-                        "it covers hash range {theirs:?}, this replica owns {range:?}"
+                        "it covers hash range {theirs:?}, this replica owns {ours:?}"
                     )));
                 }
+                Item::Header { range: theirs, .. } => staged.range = theirs,
                 Item::Record { data_key, stored } => {
+                    let range = staged.range;
                     let owned = keys::split_data_key(&data_key).is_some_and(|(hash, _)| {
                         range.is_some_and(|(first, last)| (first..=last).contains(&hash))
                     });
@@ -149,7 +159,7 @@ impl Target {
                 },
                 Item::Meta { map } => staged.map = Some(map),
                 Item::Clock { ms } => staged.clock_ms = Some(ms),
-                Item::Header { .. } | Item::Trailer { .. } => {}
+                Item::Trailer { .. } => {}
             }
             Ok(())
         })?;
@@ -190,6 +200,7 @@ impl Target {
 
         let Staged {
             load,
+            range,
             dedup_rows,
             sessions,
             map,
@@ -219,6 +230,16 @@ impl Target {
         // monotonic even for an older snapshot without one.
         let clock_ms = old_clock.max(clock_ms.unwrap_or(0));
         ttl::write_clock(self.replica, clock_ms, &mut batch);
+        let kind = match range {
+            Some(range) => {
+                write_range(self.replica, range, &mut batch);
+                ShardKind::Data {
+                    first: range.0,
+                    last: range.1,
+                }
+            }
+            None => ShardKind::Meta,
+        };
         let applied = AppliedState {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
@@ -241,6 +262,7 @@ impl Target {
         );
         Ok(Installed {
             applied,
+            kind,
             map,
             clock_ms,
         })
@@ -298,6 +320,18 @@ impl Target {
         let staged = self.stage(&mut file)?;
         self.replace(staged, &meta, &mut file)?;
         Ok(())
+    }
+}
+
+/// Whether the range `theirs` lies within `ours` (both none: the meta
+/// shard).
+fn within(theirs: Option<(u64, u64)>, ours: Option<(u64, u64)>) -> bool {
+    match (theirs, ours) {
+        (Some((first, last)), Some((our_first, our_last))) => {
+            our_first <= first && first <= last && last <= our_last
+        }
+        (None, None) => true,
+        _ => false,
     }
 }
 

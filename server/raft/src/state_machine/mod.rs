@@ -7,9 +7,11 @@ mod apply;
 mod dedup;
 mod install;
 mod meta;
+pub mod range;
 pub mod sessions;
 pub mod snapshot;
 mod snapshot_store;
+mod split;
 pub mod ttl;
 
 use std::io::BufWriter;
@@ -27,11 +29,12 @@ use serde::{Deserialize, Serialize};
 
 pub use self::dedup::{DedupRow, DedupTable};
 pub use self::meta::{read_cluster_map, read_node_map, store_node_map};
+pub use self::range::OwnedRange;
 use self::sessions::Verdict;
 pub use self::sessions::{SessionTable, StoredSession};
 pub use self::snapshot_store::{SnapshotFile, SnapshotStore};
 use crate::codec::{encode, io_err};
-use crate::command::{write_version, Command, Outcome, WriteId, WRITES_PER_ENTRY};
+use crate::command::{write_version, Command, Outcome, Request, WriteId, WRITES_PER_ENTRY};
 use crate::types::{
     Entry, EntryPayload, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
 };
@@ -65,7 +68,10 @@ impl ShardKind {
 pub struct StateMachine {
     replica: ReplicaId,
     shard: ShardId,
+    /// What the replica serves as of its applied state ([`range`]), and
+    /// where that is published for the request path once it has landed.
     kind: ShardKind,
+    owned: Arc<OwnedRange>,
     engine: Arc<dyn Engine>,
     /// The last snapshot built or installed.
     snapshots: Arc<SnapshotStore>,
@@ -91,6 +97,7 @@ impl StateMachine {
         snapshot_dir: &Path,
     ) -> Result<Self, EngineError> {
         let snapshots = SnapshotStore::open(snapshot_dir, replica)?;
+        let kind = range::current_kind(engine.snapshot().as_ref(), replica, kind)?;
         let target = install::Target {
             engine: engine.clone(),
             replica,
@@ -99,6 +106,7 @@ impl StateMachine {
             staging: snapshot_dir.to_owned(),
         };
         target.finish_interrupted(&snapshots)?;
+        let kind = range::current_kind(engine.snapshot().as_ref(), replica, kind)?;
         let applied = snapshot::read_applied(engine.snapshot().as_ref(), replica)?;
         let dedup = DedupTable::load(engine.as_ref(), replica)?;
         let sessions = SessionTable::load(engine.as_ref(), replica)?;
@@ -126,6 +134,7 @@ impl StateMachine {
             replica,
             shard,
             kind,
+            owned: Arc::new(OwnedRange::new(kind)),
             engine,
             snapshots,
             applied,
@@ -142,6 +151,11 @@ impl StateMachine {
         self.published_clock.clone()
     }
 
+    /// The range the replica owns, kept current as entries apply.
+    pub fn owned_range(&self) -> Arc<OwnedRange> {
+        self.owned.clone()
+    }
+
     /// Deletes every row of a replica's state machine (its data range too).
     pub fn destroy(replica: ReplicaId, kind: ShardKind, batch: &mut WriteBatch) {
         let (start, end) = keys::replica_range(replica);
@@ -156,8 +170,34 @@ impl StateMachine {
         keys::tagged_key(self.replica, apply_tag::APPLIED, &[])
     }
 
-    /// Applies `entries` in one write batch and returns their outcomes.
+    /// Applies `entries` and returns their outcomes: a split alone in a
+    /// batch of its own ([`split`]), the entries between splits in one
+    /// write batch each.
     pub fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<Vec<Outcome>, EngineError> {
+        let mut outcomes = Vec::with_capacity(entries.len());
+        let mut run = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let EntryPayload::Normal(Request {
+                command: Command::Split(split),
+                now_ms,
+                ..
+            }) = &entry.payload
+            else {
+                run.push(entry);
+                continue;
+            };
+            outcomes.extend(self.apply_run(std::mem::take(&mut run))?);
+            outcomes.push(self.apply_split(entry.log_id, *now_ms, split)?);
+        }
+        outcomes.extend(self.apply_run(run)?);
+        Ok(outcomes)
+    }
+
+    /// Applies `entries`, none of them a split, in one write batch.
+    fn apply_run(&mut self, entries: Vec<Entry>) -> Result<Vec<Outcome>, EngineError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
         let engine = self.engine.clone();
         let mut applier = apply::Applier::new(engine.as_ref(), self.replica, self.kind.range());
         let clock_before = self.clock_ms;
@@ -310,6 +350,8 @@ impl StateMachine {
     /// Takes over the state an install wrote.
     fn take_over(&mut self, installed: install::Installed) -> Result<(), EngineError> {
         self.applied = installed.applied;
+        self.kind = installed.kind;
+        self.owned.set(installed.kind);
         if let Some(map) = installed.map {
             self.cluster_map = Some(map);
         }

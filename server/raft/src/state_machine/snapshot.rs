@@ -144,7 +144,8 @@ pub fn read_applied(
 }
 
 /// Serializes a replica's state machine from one consistent engine view:
-/// the applied state, log clock, data range, sessions, dedup rows and meta
+/// the applied state, log clock, data range (`range`, unless the view
+/// stores a narrower one), sessions, dedup rows and meta
 /// map all come from the same point in time, because apply writes them in one batch. The
 /// expiry index is not sent: install rebuilds it from the records.
 pub fn build(
@@ -156,6 +157,11 @@ pub fn build(
 ) -> Result<AppliedState, EngineError> {
     let view = engine.snapshot();
     let applied = read_applied(view.as_ref(), replica)?;
+    // The range as of the view: a split since `range` was read narrowed it.
+    let range = match range {
+        Some(range) => Some(super::range::read_range(view.as_ref(), replica)?.unwrap_or(range)),
+        None => None,
+    };
     write_item(
         out,
         &Item::Header {
