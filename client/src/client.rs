@@ -11,14 +11,14 @@ use atoll_proto::v1::kv_client::KvClient;
 use atoll_proto::v1::{
     self as wire, cas_request, ClusterMap, KeyValue, Limit, ListMovesRequest, ListMovesResponse,
     MoveReplicaRequest, NodeState, SetNodeCapacityRequest, SetNodeStateRequest,
-    SetPlacementRequest, StatusRequest, StatusResponse,
+    SetPlacementRequest, SplitShardRequest, SplitShardResponse, StatusRequest, StatusResponse,
 };
 use atoll_proto::ShardId;
-use futures::future::try_join_all;
+use futures::future::{join_all, try_join_all};
 use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
-use crate::router::{CallKind, Router};
+use crate::router::{CallKind, Router, Target};
 use crate::session::Sessions;
 use crate::types::{BatchOp, Consistency, Expect};
 
@@ -69,16 +69,21 @@ impl std::fmt::Debug for Client {
 /// Most times one write is sent, each in a new session, while its
 /// session is refused (`SESSION_EXPIRED`) and no attempt may have applied.
 const SESSION_ROUNDS: u32 = 3;
+/// Rounds [`Client::put_many`] and [`Client::batch_get`] send keys in: a
+/// group of keys that a split divided between two shards goes again,
+/// grouped by the new map.
+const REGROUP_ROUNDS: u32 = 3;
 
-/// A write request, which carries a write id.
+/// A write request, which carries its shard and a write id.
 trait WriteRequest: Clone {
-    fn set_write_id(&mut self, id: wire::WriteId);
+    fn set_target(&mut self, shard: ShardId, id: wire::WriteId);
 }
 
 macro_rules! write_request {
     ($($message:ty),*) => {$(
         impl WriteRequest for $message {
-            fn set_write_id(&mut self, id: wire::WriteId) {
+            fn set_target(&mut self, shard: ShardId, id: wire::WriteId) {
+                self.shard_id = shard.get();
                 self.write_id = Some(id);
             }
         }
@@ -144,24 +149,28 @@ impl Client {
         self.sessions.client_id()
     }
 
-    /// Sends the write `msg` to `shard` with `send`, under a write id of
-    /// this client's session there (docs/design/sessions.md). If the shard
-    /// refuses it with `SESSION_EXPIRED` and no attempt may have applied,
-    /// it is sent again with a new id, which opens a new session.
-    async fn write<M, T, F, Fut>(&self, shard: ShardId, msg: M, send: F) -> Result<T>
+    /// Sends the write `msg` for the keys with `hashes` to the shard that
+    /// owns them with `send`, under a write id of this client's session
+    /// there (docs/design/sessions.md). The shard is found again on every
+    /// attempt, so a write follows a split. If the shard refuses it with
+    /// `SESSION_EXPIRED` and no attempt may have applied, it is sent again
+    /// with a new id, which opens a new session.
+    async fn write<M, T, F, Fut>(&self, hashes: Vec<u64>, msg: M, send: F) -> Result<T>
     where
         M: WriteRequest,
         F: Fn(KvClient<Channel>, M, Duration) -> Fut,
         Fut: Future<Output = std::result::Result<T, tonic::Status>>,
     {
+        let first = hashes.first().copied().unwrap_or_default();
+        let target = Target::Owner(hashes);
         let mut rounds = 1;
         loop {
-            let ticket = self.sessions.begin(shard);
+            let ticket = self.sessions.begin(self.shard_of_hash(first).await?);
             let result = self
                 .router
-                .call(shard, CallKind::Write, |client, timeout| {
+                .call_to(&target, CallKind::Write, |client, shard, timeout| {
                     let mut msg = msg.clone();
-                    msg.set_write_id(ticket.write_id());
+                    msg.set_target(shard, ticket.write_id_to(shard));
                     send(client, msg, timeout)
                 })
                 .await;
@@ -184,10 +193,14 @@ impl Client {
     }
 
     pub(crate) async fn shard_of(&self, key: &[u8]) -> Result<ShardId> {
+        self.shard_of_hash(key_hash(key)).await
+    }
+
+    async fn shard_of_hash(&self, hash: u64) -> Result<ShardId> {
         let map = self.router.current_map().await?;
-        map.shard_for_hash(key_hash(key))
+        map.shard_for_hash(hash)
             .map(|s| ShardId(s.id))
-            .ok_or_else(|| Error::StaleMap(format!("no shard owns hash {:#x}", key_hash(key))))
+            .ok_or_else(|| Error::StaleMap(format!("no shard owns hash {hash:#x}")))
     }
 
     fn read_kind(consistency: Consistency) -> CallKind {
@@ -209,9 +222,9 @@ impl Client {
         consistency: Consistency,
     ) -> Result<Option<KeyValue>> {
         let key = key.as_ref();
-        let shard = self.shard_of(key).await?;
+        let target = Target::Owner(vec![key_hash(key)]);
         self.router
-            .call(shard, Self::read_kind(consistency), |mut c, t| {
+            .call_to(&target, Self::read_kind(consistency), |mut c, shard, t| {
                 let msg = wire::GetRequest {
                     shard_id: shard.get(),
                     key: key.to_vec(),
@@ -232,6 +245,25 @@ impl Client {
         keys: &[K],
         consistency: Consistency,
     ) -> Result<Vec<Option<KeyValue>>> {
+        let mut round = 0;
+        loop {
+            round += 1;
+            match self.batch_get_once(keys, consistency).await {
+                // A split divided a group's shard: read again by the new map.
+                Err(Error::InvalidArgument {
+                    limit: Limit::BatchCrossesShards,
+                    ..
+                }) if round < REGROUP_ROUNDS => {}
+                result => return result,
+            }
+        }
+    }
+
+    async fn batch_get_once<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+        consistency: Consistency,
+    ) -> Result<Vec<Option<KeyValue>>> {
         let mut groups: std::collections::BTreeMap<ShardId, Vec<usize>> = Default::default();
         for (i, key) in keys.iter().enumerate() {
             groups
@@ -239,15 +271,16 @@ impl Client {
                 .or_default()
                 .push(i);
         }
-        let calls = groups.into_iter().map(|(shard, idx)| {
+        let calls = groups.into_values().map(|idx| {
             let shard_keys: Vec<Vec<u8>> = idx.iter().map(|&i| keys[i].as_ref().to_vec()).collect();
             async move {
                 let mut results = Vec::with_capacity(shard_keys.len());
                 while results.len() < shard_keys.len() {
                     let rest = &shard_keys[results.len()..];
+                    let target = Target::Owner(rest.iter().map(|k| key_hash(k)).collect());
                     let page = self
                         .router
-                        .call(shard, Self::read_kind(consistency), |mut c, t| {
+                        .call_to(&target, Self::read_kind(consistency), |mut c, shard, t| {
                             let msg = wire::BatchGetRequest {
                                 shard_id: shard.get(),
                                 keys: rest.to_vec(),
@@ -295,15 +328,14 @@ impl Client {
         ttl: Option<Duration>,
     ) -> Result<u64> {
         let (key, value) = (key.as_ref(), value.as_ref());
-        let shard = self.shard_of(key).await?;
         let msg = wire::PutRequest {
-            shard_id: shard.get(),
+            shard_id: 0,
             key: key.to_vec(),
             value: value.to_vec(),
             ttl_ms: ttl.map_or(0, |t| t.as_millis().max(1) as u64),
             write_id: None,
         };
-        self.write(shard, msg, |mut c, msg, t| async move {
+        self.write(vec![key_hash(key)], msg, |mut c, msg, t| async move {
             c.put(request(msg, t)).await.map(|r| r.into_inner().version)
         })
         .await
@@ -312,13 +344,12 @@ impl Client {
     /// Deletes `key`; returns whether a live key was removed.
     pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<bool> {
         let key = key.as_ref();
-        let shard = self.shard_of(key).await?;
         let msg = wire::DeleteRequest {
-            shard_id: shard.get(),
+            shard_id: 0,
             key: key.to_vec(),
             write_id: None,
         };
-        self.write(shard, msg, |mut c, msg, t| async move {
+        self.write(vec![key_hash(key)], msg, |mut c, msg, t| async move {
             c.delete(request(msg, t))
                 .await
                 .map(|r| r.into_inner().deleted)
@@ -336,20 +367,19 @@ impl Client {
         new_value: Option<Vec<u8>>,
     ) -> Result<u64> {
         let key = key.as_ref();
-        let shard = self.shard_of(key).await?;
         let expected = match expect {
             Expect::Version(v) => cas_request::Expected::ExpectedVersion(v),
             Expect::Value(v) => cas_request::Expected::ExpectedValue(v),
         };
         let msg = wire::CasRequest {
-            shard_id: shard.get(),
+            shard_id: 0,
             key: key.to_vec(),
             expected: Some(expected),
             new_value,
             ttl_ms: 0,
             write_id: None,
         };
-        self.write(shard, msg, |mut c, msg, t| async move {
+        self.write(vec![key_hash(key)], msg, |mut c, msg, t| async move {
             c.compare_and_swap(request(msg, t))
                 .await
                 .map(|r| r.into_inner().version)
@@ -376,7 +406,7 @@ impl Client {
                 });
             }
         }
-        self.send_batch(shard, &ops).await
+        self.send_batch(&ops).await
     }
 
     /// Stores every pair, for bulk loads. Unlike [`Client::batch`] the keys
@@ -385,39 +415,65 @@ impl Client {
     /// batches are sent in parallel. The whole is not atomic: on an error,
     /// some batches may have been applied and others not.
     pub async fn put_many(&self, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
+        let mut pending: Vec<BatchOp> = pairs
+            .into_iter()
+            .map(|(key, value)| BatchOp::put(key, value))
+            .collect();
+        let mut round = 0;
+        while !pending.is_empty() {
+            round += 1;
+            let batches = self.batches_by_shard(std::mem::take(&mut pending)).await?;
+            let results = join_all(batches.iter().map(|ops| self.send_batch(ops))).await;
+            for (ops, result) in batches.into_iter().zip(results) {
+                match result {
+                    Ok(_) => {}
+                    // A split divided the batch's shard meanwhile: its
+                    // pairs go again, grouped by the new map.
+                    Err(Error::InvalidArgument {
+                        limit: Limit::BatchCrossesShards,
+                        ..
+                    }) if round < REGROUP_ROUNDS => pending.extend(ops),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `ops` grouped by shard into batches within the server's limits.
+    async fn batches_by_shard(&self, ops: Vec<BatchOp>) -> Result<Vec<Vec<BatchOp>>> {
         // Per shard: its batches, each with its size in bytes.
         let mut groups: std::collections::BTreeMap<ShardId, Vec<(Vec<BatchOp>, usize)>> =
             Default::default();
-        for (key, value) in pairs {
-            let batches = groups.entry(self.shard_of(&key).await?).or_default();
-            let size = key.len() + value.len();
+        for op in ops {
+            let batches = groups.entry(self.shard_of(op.key()).await?).or_default();
+            let size = op.key().len()
+                + match &op {
+                    BatchOp::Put { value, .. } => value.len(),
+                    _ => 0,
+                };
             match batches.last_mut() {
                 Some((ops, bytes))
                     if ops.len() < MAX_BATCH_OPS && *bytes + size <= MAX_BATCH_BYTES =>
                 {
-                    ops.push(BatchOp::put(key, value));
+                    ops.push(op);
                     *bytes += size;
                 }
-                _ => batches.push((vec![BatchOp::put(key, value)], size)),
+                _ => batches.push((vec![op], size)),
             }
         }
-        let calls = groups.into_iter().flat_map(|(shard, batches)| {
-            batches
-                .into_iter()
-                .map(move |(ops, _)| async move { self.send_batch(shard, &ops).await })
-        });
-        try_join_all(calls).await?;
-        Ok(())
+        Ok(groups.into_values().flatten().map(|(ops, _)| ops).collect())
     }
 
-    /// Sends `ops`, all in `shard`, as one atomic batch.
-    async fn send_batch(&self, shard: ShardId, ops: &[BatchOp]) -> Result<u64> {
+    /// Sends `ops`, all in one shard, as one atomic batch.
+    async fn send_batch(&self, ops: &[BatchOp]) -> Result<u64> {
         let msg = wire::BatchRequest {
-            shard_id: shard.get(),
+            shard_id: 0,
             ops: ops.iter().map(BatchOp::wire).collect(),
             write_id: None,
         };
-        self.write(shard, msg, |mut c, msg, t| async move {
+        let hashes = ops.iter().map(|op| key_hash(op.key())).collect();
+        self.write(hashes, msg, |mut c, msg, t| async move {
             c.batch(request(msg, t))
                 .await
                 .map(|r| r.into_inner().version)
@@ -494,6 +550,24 @@ impl Client {
                 .move_replica(request(msg, timeout))
                 .await
                 .map(|r| r.into_inner().map_version)
+        })
+        .await
+    }
+
+    /// Splits data shard `shard` at hash `at` (0: the middle of its range):
+    /// the shard keeps the lower half and a new shard on the same nodes
+    /// takes the upper half. Answers once the split is recorded; the new
+    /// shard appears in the map when the split finishes.
+    pub async fn split_shard(&self, shard: u64, at: u64) -> Result<SplitShardResponse> {
+        let msg = SplitShardRequest {
+            shard_id: shard,
+            at,
+        };
+        self.on_any_node(|mut client, timeout| async move {
+            client
+                .split_shard(request(msg, timeout))
+                .await
+                .map(|r| r.into_inner())
         })
         .await
     }

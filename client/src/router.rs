@@ -9,7 +9,7 @@ use std::time::Duration;
 use atoll_proto::limits::MAX_MESSAGE_BYTES;
 use atoll_proto::v1::cluster_client::ClusterClient;
 use atoll_proto::v1::kv_client::KvClient;
-use atoll_proto::v1::{ClusterMap, GetClusterMapRequest, Shard};
+use atoll_proto::v1::{ClusterMap, GetClusterMapRequest, Limit, Shard};
 use atoll_proto::{NodeId, ShardId};
 use rand::Rng;
 use tokio::time::Instant;
@@ -63,6 +63,52 @@ fn known_addresses(seeds: &[String], map: Option<&ClusterMap>) -> Vec<String> {
         .filter(|a| seen.insert(a.as_str()))
         .cloned()
         .collect()
+}
+
+/// Where a call goes.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// One shard, by id.
+    Shard(ShardId),
+    /// The shard that owns all these key hashes, found in the current map
+    /// on every attempt, so a call follows a split of its shard.
+    Owner(Vec<u64>),
+}
+
+impl Target {
+    /// The shard the target names in `map`.
+    fn shard(&self, map: &ClusterMap) -> Result<ShardId> {
+        let hashes = match self {
+            Target::Shard(shard) => return Ok(*shard),
+            Target::Owner(hashes) => hashes,
+        };
+        let mut owner = None;
+        for &hash in hashes {
+            let Some(shard) = map.shard_for_hash(hash) else {
+                return Err(Error::StaleMap(format!(
+                    "no shard owns hash {hash:#x} in map v{}",
+                    map.map_version
+                )));
+            };
+            match owner {
+                Some(id) if id != shard.id => {
+                    return Err(Error::InvalidArgument {
+                        limit: Limit::BatchCrossesShards,
+                        message: format!(
+                            "the keys are in different shards (map v{}); give them a common \
+                             hash tag",
+                            map.map_version
+                        ),
+                    })
+                }
+                _ => owner = Some(shard.id),
+            }
+        }
+        owner.map(ShardId).ok_or_else(|| Error::InvalidArgument {
+            limit: Limit::MissingField,
+            message: "no keys".into(),
+        })
+    }
 }
 
 /// Whether to wait before retrying after a `NotLeader` answer: not after
@@ -215,6 +261,19 @@ impl Router {
         F: Fn(KvClient<Channel>, Duration) -> Fut,
         Fut: Future<Output = std::result::Result<T, tonic::Status>>,
     {
+        self.call_to(&Target::Shard(shard), kind, |client, _, timeout| {
+            call(client, timeout)
+        })
+        .await
+    }
+
+    /// Runs `call` against the right node for `target`'s shard (handed to
+    /// `call`), retrying retryable failures until the deadline.
+    pub async fn call_to<T, F, Fut>(&self, target: &Target, kind: CallKind, call: F) -> Result<T>
+    where
+        F: Fn(KvClient<Channel>, ShardId, Duration) -> Fut,
+        Fut: Future<Output = std::result::Result<T, tonic::Status>>,
+    {
         let deadline = Instant::now() + self.timeout;
         let mut maybe_applied = false;
         let mut attempt = 0u32;
@@ -225,6 +284,7 @@ impl Router {
         let mut hints = 0u32;
         loop {
             let map = self.current_map().await?;
+            let shard = target.shard(&map)?;
             let remaining = deadline.saturating_duration_since(Instant::now());
             let pick = |attempt| {
                 map.shard(shard)
@@ -245,7 +305,7 @@ impl Router {
                         .max_decoding_message_size(MAX_MESSAGE_BYTES)
                         .max_encoding_message_size(MAX_MESSAGE_BYTES);
                     let budget = remaining.min(self.attempt_timeout);
-                    match tokio::time::timeout(budget, call(client, budget)).await {
+                    match tokio::time::timeout(budget, call(client, shard, budget)).await {
                         Ok(Ok(value)) => {
                             if kind != CallKind::AnyReplica {
                                 if let Some(node) = map.nodes.iter().find(|n| n.address == address)

@@ -6,8 +6,9 @@ use atoll_proto::ShardId;
 
 use crate::client::{request, Client};
 use crate::error::{Error, Result};
-use crate::router::CallKind;
+use crate::router::{CallKind, Target};
 use crate::types::{Consistency, ScanAllPage, ScanCursor, ScanPage};
+use atoll_proto::keyhash::key_hash;
 
 impl Client {
     /// Keys of one hash tag in key order, from `start` (inclusive) to `end`
@@ -19,18 +20,17 @@ impl Client {
         limit: u32,
     ) -> Result<ScanPage> {
         let (start, end) = (start.as_ref(), end.as_ref());
-        let shard = self.shard_of(start).await?;
-        let msg = wire::ScanRequest {
-            shard_id: shard.get(),
-            start: start.to_vec(),
-            end: end.to_vec(),
-            limit,
-            consistency: Consistency::Linearizable.wire(),
-        };
+        let target = Target::Owner(vec![key_hash(start)]);
         let resp = self
             .router
-            .call(shard, CallKind::LeaderRead, |mut c, t| {
-                let msg = msg.clone();
+            .call_to(&target, CallKind::LeaderRead, |mut c, shard, t| {
+                let msg = wire::ScanRequest {
+                    shard_id: shard.get(),
+                    start: start.to_vec(),
+                    end: end.to_vec(),
+                    limit,
+                    consistency: Consistency::Linearizable.wire(),
+                };
                 async move { c.scan(request(msg, t)).await.map(|r| r.into_inner()) }
             })
             .await?;
@@ -69,8 +69,12 @@ impl Client {
                     async move { c.scan_all(request(msg, t)).await.map(|r| r.into_inner()) }
                 })
                 .await?;
-            let next_shard = shard
-                .range_last
+            // The replica may own less than the map says: a split it
+            // applied that this map does not show yet.
+            let last = resp
+                .owned_last
+                .map_or(shard.range_last, |owned| owned.min(shard.range_last));
+            let next_shard = last
                 .checked_add(1)
                 .map(|h| ScanCursor(h.to_be_bytes().to_vec()));
             let next = if resp.shard_done {

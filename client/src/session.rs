@@ -3,6 +3,12 @@
 //! shard, so the shard keeps each write's outcome exactly until the client
 //! has its answer, however many other writes apply meanwhile.
 //!
+//! The lowest seq a write reports is the lowest the client awaits on any
+//! shard: a split moves keys, and the writes still awaited for them, to a
+//! new shard that starts with a copy of the old shard's sessions, so a
+//! floor raised by the new shard's writes alone could drop the row a
+//! retried write needs.
+//!
 //! A client's first write to a shard, and every write until one of them is
 //! answered, carries `session_start`: the seq from which the shard may open
 //! a session for it. A write refused with `SESSION_EXPIRED` was not
@@ -11,6 +17,7 @@
 //! opening a new session.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use atoll_proto::v1 as wire;
@@ -45,7 +52,8 @@ struct Shard {
 /// the wait, so the shard may forget its outcome).
 pub(crate) struct Ticket {
     sessions: Arc<Sessions>,
-    shard: ShardId,
+    /// The shard the write was last sent to (a split can change it).
+    shard: AtomicU64,
     seq: u64,
 }
 
@@ -75,26 +83,50 @@ impl Sessions {
         let mut state = self.state();
         let seq = state.next_seq;
         state.next_seq += 1;
-        let entry = state.shards.entry(shard).or_default();
-        if entry.start == 0 {
-            entry.start = seq;
-        }
-        entry.awaited.insert(seq);
+        state.await_on(shard, seq);
         Ticket {
             sessions: self.clone(),
-            shard,
+            shard: AtomicU64::new(shard.get()),
             seq,
         }
     }
 }
 
+impl State {
+    /// Starts awaiting write `seq` on `shard` (a first write there starts
+    /// the session from `seq`).
+    fn await_on(&mut self, shard: ShardId, seq: u64) {
+        let entry = self.shards.entry(shard).or_default();
+        if entry.start == 0 {
+            entry.start = seq;
+        }
+        entry.awaited.insert(seq);
+    }
+}
+
 impl Ticket {
-    /// The write id to send with the next attempt.
-    pub(crate) fn write_id(&self) -> wire::WriteId {
-        let state = self.sessions.state();
-        let shard = state.shards.get(&self.shard);
-        let lowest = shard.and_then(|s| s.awaited.first().copied());
-        let start = shard.filter(|s| !s.open).map_or(0, |s| s.start);
+    fn shard(&self) -> ShardId {
+        ShardId(self.shard.load(Ordering::Relaxed))
+    }
+
+    /// The write id to send with the next attempt, to `shard` (the shard
+    /// the write began with, or the one a split gave its key to).
+    pub(crate) fn write_id_to(&self, shard: ShardId) -> wire::WriteId {
+        let mut state = self.sessions.state();
+        let before = self.shard();
+        if shard != before {
+            if let Some(old) = state.shards.get_mut(&before) {
+                old.awaited.remove(&self.seq);
+            }
+            state.await_on(shard, self.seq);
+            self.shard.store(shard.get(), Ordering::Relaxed);
+        }
+        let lowest = (state.shards.values())
+            .filter_map(|s| s.awaited.first().copied())
+            .min();
+        let start = (state.shards.get(&shard))
+            .filter(|s| !s.open)
+            .map_or(0, |s| s.start);
         wire::WriteId {
             client_id: self.sessions.client_id,
             seq: self.seq,
@@ -106,7 +138,7 @@ impl Ticket {
     /// The shard answered the write from its session: the session is open.
     pub(crate) fn answered(&self) {
         let mut state = self.sessions.state();
-        if let Some(shard) = state.shards.get_mut(&self.shard) {
+        if let Some(shard) = state.shards.get_mut(&self.shard()) {
             if shard.start != 0 && self.seq >= shard.start {
                 shard.open = true;
             }
@@ -117,7 +149,7 @@ impl Ticket {
     /// session was opened since the write began, the next write opens one.
     pub(crate) fn expired(&self) {
         let mut state = self.sessions.state();
-        if let Some(shard) = state.shards.get_mut(&self.shard) {
+        if let Some(shard) = state.shards.get_mut(&self.shard()) {
             if self.seq >= shard.start {
                 shard.start = 0;
                 shard.open = false;
@@ -129,7 +161,7 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         let mut state = self.sessions.state();
-        if let Some(shard) = state.shards.get_mut(&self.shard) {
+        if let Some(shard) = state.shards.get_mut(&self.shard()) {
             shard.awaited.remove(&self.seq);
         }
     }
@@ -146,10 +178,30 @@ mod tests {
         let b = sessions.begin(ShardId(1));
         let other = sessions.begin(ShardId(2));
         assert_eq!((a.seq, b.seq, other.seq), (1, 2, 3));
-        assert_eq!(b.write_id().lowest_awaited, 1);
-        assert_eq!(other.write_id().lowest_awaited, 3, "shards are separate");
+        assert_eq!(b.write_id_to(ShardId(1)).lowest_awaited, 1);
+        assert_eq!(
+            other.write_id_to(ShardId(2)).lowest_awaited,
+            1,
+            "the lowest awaited on any shard"
+        );
         drop(a);
-        assert_eq!(b.write_id().lowest_awaited, 2);
+        assert_eq!(b.write_id_to(ShardId(1)).lowest_awaited, 2);
+    }
+
+    #[test]
+    fn a_write_sent_to_a_new_shard_is_awaited_there() {
+        let sessions = Arc::new(Sessions::new(7));
+        let a = sessions.begin(ShardId(1));
+        a.answered();
+        assert_eq!(a.write_id_to(ShardId(1)).session_start, 0);
+        // A split gave the key to shard 5: the write opens a session there
+        // unless one is open, and is awaited there until it returns.
+        let moved = a.write_id_to(ShardId(5));
+        assert_eq!((moved.seq, moved.session_start), (1, 1));
+        let b = sessions.begin(ShardId(5));
+        assert_eq!(b.write_id_to(ShardId(5)).lowest_awaited, 1);
+        drop(a);
+        assert_eq!(b.write_id_to(ShardId(5)).lowest_awaited, 2);
     }
 
     #[test]
@@ -157,16 +209,16 @@ mod tests {
         let sessions = Arc::new(Sessions::new(7));
         let a = sessions.begin(ShardId(1));
         let b = sessions.begin(ShardId(1));
-        assert_eq!(b.write_id().session_start, 1);
+        assert_eq!(b.write_id_to(ShardId(1)).session_start, 1);
         b.answered();
-        assert_eq!(a.write_id().session_start, 0);
+        assert_eq!(a.write_id_to(ShardId(1)).session_start, 0);
 
         // Refused: the next write opens a new session from its own seq.
         b.expired();
         let c = sessions.begin(ShardId(1));
-        assert_eq!(c.write_id().session_start, c.seq);
+        assert_eq!(c.write_id_to(ShardId(1)).session_start, c.seq);
         // A refusal of a write older than the new session changes nothing.
         a.expired();
-        assert_eq!(c.write_id().session_start, c.seq);
+        assert_eq!(c.write_id_to(ShardId(1)).session_start, c.seq);
     }
 }

@@ -325,6 +325,17 @@ async fn reconcile(node: &Node) {
         if node.replica(shard).is_some() {
             continue;
         }
+        match node.overlapping(&spec) {
+            Ok(None) => {}
+            Ok(Some(other)) => {
+                tracing::debug!(shard = %shard, %other, "replica waits for a local replica to apply its split");
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(shard = %shard, error = %e, "reading a replica's range");
+                continue;
+            }
+        }
         let replica = spec.replica;
         match node.start_replica(spec).await {
             Ok(()) => {

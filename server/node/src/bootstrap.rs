@@ -91,6 +91,8 @@ pub fn initial_map(cluster: &ClusterConfig) -> Result<ClusterMap, String> {
         moves: Vec::new(),
         next_move_id: 1,
         placement_paused: false,
+        next_shard_id: shard_ids.iter().map(|s| s.get() + 1).max().unwrap_or(1),
+        splits: Vec::new(),
     };
     // Every node computes the initial map itself: the id must come out the
     // same on each, so it is the fingerprint of the layout.
@@ -119,7 +121,7 @@ mod tests {
                 })
                 .collect(),
             join: Vec::new(),
-            dead_after: std::time::Duration::from_secs(300),
+            ..Default::default()
         }
     }
 

@@ -21,7 +21,9 @@ use atoll_proto::{NodeId, ShardId};
 use atoll_raft::meta_command::{Lifecycle, MetaCommand};
 use atoll_raft::state_machine::read_cluster_map;
 use atoll_raft::types::ServerState;
-use atoll_raft::{Command, Outcome, WriteId};
+use atoll_raft::{Command, Outcome, ShardKind, WriteId};
+use atoll_storage::keys::data_range;
+use atoll_storage::Cf;
 use rand::seq::SliceRandom;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -70,6 +72,10 @@ pub fn node_status(node: &Node) -> wire::NodeStatusResponse {
             let m = r.metrics();
             let membership = m.membership_config.membership();
             let proposed = r.proposer.stats();
+            let range = match r.kind() {
+                ShardKind::Data { first, last } => Some((first, last)),
+                ShardKind::Meta => None,
+            };
             wire::ReplicaStatus {
                 shard_id: r.spec.shard.get(),
                 replica_id: r.spec.replica.get(),
@@ -85,6 +91,14 @@ pub fn node_status(node: &Node) -> wire::NodeStatusResponse {
                 voters: membership.voter_ids().map(|r| r.get()).collect(),
                 learners: membership.learner_ids().map(|r| r.get()).collect(),
                 joint: membership.get_joint_config().len() > 1,
+                range_start: range.map_or(0, |(first, _)| first),
+                range_last: range.map_or(0, |(_, last)| last),
+                approximate_bytes: range.map_or(0, |(first, last)| {
+                    let (start, end) = data_range(first, last);
+                    (node.engine())
+                        .approximate_bytes(Cf::Data, &start, &end)
+                        .unwrap_or(0)
+                }),
             }
         })
         .collect();
@@ -354,6 +368,45 @@ impl Cluster for ClusterService {
         .await
     }
 
+    async fn split_shard(
+        &self,
+        request: Request<wire::SplitShardRequest>,
+    ) -> Result<Response<wire::SplitShardResponse>, Status> {
+        let r = request.get_ref();
+        let map = self.node.map();
+        let shard = (map.shards.iter())
+            .find(|s| s.id == r.shard_id)
+            .ok_or_else(|| {
+                ApiError::Refused(format!(
+                    "shard {} is not a data shard of the map",
+                    r.shard_id
+                ))
+            })?;
+        let at = match r.at {
+            0 => middle(shard.range_start, shard.range_last),
+            at => at,
+        };
+        let command = MetaCommand::BeginSplit {
+            shard: shard.id,
+            epoch: shard.epoch,
+            at,
+            reason: "operator".into(),
+            now_ms: crate::node::now_ms(),
+        };
+        let applied = move |map_version, child: Option<u64>| wire::SplitShardResponse {
+            map_version,
+            child_shard_id: child.unwrap_or(0),
+            at,
+        };
+        // Forwarded with the split point chosen here, so every hop agrees.
+        let mut request = request;
+        request.get_mut().at = at;
+        self.change(request, command, applied, |mut c, r| async move {
+            c.split_shard(r).await
+        })
+        .await
+    }
+
     async fn list_moves(
         &self,
         _request: Request<wire::ListMovesRequest>,
@@ -452,4 +505,10 @@ impl Cluster for ClusterService {
             nodes,
         }))
     }
+}
+
+/// The split point in the middle of `[first, last]`: the upper half starts
+/// there (a one-hash range has none, and the split is refused).
+pub(crate) fn middle(first: u64, last: u64) -> u64 {
+    first.saturating_add((last - first) / 2 + 1)
 }

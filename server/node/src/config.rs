@@ -56,6 +56,10 @@ pub struct ClusterConfig {
     /// leader's setting counts.
     #[serde(with = "humantime_serde")]
     pub dead_after: Duration,
+    /// A data shard whose data passes this size (RocksDB's estimate, on
+    /// its largest replica) is split in two at the middle of its hash
+    /// range. 0: never split by size. The meta leader's setting counts.
+    pub split_bytes: ByteSize,
 }
 
 /// One member of `initial_nodes`.
@@ -157,6 +161,7 @@ impl Default for ClusterConfig {
             initial_nodes: Vec::new(),
             join: Vec::new(),
             dead_after: Duration::from_secs(300),
+            split_bytes: ByteSize(512 << 20),
         }
     }
 }

@@ -22,8 +22,8 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use crate::node::Node;
-use crate::planner;
 use crate::shard_admin::on_leader;
+use crate::{planner, splitter};
 
 /// How often the controller looks at the moves.
 const TICK: Duration = Duration::from_secs(1);
@@ -134,6 +134,11 @@ pub(crate) async fn run(weak: Weak<Node>) {
         for record in &map.moves {
             advance(&node, &meta, &map, record, &mut reported).await;
         }
+        for record in &map.splits {
+            splitter::advance(&node, &meta, &map, record).await;
+        }
+        let split_bytes = node.config().cluster.split_bytes.0;
+        splitter::split_large(&node, &meta, &map, &liveness.sizes, split_bytes).await;
         start_planned(&node, &meta, &map, &silent).await;
         remove_drained(&node, &meta, &map).await;
     }
@@ -196,6 +201,8 @@ struct Liveness {
     last_seen: HashMap<u64, Instant>,
     silent: BTreeSet<u64>,
     channels: HashMap<String, Channel>,
+    /// Bytes of each shard's largest replica, as the last probe found them.
+    sizes: HashMap<u64, u64>,
 }
 
 impl Liveness {
@@ -222,14 +229,26 @@ impl Liveness {
             async move {
                 let mut client = ClusterClient::new(channel);
                 let call = client.node_status(NodeStatusRequest {});
-                let answered = matches!(tokio::time::timeout(PROBE_TIMEOUT, call).await, Ok(Ok(_)));
-                (*id, answered)
+                let status = match tokio::time::timeout(PROBE_TIMEOUT, call).await {
+                    Ok(Ok(status)) => Some(status.into_inner()),
+                    _ => None,
+                };
+                (*id, status)
             }
         });
-        for (id, answered) in futures::future::join_all(calls).await {
+        self.sizes.clear();
+        let mut sized = |status: &wire::NodeStatusResponse| {
+            for r in &status.replicas {
+                let size = self.sizes.entry(r.shard_id).or_default();
+                *size = (*size).max(r.approximate_bytes);
+            }
+        };
+        sized(&crate::cluster_service::node_status(node));
+        for (id, status) in futures::future::join_all(calls).await {
             let seen = self.last_seen.entry(id).or_insert(now);
-            if answered {
+            if let Some(status) = status {
                 *seen = now;
+                sized(&status);
             }
         }
         self.last_seen

@@ -39,6 +39,19 @@ impl KvService {
         if !stale {
             self.node.read_barrier(&replica).await?;
         }
+        // After the barrier: a split the client's map (or this node's)
+        // does not show yet has applied here, and its keys are read from
+        // the new shard only.
+        if let Some(stray) = keys.iter().find(|k| !replica.owns(key_hash(k))) {
+            return Err(ApiError::StaleMap {
+                map_version: self.node.map().map_version,
+                message: format!(
+                    "key {:?} is no longer in shard {}: the shard split",
+                    String::from_utf8_lossy(stray),
+                    replica.spec.shard
+                ),
+            });
+        }
         Ok(replica)
     }
 

@@ -17,6 +17,7 @@ mod scan;
 pub mod server;
 pub mod shard_admin;
 pub mod size;
+mod splitter;
 mod validate;
 
 pub use config::NodeConfig;

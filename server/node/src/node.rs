@@ -13,6 +13,7 @@ use atoll_proto::v1::{ClusterMap, LeaderHint, Shard};
 use atoll_proto::{NodeId, ReplicaId, ShardId};
 use atoll_raft::meta_command::Lifecycle;
 use atoll_raft::proposer::ProposeError;
+use atoll_raft::state_machine::range::current_kind;
 use atoll_raft::state_machine::{read_cluster_map, read_node_map};
 use atoll_raft::types::{CheckIsLeaderError, ClientWriteError, Raft, RaftError, ReplicaNode};
 use atoll_raft::{
@@ -213,6 +214,10 @@ impl Node {
             pool,
         });
         for spec in wanted_replicas(&map, id).into_values() {
+            if let Some(other) = node.overlapping(&spec)? {
+                tracing::info!(shard = %spec.shard, %other, "replica waits: its range overlaps a local replica's until that one applies its split");
+                continue;
+            }
             node.start_replica(spec).await?;
         }
         let started = node.replicas().len();
@@ -297,6 +302,31 @@ impl Node {
             replicas.insert(shard, replica);
         }
         Ok(())
+    }
+
+    /// The shard of a running local replica whose range overlaps the range
+    /// `spec`'s replica would serve. Such a replica waits: the two share the
+    /// node's data (a split's child whose parent here has not applied the
+    /// split yet; the parent may still install a snapshot over the whole
+    /// range).
+    pub(crate) fn overlapping(&self, spec: &ReplicaSpec) -> Result<Option<ShardId>, NodeError> {
+        let view = self.engine.snapshot();
+        let ShardKind::Data { first, last } = current_kind(view.as_ref(), spec.replica, spec.kind)?
+        else {
+            return Ok(None);
+        };
+        let overlaps = |r: &Replica| match r.kind() {
+            ShardKind::Data {
+                first: theirs,
+                last: their_last,
+            } => r.spec.shard != spec.shard && theirs <= last && first <= their_last,
+            ShardKind::Meta => false,
+        };
+        Ok(self
+            .replicas()
+            .iter()
+            .find(|r| overlaps(r))
+            .map(|r| r.spec.shard))
     }
 
     /// Stops the local replica of `shard` and deletes all it stored: its

@@ -124,7 +124,7 @@ pub fn shard_page(
     limit: u32,
     budget: usize,
 ) -> Result<wire::ScanAllResponse, ApiError> {
-    let ShardKind::Data { first, last } = replica.spec.kind else {
+    let ShardKind::Data { first, last } = replica.kind() else {
         return Err(ApiError::StaleMap {
             map_version: node.map().map_version,
             message: "not a data shard".into(),
@@ -158,5 +158,6 @@ pub fn shard_page(
         kvs: page.kvs,
         shard_done: next.is_none(),
         cursor: next.unwrap_or_default(),
+        owned_last: Some(last),
     })
 }

@@ -12,7 +12,7 @@ use atoll_proto::v1::shard_admin_server::ShardAdmin;
 use atoll_proto::v1::{self as wire, ClusterMap};
 use atoll_proto::{NodeId, ReplicaId, ShardId};
 use atoll_raft::types::{ChangeMembers, ClientWriteError, RaftError, ReplicaNode, ServerState};
-use atoll_raft::Replica;
+use atoll_raft::{Command, Outcome, Replica, SplitCommand, SplitReplica, WriteId};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -166,6 +166,34 @@ impl ShardAdmin for ShardAdminService {
         }
         self.change(&replica, ChangeMembers::RemoveNodes(learners))
             .await
+    }
+
+    async fn split(
+        &self,
+        request: Request<wire::SplitRequest>,
+    ) -> Result<Response<wire::SplitResponse>, Status> {
+        let r = request.into_inner();
+        let replica = self.leader(r.shard_id)?;
+        let command = Command::Split(SplitCommand {
+            at: r.at,
+            child: ShardId(r.child_shard_id),
+            replicas: (r.replicas.iter())
+                .map(|p| SplitReplica {
+                    parent: ReplicaId(p.parent_replica),
+                    child: ReplicaId(p.child_replica),
+                    node: NodeId(p.node_id),
+                })
+                .collect(),
+        });
+        let outcome = self
+            .node
+            .propose_command(&replica, command, WriteId::Untracked)
+            .await?;
+        match outcome {
+            Outcome::Split { already } => Ok(Response::new(wire::SplitResponse { already })),
+            Outcome::Rejected { reason } => Err(ApiError::Refused(reason).into()),
+            other => Err(ApiError::Internal(format!("a split answered {other:?}")).into()),
+        }
     }
 
     async fn transfer_leadership(

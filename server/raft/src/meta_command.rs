@@ -6,7 +6,9 @@
 
 use std::collections::BTreeSet;
 
-use atoll_proto::v1::{ClusterMap, Move, MoveState, Node, NodeState, Replica};
+use atoll_proto::v1::{
+    ClusterMap, Move, MoveState, Node, NodeState, Replica, Shard, Split, SplitReplica,
+};
 use serde::{Deserialize, Serialize};
 
 /// A node's place in its life: `Joining → Up ⇄ Draining → Removed`.
@@ -97,6 +99,23 @@ pub enum MetaCommand {
     AbortMove { id: u64 },
     /// Pauses or resumes placement: while paused no move starts.
     SetPlacement { paused: bool },
+    /// Starts splitting data shard `shard` at hash `at`: the child gets
+    /// the next shard id and each voter's child the next replica ids, in a
+    /// split record.
+    BeginSplit {
+        shard: u64,
+        epoch: u64,
+        at: u64,
+        reason: String,
+        now_ms: u64,
+    },
+    /// What the controller saw of a split: why it is not advancing ("" when
+    /// it is).
+    AdvanceSplit { shard: u64, stuck: String },
+    /// The split applied on the shard: the map shows the shard narrowed to
+    /// below the split point and the child after it, both at the shard's
+    /// epoch + 1, and the record goes.
+    FinishSplit { shard: u64 },
 }
 
 /// The states of a move (`atoll.v1.MoveState`).
@@ -138,6 +157,9 @@ impl MetaCommand {
             MetaCommand::FinishMove { .. } => "finish-move",
             MetaCommand::AbortMove { .. } => "abort-move",
             MetaCommand::SetPlacement { .. } => "set-placement",
+            MetaCommand::BeginSplit { .. } => "begin-split",
+            MetaCommand::AdvanceSplit { .. } => "advance-split",
+            MetaCommand::FinishSplit { .. } => "finish-split",
         }
     }
 }
@@ -193,6 +215,9 @@ fn begin_move(map: &mut ClusterMap, command: &MetaCommand) -> Result<u64, String
     }
     if map.moves.iter().any(|m| m.shard_id == *shard) {
         return Err(format!("shard {shard} already has a move in progress"));
+    }
+    if map.splits.iter().any(|s| s.shard_id == *shard) {
+        return Err(format!("shard {shard} is splitting; it moves once split"));
     }
     let found = (map.meta.iter().chain(&map.shards)).find(|s| s.id == *shard);
     let found = found.ok_or_else(|| format!("shard {shard} is not in the map"))?;
@@ -280,6 +305,118 @@ fn finish_move(map: &mut ClusterMap, record: &Move) -> Result<(), String> {
     });
     shard.epoch += 1;
     Ok(())
+}
+
+/// The id the next shard gets: above every shard id the map has ever
+/// held.
+fn next_shard_id(map: &ClusterMap) -> u64 {
+    let above_all = (map.shards.iter().map(|s| s.id + 1))
+        .chain(map.splits.iter().map(|s| s.child_shard_id + 1))
+        .max()
+        .unwrap_or(1);
+    map.next_shard_id.max(above_all)
+}
+
+/// Checks a new split and records it; returns the child's shard id.
+fn begin_split(map: &mut ClusterMap, command: &MetaCommand) -> Result<u64, String> {
+    let MetaCommand::BeginSplit {
+        shard,
+        epoch,
+        at,
+        reason,
+        now_ms,
+    } = command
+    else {
+        return Err("not a split".into());
+    };
+    let found = (map.shards.iter()).find(|s| s.id == *shard);
+    let found = found.ok_or_else(|| format!("shard {shard} is not a data shard of the map"))?;
+    if found.epoch != *epoch {
+        return Err(format!(
+            "shard {shard} is at epoch {}, not {epoch}: it changed meanwhile",
+            found.epoch
+        ));
+    }
+    if map.splits.iter().any(|s| s.shard_id == *shard) {
+        return Err(format!("shard {shard} is already splitting"));
+    }
+    if map.moves.iter().any(|m| m.shard_id == *shard) {
+        return Err(format!(
+            "shard {shard} has a move in progress; it splits once moved"
+        ));
+    }
+    if *at <= found.range_start || *at > found.range_last {
+        return Err(format!(
+            "split point {at:#x} is not inside shard {shard}'s range [{:#x}, {:#x}] (it must \
+             leave both halves at least one hash)",
+            found.range_start, found.range_last
+        ));
+    }
+    if found.replicas.is_empty() {
+        return Err(format!("shard {shard} has no replicas"));
+    }
+    let child = next_shard_id(map);
+    let mut next_replica = map.next_replica_id;
+    let replicas = (found.replicas.iter())
+        .map(|r| {
+            next_replica += 1;
+            SplitReplica {
+                parent_replica: r.replica_id,
+                child_replica: next_replica - 1,
+                node_id: r.node_id,
+            }
+        })
+        .collect();
+    map.splits.push(Split {
+        shard_id: *shard,
+        epoch: *epoch,
+        at: *at,
+        child_shard_id: child,
+        replicas,
+        reason: reason.clone(),
+        started_ms: *now_ms,
+        stuck: String::new(),
+    });
+    map.next_replica_id = next_replica;
+    map.next_shard_id = child + 1;
+    Ok(child)
+}
+
+/// The map after split `record`: the shard narrowed, its child after it.
+fn finish_split(map: &mut ClusterMap, record: &Split) -> Result<(), String> {
+    let at = (map.shards.iter())
+        .position(|s| s.id == record.shard_id)
+        .ok_or_else(|| format!("shard {} is not in the map", record.shard_id))?;
+    let parent = &mut map.shards[at];
+    if parent.epoch != record.epoch {
+        return Err(format!(
+            "shard {} is at epoch {}, not the split's {}",
+            parent.id, parent.epoch, record.epoch
+        ));
+    }
+    let child = Shard {
+        id: record.child_shard_id,
+        range_start: record.at,
+        range_last: parent.range_last,
+        replicas: (record.replicas.iter())
+            .map(|r| Replica {
+                replica_id: r.child_replica,
+                node_id: r.node_id,
+            })
+            .collect(),
+        epoch: parent.epoch + 1,
+    };
+    parent.range_last = record.at - 1;
+    parent.epoch += 1;
+    map.shards.insert(at + 1, child);
+    Ok(())
+}
+
+fn split_index(map: &ClusterMap, shard: u64) -> Result<usize, String> {
+    map.splits
+        .iter()
+        .position(|s| s.shard_id == shard)
+        .ok_or_else(|| format!("shard {shard} has no split in progress"))
 }
 
 fn node_mut(map: &mut ClusterMap, id: u64) -> Result<&mut Node, String> {
@@ -432,6 +569,24 @@ pub fn apply(map: &mut ClusterMap, command: &MetaCommand) -> Result<(Change, Opt
                 finish_move(map, &record)?;
             }
             Ok((Change::Changed, None))
+        }
+        MetaCommand::BeginSplit { .. } => {
+            let child = begin_split(map, command)?;
+            Ok((Change::Changed, Some(child)))
+        }
+        MetaCommand::AdvanceSplit { shard, stuck } => {
+            let at = split_index(map, *shard)?;
+            if map.splits[at].stuck == *stuck {
+                return Ok((Change::AlreadyDone, None));
+            }
+            map.splits[at].stuck = stuck.clone();
+            Ok((Change::Changed, None))
+        }
+        MetaCommand::FinishSplit { shard } => {
+            let at = split_index(map, *shard)?;
+            let record = map.splits.remove(at);
+            finish_split(map, &record)?;
+            Ok((Change::Changed, Some(record.child_shard_id)))
         }
     }
 }
@@ -650,5 +805,71 @@ mod tests {
             m.shards[0].replicas[0].replica_id, 10,
             "an abort keeps the voters"
         );
+    }
+
+    fn begin_split(shard: u64, epoch: u64, at: u64) -> MetaCommand {
+        MetaCommand::BeginSplit {
+            shard,
+            epoch,
+            at,
+            reason: "operator".into(),
+            now_ms: 1,
+        }
+    }
+
+    #[test]
+    fn a_split_gets_new_ids_and_finishes_with_the_child_after_its_shard() {
+        let mut m = map();
+        m.next_replica_id = 20;
+        m.shards[0].range_last = 999;
+        m.shards[0].epoch = 4;
+        m.shards.push(Shard {
+            id: 2,
+            range_start: 1000,
+            range_last: u64::MAX,
+            epoch: 1,
+            ..Default::default()
+        });
+        let outside = apply(&mut m, &begin_split(1, 4, 0)).unwrap_err();
+        assert!(outside.contains("not inside"), "{outside}");
+        let past = apply(&mut m, &begin_split(1, 4, 1000)).unwrap_err();
+        assert!(past.contains("not inside"), "{past}");
+        let stale = apply(&mut m, &begin_split(1, 3, 500)).unwrap_err();
+        assert!(stale.contains("epoch 4, not 3"), "{stale}");
+        let meta = apply(&mut m, &begin_split(0, 4, 500)).unwrap_err();
+        assert!(meta.contains("not a data shard"), "{meta}");
+
+        let (change, child) = apply(&mut m, &begin_split(1, 4, 500)).unwrap();
+        assert_eq!((change, child), (Change::Changed, Some(3)));
+        let record = &m.splits[0];
+        assert_eq!(record.replicas.len(), 1);
+        assert_eq!(record.replicas[0].parent_replica, 10);
+        assert_eq!(record.replicas[0].child_replica, 20);
+        assert_eq!((m.next_replica_id, m.next_shard_id), (21, 4));
+        let twice = apply(&mut m, &begin_split(1, 4, 600)).unwrap_err();
+        assert!(twice.contains("already splitting"), "{twice}");
+        let moving = apply(&mut m, &begin(1, 4, 10, 2)).unwrap_err();
+        assert!(moving.contains("is splitting"), "{moving}");
+
+        let stuck = MetaCommand::AdvanceSplit {
+            shard: 1,
+            stuck: "no leader".into(),
+        };
+        assert_eq!(apply(&mut m, &stuck).unwrap().0, Change::Changed);
+        assert_eq!(apply(&mut m, &stuck).unwrap().0, Change::AlreadyDone);
+
+        apply(&mut m, &MetaCommand::FinishSplit { shard: 1 }).unwrap();
+        assert!(m.splits.is_empty());
+        let ranges: Vec<(u64, u64, u64, u64)> = (m.shards.iter())
+            .map(|s| (s.id, s.range_start, s.range_last, s.epoch))
+            .collect();
+        assert_eq!(
+            ranges,
+            [(1, 0, 499, 5), (3, 500, 999, 5), (2, 1000, u64::MAX, 1)]
+        );
+        assert_eq!(m.shards[1].replicas[0].replica_id, 20);
+        assert_eq!(m.shard_for_hash(500).map(|s| s.id), Some(3));
+        let again = apply(&mut m, &MetaCommand::FinishSplit { shard: 1 }).unwrap_err();
+        assert!(again.contains("no split in progress"), "{again}");
     }
 }

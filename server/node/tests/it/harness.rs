@@ -43,6 +43,8 @@ pub struct Spec {
     pub snapshot_rate: Option<u64>,
     /// `cluster.dead_after`, if not the default.
     pub dead_after: Option<Duration>,
+    /// `cluster.split_bytes`; none: no split by size.
+    pub split_bytes: Option<u64>,
 }
 
 impl Default for Spec {
@@ -56,6 +58,7 @@ impl Default for Spec {
             stale_linearizable_reads: false,
             snapshot_rate: None,
             dead_after: None,
+            split_bytes: None,
         }
     }
 }
@@ -103,6 +106,8 @@ impl TestCluster {
                 if let Some(after) = spec.dead_after {
                     cfg.cluster.dead_after = after;
                 }
+                cfg.cluster.split_bytes =
+                    atoll_server::size::ByteSize(spec.split_bytes.unwrap_or(0));
                 cfg
             })
             .collect();
@@ -169,6 +174,7 @@ impl TestCluster {
         };
         config.cluster.name = self.configs[0].cluster.name.clone();
         config.cluster.dead_after = self.configs[0].cluster.dead_after;
+        config.cluster.split_bytes = self.configs[0].cluster.split_bytes;
         config.cluster.join = vec![self.configs[0].listen.to_string()];
         self.configs.push(config);
         let running = self.launch(i, listener).await;

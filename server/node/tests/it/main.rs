@@ -16,4 +16,5 @@ mod placement;
 mod processes;
 mod read_floor;
 mod read_pages;
+mod splits;
 mod ttl;
