@@ -5,6 +5,7 @@
 //! a failed compare-and-swap, and `cluster status` of a degraded cluster:
 //! a node unreachable or a shard without a leader), 2 usage error.
 
+mod shards;
 mod status;
 
 use std::process::ExitCode;
@@ -109,7 +110,7 @@ enum Cmd {
         #[command(subcommand)]
         command: PlacementCmd,
     },
-    /// Shards: move a replica.
+    /// Shards: list them, split one, move a replica.
     Shard {
         #[command(subcommand)]
         command: ShardCmd,
@@ -132,6 +133,19 @@ enum PlacementCmd {
 
 #[derive(Subcommand)]
 enum ShardCmd {
+    /// Every data shard: hash range, epoch, nodes, leader, bytes (RocksDB's
+    /// estimate, largest replica), and a split or move in progress.
+    List,
+    /// Split shard S in two: it keeps the lower half of its hash range, a
+    /// new shard with replicas on the same nodes takes the upper half. No
+    /// data moves. `shard list` shows the split until it finishes.
+    Split {
+        shard: u64,
+        /// The first hash of the new shard (decimal or 0x-hex); the middle
+        /// of the range if not given.
+        #[arg(long, value_parser = parse_hash)]
+        at: Option<u64>,
+    },
     /// Move shard S's replica on node FROM to node TO. The cluster adds the
     /// new replica as a learner, lets it catch up, then swaps it for the
     /// old one in one joint change of voters; `moves list` follows it.
@@ -461,6 +475,35 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             }
             Ok(true)
         }
+        Cmd::Shard {
+            command: ShardCmd::List,
+        } => {
+            let rows = shards::rows(&client.cluster_status().await?);
+            match out {
+                Output::Json => print_json(&rows)?,
+                Output::Table => shards::print(&rows),
+            }
+            Ok(true)
+        }
+        Cmd::Shard {
+            command: ShardCmd::Split { shard, at },
+        } => {
+            let answer = client.split_shard(shard, at.unwrap_or(0)).await?;
+            match out {
+                Output::Json => print_json(&serde_json::json!({
+                    "shard": shard,
+                    "at": format!("{:#018x}", answer.at),
+                    "child_shard": answer.child_shard_id,
+                    "map_version": answer.map_version,
+                }))?,
+                Output::Table => println!(
+                    "split started: shard {shard} keeps hashes below {:#018x}, shard {} takes \
+                     the rest (map version {}); follow it with `atollctl shard list`",
+                    answer.at, answer.child_shard_id, answer.map_version
+                ),
+            }
+            Ok(true)
+        }
         Cmd::Moves {
             command: MovesCmd::List,
         } => {
@@ -481,6 +524,15 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             Ok(true)
         }
     }
+}
+
+/// A hash given as decimal or `0x` hex.
+fn parse_hash(text: &str) -> Result<u64, String> {
+    let parsed = match text.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(&hex.replace('_', ""), 16),
+        None => text.replace('_', "").parse(),
+    };
+    parsed.map_err(|e| format!("{text:?} is not a 64-bit hash: {e}"))
 }
 
 fn main() -> ExitCode {

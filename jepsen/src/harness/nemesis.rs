@@ -12,7 +12,7 @@ use atoll_client::Client;
 use atoll_jepsen::cluster::Cluster;
 use atoll_jepsen::netns::Grudge;
 use atoll_jepsen::partition::{self, Shape};
-use atoll_proto::v1::ReplicaRole;
+use atoll_proto::v1::{NodeState, ReplicaRole};
 
 use super::etcd::Etcd;
 use rand::seq::{IndexedRandom, SliceRandom};
@@ -57,6 +57,17 @@ pub enum Fault {
     /// controller may move it back to its placement target later. Needs
     /// more nodes than the replication factor.
     Move,
+    /// Split a shard the workload uses (its leader's, when aimed) in the
+    /// middle of its hash range: the shard keeps the lower half, a new
+    /// shard on the same nodes the upper half, while the other faults
+    /// strike. Nothing to undo.
+    Split,
+    /// Drain a node (the leader of the most shards, when aimed): the
+    /// controller moves every replica off it, then removes it; an operator
+    /// changing their mind sets it up again a period later, if it is not
+    /// removed by then. Needs more nodes than the replication factor on
+    /// the node's island's peers.
+    Drain,
 }
 
 impl Fault {
@@ -84,7 +95,7 @@ impl Fault {
     /// Whether the fault changes the cluster's layout, so the run must end
     /// with the map and every shard's membership agreeing again.
     pub fn moves_replicas(self) -> bool {
-        self == Fault::Move
+        matches!(self, Fault::Move | Fault::Split | Fault::Drain)
     }
 }
 
@@ -118,6 +129,8 @@ enum Undo {
     Clock(usize),
     Resume(Vec<usize>),
     Heal,
+    /// Set a draining node up again (unless it was removed meanwhile).
+    Undrain(usize),
     /// Nothing to undo (a move finishes by itself).
     Nothing,
 }
@@ -430,6 +443,61 @@ async fn inject(
             };
             (what, hit, Undo::Nothing)
         }
+        Fault::Split => {
+            let Probe::Atoll(client) = probe else {
+                anyhow::bail!("splits need an Atoll cluster");
+            };
+            let shards: Vec<u64> = view.leaders.keys().copied().collect();
+            let Some(&shard) = shards.choose(&mut rng) else {
+                return Ok((
+                    "split: no shard leader known".into(),
+                    Vec::new(),
+                    Undo::Nothing,
+                ));
+            };
+            match client.split_shard(shard, 0).await {
+                Ok(answer) => (
+                    format!(
+                        "split shard {shard} at {:#018x} into shard {}",
+                        answer.at, answer.child_shard_id
+                    ),
+                    vec![shard],
+                    Undo::Nothing,
+                ),
+                // Refused (a move or split of it in progress): hit nothing.
+                Err(e) => (
+                    format!("split shard {shard}: {e}"),
+                    Vec::new(),
+                    Undo::Nothing,
+                ),
+            }
+        }
+        Fault::Drain => {
+            let Probe::Atoll(client) = probe else {
+                anyhow::bail!("drains need an Atoll cluster");
+            };
+            let i = match view.busiest() {
+                Some(i) if aim => i,
+                _ => rng.random_range(0..n),
+            };
+            let asked = client
+                .set_node_state(i as u64 + 1, NodeState::Draining, false)
+                .await;
+            match asked {
+                Ok(_) => (
+                    format!("drain node {}", i + 1),
+                    view.led_from(&BTreeSet::from([i])),
+                    Undo::Undrain(i),
+                ),
+                // Refused (nowhere to put its replicas, or removed): hit
+                // nothing.
+                Err(e) => (
+                    format!("drain node {}: {e}", i + 1),
+                    Vec::new(),
+                    Undo::Nothing,
+                ),
+            }
+        }
         Fault::PacketLoss => {
             let i = rng.random_range(0..n);
             let net = c
@@ -445,7 +513,14 @@ async fn inject(
     })
 }
 
-async fn undo(cluster: &Mutex<Cluster>, undo: Undo) -> anyhow::Result<()> {
+async fn undo(cluster: &Mutex<Cluster>, probe: &Probe<'_>, undo: Undo) -> anyhow::Result<()> {
+    if let (Undo::Undrain(i), Probe::Atoll(client)) = (&undo, probe) {
+        // Refused once the node is removed: a drain that finished stays.
+        let _ = client
+            .set_node_state(*i as u64 + 1, NodeState::Up, false)
+            .await;
+        return Ok(());
+    }
     let mut c = cluster.lock().await;
     match undo {
         Undo::Restart(nodes) => {
@@ -469,7 +544,7 @@ async fn undo(cluster: &Mutex<Cluster>, undo: Undo) -> anyhow::Result<()> {
                 net.heal()?;
             }
         }
-        Undo::Nothing => {}
+        Undo::Nothing | Undo::Undrain(_) => {}
     }
     Ok(())
 }
@@ -503,7 +578,7 @@ pub async fn run(
         let aim = (count / faults.len().max(1)).is_multiple_of(2);
         let (what, leaders_hit, how) = inject(fault, cluster, &view, aim, &probe).await?;
         tokio::time::sleep(period).await;
-        undo(cluster, how).await?;
+        undo(cluster, &probe, how).await?;
         events.push(Event {
             start_ms,
             end_ms: at(),

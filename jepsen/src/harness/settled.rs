@@ -39,6 +39,12 @@ pub fn disagreements(status: &StatusResponse) -> Vec<String> {
             m.id, m.shard_id, m.from_node, m.to_node, m.stuck
         ));
     }
+    for split in &map.splits {
+        problems.push(format!(
+            "split of shard {} into shard {} still in progress: {}",
+            split.shard_id, split.child_shard_id, split.stuck
+        ));
+    }
     // (shard, replica) -> node, as the map has it.
     let mut listed: BTreeMap<(u64, u64), u64> = BTreeMap::new();
     for shard in map.meta.iter().chain(&map.shards) {
@@ -55,6 +61,18 @@ pub fn disagreements(status: &StatusResponse) -> Vec<String> {
             continue;
         };
         let voters: BTreeSet<u64> = leader.voters.iter().copied().collect();
+        let data = map.shards.iter().any(|s| s.id == shard.id);
+        if data && (leader.range_start, leader.range_last) != (shard.range_start, shard.range_last)
+        {
+            problems.push(format!(
+                "shard {}'s leader owns [{:#x}, {:#x}], the map lists [{:#x}, {:#x}]",
+                shard.id,
+                leader.range_start,
+                leader.range_last,
+                shard.range_start,
+                shard.range_last
+            ));
+        }
         if leader.joint {
             problems.push(format!("shard {} is in a joint configuration", shard.id));
         }

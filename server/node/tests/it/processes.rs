@@ -455,6 +455,23 @@ async fn atoll_server_join_and_atollctl_node_commands() {
         "node 4 never listed as removed"
     );
 
+    // `shard split` splits a shard in the middle; `shard list` shows the
+    // new shard once the split has finished.
+    let (ok, text) = atollctl(&endpoints, &["shard", "split", "1"]);
+    assert!(ok && text.contains("split started"), "{text}");
+    let (ok, text) = atollctl(&endpoints, &["shard", "split", "0", "--at", "0x10"]);
+    assert!(!ok && text.contains("not a data shard"), "{text}");
+    let split = (0..100).any(|_| {
+        let (ok, text) = atollctl(&endpoints, &["shard", "list", "-o", "json"]);
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap_or_default();
+        let done = ok && rows.len() == 5 && rows.iter().all(|r| r["change"] == "");
+        if !done {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        done
+    });
+    assert!(split, "shard list never showed 5 shards");
+
     // Once it has seen its removal, the node refuses to start again.
     let mut retired = false;
     for _ in 0..100 {
