@@ -50,6 +50,10 @@ pub struct ClusterSpec {
     /// clock is offset by what its `node-<id>.clock` file says, re-read every
     /// second ([`Cluster::set_clock`]); the monotonic clock is left alone.
     pub faketime: Option<PathBuf>,
+    /// Nodes configured to join the running cluster (`cluster.join`), not
+    /// started until [`Cluster::join_spare`]: spare `k` is on the `k`-th of
+    /// the islands, in order of first appearance.
+    pub spares: usize,
 }
 
 /// Raft timings a little faster than Atoll's defaults, so that fault runs
@@ -77,7 +81,21 @@ impl ClusterSpec {
             network: Network::Loopback,
             lazyfs: None,
             faketime: None,
+            spares: 0,
         }
+    }
+
+    /// The island of spare `k`.
+    fn spare_island(&self, k: usize) -> String {
+        let mut distinct: Vec<&String> = Vec::new();
+        for island in &self.islands {
+            if !distinct.contains(&island) {
+                distinct.push(island);
+            }
+        }
+        distinct
+            .get(k % distinct.len().max(1))
+            .map_or_else(|| "island-a".into(), |i| (*i).clone())
     }
 }
 
@@ -96,7 +114,10 @@ pub struct Cluster {
     pub addresses: Vec<String>,
     /// Each node's island, by index.
     pub islands: Vec<String>,
+    /// Every node's process, spares (not joined yet) last.
     procs: Vec<Proc>,
+    /// The address and island of each spare not joined yet, in order.
+    spares: std::collections::VecDeque<(String, String)>,
     /// Each node's lazyfs mount, when the data dirs are on lazyfs. Dropped
     /// after the nodes are killed.
     mounts: Vec<Mount>,
@@ -113,8 +134,10 @@ impl Cluster {
     /// Writes one config per node under `dir` and starts every node with
     /// the `atoll` binary at `atoll`.
     pub fn start(atoll: &Path, dir: &Path, spec: &ClusterSpec) -> io::Result<Cluster> {
-        let net = Self::network(spec)?;
-        let addresses = Self::addresses(&net, spec.islands.len(), 7000)?;
+        let total = spec.islands.len() + spec.spares;
+        let net = Self::network_of(spec, total)?;
+        let mut addresses = Self::addresses(&net, total, 7000)?;
+        let spare_addresses = addresses.split_off(spec.islands.len());
         let initial: String = spec
             .islands
             .iter()
@@ -167,7 +190,56 @@ impl Cluster {
                 child: None,
             });
         }
-        Self::launch(dir, addresses, spec, procs, net)
+        // Spares: no node id, no initial nodes; they join through the
+        // first nodes, and get the next ids (in the order they join).
+        let join: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
+        let mut spares = std::collections::VecDeque::new();
+        for (k, address) in spare_addresses.into_iter().enumerate() {
+            let i = spec.islands.len() + k;
+            let island = spec.spare_island(k);
+            let config = dir.join(format!("node-{}.toml", i + 1));
+            let text = format!(
+                "island = \"{island}\"\nlisten = \"{address}\"\ndata_dir = \"{}\"\n\n\
+                 [raft]\n{}\n\n[storage]\n{}\n\n[testing]\n{}\n\n\
+                 [cluster]\njoin = [{}]\n",
+                dir.join(format!("node-{}", i + 1)).display(),
+                spec.raft.join("\n"),
+                spec.storage.join("\n"),
+                spec.testing.join("\n"),
+                join.join(", "),
+            );
+            std::fs::write(&config, text)?;
+            let log = std::env::var("ATOLL_LOG").unwrap_or_else(|_| "warn".into());
+            procs.push(Proc {
+                program: atoll.to_owned(),
+                args: vec![
+                    "server".into(),
+                    "--config".into(),
+                    config.display().to_string(),
+                ],
+                env: vec![("ATOLL_LOG".to_string(), log)],
+                log: dir.join(format!("node-{}.log", i + 1)),
+                child: None,
+            });
+            spares.push_back((address, island));
+        }
+        let mut cluster = Self::launch(dir, addresses, spec, procs, net)?;
+        cluster.spares = spares;
+        Ok(cluster)
+    }
+
+    /// Starts the next spare, which joins the cluster; returns its index
+    /// (its node id - 1, if spares join in order), or none when no spare
+    /// is left.
+    pub fn join_spare(&mut self) -> io::Result<Option<(usize, String)>> {
+        let Some((address, island)) = self.spares.pop_front() else {
+            return Ok(None);
+        };
+        let i = self.addresses.len();
+        self.addresses.push(address);
+        self.islands.push(island.clone());
+        self.start_node(i)?;
+        Ok(Some((i, island)))
     }
 
     /// Starts an etcd cluster of `spec.islands.len()` members with the
@@ -217,9 +289,14 @@ impl Cluster {
     }
 
     fn network(spec: &ClusterSpec) -> io::Result<Option<Net>> {
+        Self::network_of(spec, spec.islands.len())
+    }
+
+    /// A network for `hosts` nodes.
+    fn network_of(spec: &ClusterSpec, hosts: usize) -> io::Result<Option<Net>> {
         Ok(match spec.network {
             Network::Loopback => None,
-            Network::Namespaces => Some(Net::create(spec.islands.len())?),
+            Network::Namespaces => Some(Net::create(hosts)?),
         })
     }
 
@@ -261,6 +338,7 @@ impl Cluster {
             addresses,
             islands: spec.islands.clone(),
             procs,
+            spares: Default::default(),
             mounts,
             net,
         };
@@ -270,14 +348,14 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Number of nodes.
+    /// Number of nodes, spares that have not joined left out.
     pub fn len(&self) -> usize {
-        self.procs.len()
+        self.addresses.len()
     }
 
     /// Whether the cluster has no nodes.
     pub fn is_empty(&self) -> bool {
-        self.procs.is_empty()
+        self.addresses.is_empty()
     }
 
     /// The nodes' namespaces, if they run in namespaces.

@@ -156,6 +156,8 @@ const RECOVERY: Duration = Duration::from_secs(30);
 /// How long a run whose nemesis moved replicas may take, after the faults,
 /// for its moves to finish and its map and memberships to agree.
 const SETTLE: Duration = Duration::from_secs(90);
+/// Spare nodes a run with the `join` nemesis starts with (each joins once).
+const JOIN_SPARES: usize = 2;
 
 /// Checks `history` with the workload's checker: one line per key, and the
 /// combined verdict.
@@ -319,6 +321,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     };
     if args.netns || faults.iter().any(|f| f.needs_namespaces()) {
         spec.network = Network::Namespaces;
+    }
+    if faults.contains(&Fault::Join) {
+        if args.target != Target::Atoll {
+            bail!("join runs against Atoll only");
+        }
+        spec.spares = JOIN_SPARES;
     }
     if faults.iter().any(|f| f.needs_lazyfs()) {
         if args.target != Target::Atoll {

@@ -68,6 +68,11 @@ pub enum Fault {
     /// removed by then. Needs more nodes than the replication factor on
     /// the node's island's peers.
     Drain,
+    /// Start a spare node that joins the running cluster (`cluster.join`)
+    /// on the next island in turn: it gets the next node id, then its
+    /// share of replicas, moved to it while the other faults strike. The
+    /// run starts with 2 spares; nothing to undo.
+    Join,
 }
 
 impl Fault {
@@ -89,13 +94,16 @@ impl Fault {
 
     /// Whether a run with this fault must hit a shard leader at least once.
     fn must_hit_leaders(self) -> bool {
-        !matches!(self, Fault::PacketLoss | Fault::Clock)
+        !matches!(self, Fault::PacketLoss | Fault::Clock | Fault::Join)
     }
 
     /// Whether the fault changes the cluster's layout, so the run must end
     /// with the map and every shard's membership agreeing again.
     pub fn moves_replicas(self) -> bool {
-        matches!(self, Fault::Move | Fault::Split | Fault::Drain)
+        matches!(
+            self,
+            Fault::Move | Fault::Split | Fault::Drain | Fault::Join
+        )
     }
 }
 
@@ -498,6 +506,14 @@ async fn inject(
                 ),
             }
         }
+        Fault::Join => match c.join_spare()? {
+            Some((i, island)) => (
+                format!("node {} joins on {island}", i + 1),
+                Vec::new(),
+                Undo::Nothing,
+            ),
+            None => ("join: no spare node left".into(), Vec::new(), Undo::Nothing),
+        },
         Fault::PacketLoss => {
             let i = rng.random_range(0..n);
             let net = c

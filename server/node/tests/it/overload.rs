@@ -26,6 +26,7 @@ fn start(dir: &std::path::Path, network: Network) -> Cluster {
         network,
         lazyfs: None,
         faketime: None,
+        spares: 0,
     };
     Cluster::start(&crate::processes::atoll_bin(), dir, &spec).unwrap()
 }

@@ -50,6 +50,7 @@ impl ProcCluster {
             network: Default::default(),
             lazyfs: None,
             faketime: None,
+            spares: 0,
         };
         let cluster = Cluster::start(&atoll_bin(), dir.path(), &spec).unwrap();
         ProcCluster { cluster, dir }
