@@ -8,6 +8,7 @@
 //! the idle one stays up (or is frozen, with `--freeze-idle`).
 
 mod plot;
+mod scale_out;
 mod setup;
 mod snapshot;
 mod stats;
@@ -142,6 +143,10 @@ enum Scenario {
     /// A large shard sent as a snapshot to a follower that was away, under
     /// write load: latency per phase, the follower's memory, data intact.
     Snapshot(snapshot::SnapshotArgs),
+    /// Three nodes on three islands grow to six under read and write load:
+    /// time to settle, moves made against the fewest needed, replicas per
+    /// node, leaderless time, latency, data intact.
+    ScaleOut(scale_out::ScaleOutArgs),
 }
 
 /// The `atoll` binary: `explicit`, else the one next to this binary, so a
@@ -213,6 +218,10 @@ async fn main() -> std::process::ExitCode {
             Some(Scenario::Snapshot(scenario)) => {
                 let bin = atoll_bin(scenario.atoll_bin.as_ref().or(args.atoll_bin.as_ref()))?;
                 snapshot::run(scenario, bin).await
+            }
+            Some(Scenario::ScaleOut(scenario)) => {
+                let bin = atoll_bin(scenario.atoll_bin.as_ref().or(args.atoll_bin.as_ref()))?;
+                scale_out::run(scenario, bin).await
             }
             None => bench(&args).await,
         }

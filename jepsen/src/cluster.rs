@@ -108,6 +108,48 @@ struct Proc {
     child: Option<Child>,
 }
 
+impl Proc {
+    /// Atoll node `i` (index), started with the config `text`, which is
+    /// written to `dir`; under libfaketime when `spec` asks for it.
+    fn atoll(
+        atoll: &Path,
+        dir: &Path,
+        spec: &ClusterSpec,
+        i: usize,
+        text: &str,
+    ) -> io::Result<Proc> {
+        let config = dir.join(format!("node-{}.toml", i + 1));
+        std::fs::write(&config, text)?;
+        // Warnings only, unless the caller's own ATOLL_LOG asks for more.
+        let log = std::env::var("ATOLL_LOG").unwrap_or_else(|_| "warn".into());
+        let mut env = vec![("ATOLL_LOG".to_string(), log)];
+        if let Some(lib) = &spec.faketime {
+            let clock = dir.join(format!("node-{}.clock", i + 1));
+            std::fs::write(&clock, "+0\n")?;
+            env.extend([
+                ("LD_PRELOAD".to_string(), lib.display().to_string()),
+                (
+                    "FAKETIME_TIMESTAMP_FILE".to_string(),
+                    clock.display().to_string(),
+                ),
+                ("FAKETIME_CACHE_DURATION".to_string(), "1".to_string()),
+                ("FAKETIME_DONT_FAKE_MONOTONIC".to_string(), "1".to_string()),
+            ]);
+        }
+        Ok(Proc {
+            program: atoll.to_owned(),
+            args: vec![
+                "server".into(),
+                "--config".into(),
+                config.display().to_string(),
+            ],
+            env,
+            log: dir.join(format!("node-{}.log", i + 1)),
+            child: None,
+        })
+    }
+}
+
 /// The running processes of one cluster. Dropping it kills them all.
 pub struct Cluster {
     /// Each node's client address (`host:port`), by index (node id - 1).
@@ -124,10 +166,17 @@ pub struct Cluster {
     net: Option<Net>,
 }
 
-fn free_port() -> io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// `n` distinct free ports on 127.0.0.1. The listeners are all held until
+/// every port is known: one port freed and then handed out again would
+/// give two nodes the same address.
+fn free_ports(n: usize) -> io::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<io::Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
 }
 
 impl Cluster {
@@ -149,7 +198,6 @@ impl Cluster {
             .collect();
         let mut procs = Vec::new();
         for (i, (island, address)) in spec.islands.iter().zip(&addresses).enumerate() {
-            let config = dir.join(format!("node-{}.toml", i + 1));
             let text = format!(
                 "node_id = {}\nisland = \"{island}\"\nlisten = \"{address}\"\ndata_dir = \"{}\"\n\n\
                  [raft]\n{}\n\n[storage]\n{}\n\n\
@@ -161,34 +209,7 @@ impl Cluster {
                 spec.testing.join("\n"),
                 spec.shards,
             );
-            std::fs::write(&config, text)?;
-            // Warnings only, unless the caller's own ATOLL_LOG asks for more.
-            let log = std::env::var("ATOLL_LOG").unwrap_or_else(|_| "warn".into());
-            let mut env = vec![("ATOLL_LOG".to_string(), log)];
-            if let Some(lib) = &spec.faketime {
-                let clock = dir.join(format!("node-{}.clock", i + 1));
-                std::fs::write(&clock, "+0\n")?;
-                env.extend([
-                    ("LD_PRELOAD".to_string(), lib.display().to_string()),
-                    (
-                        "FAKETIME_TIMESTAMP_FILE".to_string(),
-                        clock.display().to_string(),
-                    ),
-                    ("FAKETIME_CACHE_DURATION".to_string(), "1".to_string()),
-                    ("FAKETIME_DONT_FAKE_MONOTONIC".to_string(), "1".to_string()),
-                ]);
-            }
-            procs.push(Proc {
-                program: atoll.to_owned(),
-                args: vec![
-                    "server".into(),
-                    "--config".into(),
-                    config.display().to_string(),
-                ],
-                env,
-                log: dir.join(format!("node-{}.log", i + 1)),
-                child: None,
-            });
+            procs.push(Proc::atoll(atoll, dir, spec, i, &text)?);
         }
         // Spares: no node id, no initial nodes; they join through the
         // first nodes, and get the next ids (in the order they join).
@@ -197,7 +218,6 @@ impl Cluster {
         for (k, address) in spare_addresses.into_iter().enumerate() {
             let i = spec.islands.len() + k;
             let island = spec.spare_island(k);
-            let config = dir.join(format!("node-{}.toml", i + 1));
             let text = format!(
                 "island = \"{island}\"\nlisten = \"{address}\"\ndata_dir = \"{}\"\n\n\
                  [raft]\n{}\n\n[storage]\n{}\n\n[testing]\n{}\n\n\
@@ -208,19 +228,7 @@ impl Cluster {
                 spec.testing.join("\n"),
                 join.join(", "),
             );
-            std::fs::write(&config, text)?;
-            let log = std::env::var("ATOLL_LOG").unwrap_or_else(|_| "warn".into());
-            procs.push(Proc {
-                program: atoll.to_owned(),
-                args: vec![
-                    "server".into(),
-                    "--config".into(),
-                    config.display().to_string(),
-                ],
-                env: vec![("ATOLL_LOG".to_string(), log)],
-                log: dir.join(format!("node-{}.log", i + 1)),
-                child: None,
-            });
+            procs.push(Proc::atoll(atoll, dir, spec, i, &text)?);
             spares.push_back((address, island));
         }
         let mut cluster = Self::launch(dir, addresses, spec, procs, net)?;
@@ -304,9 +312,10 @@ impl Cluster {
     /// namespace's address.
     fn addresses(net: &Option<Net>, n: usize, port: u16) -> io::Result<Vec<String>> {
         match net {
-            None => (0..n)
-                .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
-                .collect(),
+            None => Ok(free_ports(n)?
+                .into_iter()
+                .map(|p| format!("127.0.0.1:{p}"))
+                .collect()),
             Some(net) => Ok(net
                 .hosts()
                 .iter()
