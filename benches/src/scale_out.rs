@@ -301,8 +301,8 @@ fn report(
         "moves: {moves} made, {ideal} needed at least (every replica the new nodes hold): {:.2}x; \
          about {} MiB moved against {} MiB (a shard holds about {} MiB of the loaded data)",
         moves as f64 / ideal.max(1) as f64,
-        moves * shard_bytes >> 20,
-        ideal as u64 * shard_bytes >> 20,
+        (moves * shard_bytes) >> 20,
+        (ideal as u64 * shard_bytes) >> 20,
         shard_bytes >> 20
     );
     let share = total as f64 / map.nodes.len().max(1) as f64;
