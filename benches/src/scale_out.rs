@@ -26,7 +26,7 @@ use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
-use crate::setup::wait_ready;
+use crate::setup::{lost_writes, wait_ready};
 use crate::store::AtollStore;
 
 /// Options of the scale-out scenario.
@@ -367,22 +367,11 @@ async fn verify(args: &ScaleOutArgs, client: &Client, shared: &Shared) -> anyhow
         .lock()
         .map_err(|_| anyhow::anyhow!("acked lock poisoned"))?
         .clone();
-    let mut lost = 0;
-    for (c, keys) in acked.iter().enumerate() {
-        for (key, &counter) in keys.iter().enumerate() {
-            if counter == 0 {
-                continue;
-            }
-            let got = client.get(client_key(c, key as u64)).await?;
-            let stored = got
-                .and_then(|kv| kv.value.get(..8).map(|b| b.to_vec()))
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map(u64::from_be_bytes);
-            if stored.is_none_or(|s| s < counter) {
-                lost += 1;
-            }
-        }
-    }
+    let lost = lost_writes(&acked, |c, key| async move {
+        let got = client.get(client_key(c, key)).await?;
+        Ok(got.map(|kv| kv.value))
+    })
+    .await?;
     println!("read back: {missing} loaded keys missing, {lost} acknowledged writes lost");
     if missing > 0 || lost > 0 {
         bail!("data lost: {missing} loaded keys, {lost} acknowledged writes");

@@ -255,3 +255,36 @@ pub fn disk_bytes(dir: &Path) -> u64 {
         })
         .sum()
 }
+
+/// The counter a value written by a bench writer starts with (8 bytes BE).
+pub fn counter_of(value: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(value.get(..8)?.try_into().ok()?))
+}
+
+/// Acknowledged writes lost: for each writer `w` and key `k` with a
+/// non-zero last acknowledged counter `acked[w][k]`, whether `read(w, k)`
+/// (the key's value) holds less (a later write may have applied without
+/// its acknowledgement, so more is fine).
+pub async fn lost_writes<F, Fut>(acked: &[Vec<u64>], read: F) -> anyhow::Result<u64>
+where
+    F: Fn(usize, u64) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<Vec<u8>>>>,
+{
+    let mut lost = 0;
+    for (writer, counters) in acked.iter().enumerate() {
+        for (key, &counter) in counters.iter().enumerate() {
+            if counter == 0 {
+                continue;
+            }
+            let stored = read(writer, key as u64).await?;
+            if stored
+                .as_deref()
+                .and_then(counter_of)
+                .is_none_or(|c| c < counter)
+            {
+                lost += 1;
+            }
+        }
+    }
+    Ok(lost)
+}

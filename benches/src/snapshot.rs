@@ -26,7 +26,7 @@ use hdrhistogram::Histogram;
 use rand::{Rng, RngCore, SeedableRng};
 use tokio::time::Instant;
 
-use crate::setup::{resident_kib, status_kib, wait_ready};
+use crate::setup::{lost_writes, resident_kib, status_kib, wait_ready};
 use crate::store::AtollStore;
 
 /// Options of the snapshot scenario.
@@ -125,10 +125,6 @@ fn value(counter: u64, size: usize) -> Vec<u8> {
     let mut v = vec![b'v'; size.max(8)];
     v[..8].copy_from_slice(&counter.to_be_bytes());
     v
-}
-
-fn counter_of(value: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(value.get(..8)?.try_into().ok()?))
 }
 
 /// The value of key `i` in load `generation`: incompressible, and
@@ -560,22 +556,7 @@ async fn verify(
         .lock()
         .map_err(|_| anyhow::anyhow!("poisoned"))?
         .clone();
-    let mut lost = 0;
-    for (writer, counters) in acked.iter().enumerate() {
-        for (key, &counter) in counters.iter().enumerate() {
-            if counter == 0 {
-                continue;
-            }
-            let stored = get(writer_key(writer, key as u64)).await?;
-            if stored
-                .as_deref()
-                .and_then(counter_of)
-                .is_none_or(|c| c < counter)
-            {
-                lost += 1;
-            }
-        }
-    }
+    let lost = lost_writes(&acked, |writer, key| get(writer_key(writer, key))).await?;
     Ok((missing, lost))
 }
 
