@@ -7,6 +7,7 @@
 //! ratio table. With `--target both` the targets alternate round by round;
 //! the idle one stays up (or is frozen, with `--freeze-idle`).
 
+mod idle;
 mod plot;
 mod scale_out;
 mod setup;
@@ -147,6 +148,8 @@ enum Scenario {
     /// time to settle, moves made against the fewest needed, replicas per
     /// node, leaderless time, latency, data intact.
     ScaleOut(scale_out::ScaleOutArgs),
+    /// Many idle shards: each node's memory and CPU with no load.
+    Idle(idle::IdleArgs),
 }
 
 /// The `atoll` binary: `explicit`, else the one next to this binary, so a
@@ -222,6 +225,10 @@ async fn main() -> std::process::ExitCode {
             Some(Scenario::ScaleOut(scenario)) => {
                 let bin = atoll_bin(scenario.atoll_bin.as_ref().or(args.atoll_bin.as_ref()))?;
                 scale_out::run(scenario, bin).await
+            }
+            Some(Scenario::Idle(scenario)) => {
+                let bin = atoll_bin(scenario.atoll_bin.as_ref().or(args.atoll_bin.as_ref()))?;
+                idle::run(scenario, bin).await
             }
             None => bench(&args).await,
         }

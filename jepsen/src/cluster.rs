@@ -54,6 +54,9 @@ pub struct ClusterSpec {
     /// started until [`Cluster::join_spare`]: spare `k` is on the `k`-th of
     /// the islands, in order of first appearance.
     pub spares: usize,
+    /// `cluster.replication_factor` of the initial nodes (at most their
+    /// number).
+    pub replication_factor: u32,
 }
 
 /// Raft timings a little faster than Atoll's defaults, so that fault runs
@@ -82,6 +85,7 @@ impl ClusterSpec {
             lazyfs: None,
             faketime: None,
             spares: 0,
+            replication_factor: 3,
         }
     }
 
@@ -201,13 +205,14 @@ impl Cluster {
             let text = format!(
                 "node_id = {}\nisland = \"{island}\"\nlisten = \"{address}\"\ndata_dir = \"{}\"\n\n\
                  [raft]\n{}\n\n[storage]\n{}\n\n\
-                 [testing]\n{}\n\n[cluster]\ninitial_shards = {}\nreplication_factor = 3\n\n{initial}",
+                 [testing]\n{}\n\n[cluster]\ninitial_shards = {}\nreplication_factor = {}\n\n{initial}",
                 i + 1,
                 dir.join(format!("node-{}", i + 1)).display(),
                 spec.raft.join("\n"),
                 spec.storage.join("\n"),
                 spec.testing.join("\n"),
                 spec.shards,
+                spec.replication_factor,
             );
             procs.push(Proc::atoll(atoll, dir, spec, i, &text)?);
         }

@@ -10,6 +10,7 @@ use atoll_proto::v1::cluster_client::ClusterClient;
 use atoll_proto::v1::{ClusterMap, NodeState, SetNodeStateRequest, WatchClusterMapRequest};
 use atoll_proto::{NodeId, ReplicaId, ShardId};
 use atoll_raft::meta_command::Lifecycle;
+use atoll_raft::quiesce::{LeaderWatch, Quieter};
 use atoll_raft::state_machine::ttl::has_due;
 use atoll_raft::state_machine::{read_cluster_map, store_node_map};
 use atoll_raft::types::ServerState;
@@ -40,7 +41,54 @@ pub(crate) fn spawn(node: &Arc<Node>) {
     tokio::spawn(reconcile_loop(weak.clone()));
     tokio::spawn(crate::controller::run(weak.clone()));
     tokio::spawn(ttl_loop(weak.clone()));
+    tokio::spawn(quiesce_loop(weak.clone()));
+    tokio::spawn(leader_watch_loop(weak.clone()));
     tokio::spawn(leader_loop(weak));
+}
+
+/// Quiets the idle shards this node leads (`raft.quiesce_after`; see
+/// `atoll_raft::quiesce`).
+async fn quiesce_loop(node: Weak<Node>) {
+    let idle_after = match node.upgrade() {
+        Some(node) => node.config().raft.quiesce_after,
+        None => return,
+    };
+    if idle_after.is_zero() {
+        return;
+    }
+    let mut quieter = Quieter::new(idle_after);
+    let mut tick = tokio::time::interval(Quieter::EVERY);
+    loop {
+        tick.tick().await;
+        let Some(node) = node.upgrade() else { return };
+        let replicas = node.replicas();
+        let pool = node.pool().clone();
+        drop(node);
+        quieter.check(&replicas, &pool).await;
+    }
+}
+
+/// Wakes this node's quiet followers whose leader's node falls silent, so
+/// they elect a new leader (`atoll_raft::quiesce::LeaderWatch`).
+async fn leader_watch_loop(node: Weak<Node>) {
+    let (every, silent_after) = match node.upgrade() {
+        Some(node) => (
+            node.config().raft.heartbeat,
+            node.config().raft.election_timeout_min,
+        ),
+        None => return,
+    };
+    let mut watch = LeaderWatch::new(silent_after);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(node) = node.upgrade() else { return };
+        let replicas = node.replicas();
+        let pool = node.pool().clone();
+        drop(node);
+        watch.check(&replicas, &pool).await;
+    }
 }
 
 /// Moves leadership to the replica placement prefers (the first of the
@@ -95,6 +143,7 @@ async fn leader_loop(node: Weak<Node>) {
             if caught_up && settled && !recently {
                 tried.insert(shard, now);
                 tracing::info!(shard = %shard, to = %preferred, "handing leadership to the preferred replica");
+                replica.wake();
                 if let Err(e) = replica.raft.trigger().transfer_leader(preferred).await {
                     tracing::debug!(shard = %shard, error = %e, "leader transfer not started");
                 }

@@ -99,6 +99,7 @@ pub fn node_status(node: &Node) -> wire::NodeStatusResponse {
                         .approximate_bytes(Cf::Data, &start, &end)
                         .unwrap_or(0)
                 }),
+                quiet: r.quiescence().is_quiet(),
             }
         })
         .collect();

@@ -112,6 +112,11 @@ pub struct RaftConfig {
     /// entry costs CPU on every replica, so fewer, larger entries are faster
     /// under load.
     pub max_proposals_in_flight: usize,
+    /// A shard with no write or read for this long, every replica of which
+    /// holds its whole log, goes quiet: no tick, no heartbeat, until
+    /// something wakes it ("0s" never). See `server/raft/src/quiesce.rs`.
+    #[serde(with = "humantime_serde")]
+    pub quiesce_after: Duration,
 }
 
 /// Request limits.
@@ -179,6 +184,7 @@ impl Default for RaftConfig {
             snapshot_stall_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(5),
             max_proposals_in_flight: 1,
+            quiesce_after: Duration::from_secs(2),
         }
     }
 }

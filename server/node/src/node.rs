@@ -15,7 +15,7 @@ use atoll_raft::meta_command::Lifecycle;
 use atoll_raft::proposer::ProposeError;
 use atoll_raft::state_machine::range::current_kind;
 use atoll_raft::state_machine::{read_cluster_map, read_node_map};
-use atoll_raft::types::{CheckIsLeaderError, ClientWriteError, Raft, RaftError, ReplicaNode};
+use atoll_raft::types::{CheckIsLeaderError, ClientWriteError, RaftError, ReplicaNode};
 use atoll_raft::{
     Command, NetworkFaults, Outcome, PeerDirectory, PeerPool, Replica, ReplicaConfig,
     ReplicaDirectory, ReplicaSpec, Request, ShardKind, SnapshotPacing, WriteId,
@@ -230,6 +230,11 @@ impl Node {
         &self.config
     }
 
+    /// The node's channels and streams to its peers.
+    pub(crate) fn pool(&self) -> &Arc<PeerPool> {
+        &self.pool
+    }
+
     pub fn engine(&self) -> &Arc<dyn Engine> {
         &self.engine
     }
@@ -299,8 +304,11 @@ impl Node {
         .await
         .map_err(|source| NodeError::Replica { shard, source })?;
         if let Ok(mut replicas) = self.replicas.write() {
-            replicas.insert(shard, replica);
+            replicas.insert(shard, replica.clone());
         }
+        // Its leader may be quiet, and would not heartbeat to it.
+        let pool = self.pool.clone();
+        tokio::spawn(async move { atoll_raft::quiesce::wake_leader(&replica, &pool).await });
         Ok(())
     }
 
@@ -477,6 +485,7 @@ impl Node {
         // A leader cut off from its quorum commits nothing: new writes go
         // elsewhere at once rather than wait out their deadline here.
         let cut_off = self.config.raft.election_timeout_max;
+        replica.wake();
         if let Some(silent) = replica.since_quorum_ack().filter(|s| *s > cut_off) {
             return Err(ApiError::ShardUnavailable(format!(
                 "this leader has not heard from a quorum for {}: it may be cut off",
@@ -564,10 +573,8 @@ fn snapshot_dir(config: &NodeConfig) -> std::path::PathBuf {
 }
 
 impl ReplicaDirectory for Node {
-    fn raft(&self, shard: ShardId, replica: ReplicaId) -> Option<Raft> {
-        self.replica(shard)
-            .filter(|r| r.spec.replica == replica)
-            .map(|r| r.raft)
+    fn lookup(&self, shard: ShardId, replica: ReplicaId) -> Option<Replica> {
+        self.replica(shard).filter(|r| r.spec.replica == replica)
     }
 
     fn snapshot_file(&self) -> Result<tempfile::NamedTempFile, atoll_storage::EngineError> {

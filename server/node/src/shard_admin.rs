@@ -28,7 +28,8 @@ impl ShardAdminService {
         Self { node }
     }
 
-    /// The local replica of `shard` if it leads, else `NOT_LEADER`.
+    /// The local replica of `shard` if it leads, else `NOT_LEADER`. It is
+    /// woken: what is asked of it goes to its followers.
     fn leader(&self, shard: u64) -> Result<Replica, ApiError> {
         let shard = ShardId(shard);
         let replica = self
@@ -41,6 +42,7 @@ impl ShardAdminService {
                 leader: self.node.leader_hint(shard, metrics.current_leader),
             });
         }
+        replica.wake();
         Ok(replica)
     }
 

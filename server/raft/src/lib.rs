@@ -15,6 +15,7 @@ pub mod meta_command;
 pub mod network;
 pub mod pacing;
 pub mod proposer;
+pub mod quiesce;
 pub mod read_index;
 pub mod replica;
 pub mod service;

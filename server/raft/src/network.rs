@@ -253,6 +253,32 @@ impl PeerPool {
     }
 }
 
+impl PeerPool {
+    /// Sends one call of `kind` to `node` on its small-call stream and
+    /// waits at most `timeout` for the answer.
+    pub async fn call(
+        &self,
+        node: NodeId,
+        kind: RaftCallKind,
+        msg: RaftMessage,
+        timeout: Duration,
+    ) -> Answer {
+        let stream = self.stream(node, Lane::Small).map_err(|e| e.to_string())?;
+        let mut pending = stream.send(kind, msg)?;
+        tokio::time::timeout(timeout, pending.answer())
+            .await
+            .map_err(|_| format!("{node} did not answer within {timeout:?}"))?
+    }
+
+    /// Whether `node` answers a ping within `timeout`.
+    pub async fn ping(&self, node: NodeId, timeout: Duration) -> bool {
+        (self
+            .call(node, RaftCallKind::Ping, RaftMessage::default(), timeout)
+            .await)
+            .is_ok()
+    }
+}
+
 /// The answer to one call, or why there is none.
 type Answer = Result<RaftMessage, String>;
 

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 use crate::command::{Command, Outcome, Proposal, Request, WriteId, WRITES_PER_ENTRY};
+use crate::quiesce::Quiescence;
 use crate::types::{ClientWriteError, Raft, RaftError};
 
 /// Most writes in one group.
@@ -109,6 +110,8 @@ pub struct ProposerStats {
 #[derive(Clone)]
 pub struct Proposer {
     raft: Raft,
+    /// Woken by every proposal: a quiet leader must heartbeat again.
+    quiescence: Arc<Quiescence>,
     state: Arc<Mutex<State>>,
     max_in_flight: usize,
     stats: Arc<ProposerStats>,
@@ -117,9 +120,10 @@ pub struct Proposer {
 impl Proposer {
     /// A proposer for `raft` with at most `max_in_flight` (at least 1)
     /// entries proposed and not yet applied.
-    pub fn new(raft: Raft, max_in_flight: usize) -> Self {
+    pub fn new(raft: Raft, quiescence: Arc<Quiescence>, max_in_flight: usize) -> Self {
         Self {
             raft,
+            quiescence,
             state: Arc::new(Mutex::new(State::default())),
             max_in_flight: max_in_flight.max(1),
             stats: Arc::default(),
@@ -134,6 +138,7 @@ impl Proposer {
     /// Proposes `request` and waits until it is applied; returns its own
     /// outcome, whether it went alone or in a group.
     pub async fn propose(&self, request: Request) -> Result<Outcome, ProposeError> {
+        self.quiescence.wake();
         let (reply, rx) = oneshot::channel();
         let start_runner = {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());

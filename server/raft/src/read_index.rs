@@ -25,6 +25,7 @@ use tokio::sync::oneshot;
 use openraft::async_runtime::WatchReceiver;
 use openraft::ReadPolicy;
 
+use crate::quiesce::Quiescence;
 use crate::types::{CheckIsLeaderError, Raft, RaftError};
 
 type Waiter = oneshot::Sender<Result<(), RaftError<CheckIsLeaderError>>>;
@@ -39,6 +40,9 @@ struct State {
 #[derive(Clone)]
 pub struct ReadIndex {
     raft: Raft,
+    /// Woken by every read: a read round sends heartbeats, and a quiet
+    /// leader's followers must not be woken by a leader that stays quiet.
+    quiescence: Arc<Quiescence>,
     state: Arc<Mutex<State>>,
     /// The commit index the log had saved when the replica opened: no read
     /// is served before it is applied.
@@ -48,9 +52,10 @@ pub struct ReadIndex {
 impl ReadIndex {
     /// Read rounds for `raft`, just opened with `restart_floor` as its
     /// saved commit index.
-    pub fn new(raft: Raft, restart_floor: u64) -> Self {
+    pub fn new(raft: Raft, quiescence: Arc<Quiescence>, restart_floor: u64) -> Self {
         Self {
             raft,
+            quiescence,
             state: Arc::new(Mutex::new(State::default())),
             restart_floor,
         }
@@ -84,6 +89,7 @@ impl ReadIndex {
     /// Returns once this replica has confirmed it leads and has applied
     /// everything committed before the call.
     pub async fn wait(&self) -> Result<(), RaftError<CheckIsLeaderError>> {
+        self.quiescence.wake();
         let (tx, rx) = oneshot::channel();
         let start_round = {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());

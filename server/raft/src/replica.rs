@@ -15,6 +15,7 @@ use openraft::SnapshotPolicy;
 use crate::log_store::LogStore;
 use crate::network::{NetworkFactory, PeerPool};
 use crate::proposer::Proposer;
+use crate::quiesce::Quiescence;
 use crate::read_index::ReadIndex;
 use crate::state_machine::ttl::{SharedClock, Stamper};
 use crate::state_machine::{OwnedRange, ShardKind, StateMachine};
@@ -102,6 +103,7 @@ pub struct Replica {
     /// The hash range it owns as of its applied state (a split narrows it;
     /// `spec.kind` is the range it started with).
     owned: Arc<OwnedRange>,
+    quiescence: Arc<Quiescence>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -197,8 +199,13 @@ impl Replica {
             owned.clone(),
             config.snapshot_after_entries,
         );
-        let read_index = ReadIndex::new(raft.clone(), restart_floor);
-        let proposer = Proposer::new(raft.clone(), config.max_proposals_in_flight);
+        let quiescence = Arc::new(Quiescence::new(raft.clone()));
+        let read_index = ReadIndex::new(raft.clone(), quiescence.clone(), restart_floor);
+        let proposer = Proposer::new(
+            raft.clone(),
+            quiescence.clone(),
+            config.max_proposals_in_flight,
+        );
         Ok(Self {
             spec,
             raft,
@@ -207,6 +214,7 @@ impl Replica {
             log_clock,
             stamper: Arc::default(),
             owned,
+            quiescence,
         })
     }
 
@@ -234,18 +242,30 @@ impl Replica {
         stamper.stamp(term, applied, wall_ms, std::time::Instant::now())
     }
 
+    /// Whether the replica is quiet, and what wakes it.
+    pub fn quiescence(&self) -> &Quiescence {
+        &self.quiescence
+    }
+
+    /// Wakes the replica if it is quiet ([`Quiescence::wake`]).
+    pub fn wake(&self) {
+        self.quiescence.wake()
+    }
+
     /// How long this replica, leading, has gone without an answer from a
-    /// quorum; `None` unless it leads and has had one.
+    /// quorum; `None` unless it leads and has had one. A quiet leader
+    /// hears from nobody: its time is counted from when it last woke.
     pub fn since_quorum_ack(&self) -> Option<Duration> {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow_watched();
         if metrics.state != openraft::ServerState::Leader {
             return None;
         }
-        metrics
+        let silent = metrics
             .last_quorum_acked
             .as_ref()
-            .map(|at| openraft::Instant::elapsed(&**at))
+            .map(|at| openraft::Instant::elapsed(&**at))?;
+        Some(silent.min(self.quiescence.awake_for()))
     }
 
     /// The applied log clock, published once the batch that set it has

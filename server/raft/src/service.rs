@@ -16,14 +16,16 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::network::{message, sender_of, unpack, verify_chunk};
+use crate::quiesce::{answer_quiesce, QuiesceRequest};
 use crate::state_machine::SnapshotFile;
 use crate::types::{
     AppendEntriesRequest, Raft, Snapshot, SnapshotMeta, TransferLeaderRequest, Vote, VoteRequest,
 };
+use crate::Replica;
 
 /// Finds the local replica a message is for.
 pub trait ReplicaDirectory: Send + Sync + 'static {
-    fn raft(&self, shard: ShardId, replica: ReplicaId) -> Option<Raft>;
+    fn lookup(&self, shard: ShardId, replica: ReplicaId) -> Option<Replica>;
     /// A new, unlinked file to receive a snapshot into.
     /// A new file for a snapshot being received (see
     /// [`received_snapshot_file`](crate::state_machine::received_snapshot_file)).
@@ -52,13 +54,17 @@ impl RaftService {
     }
 
     fn target(&self, shard: u64, replica: u64) -> Result<Raft, Status> {
-        target(&*self.replicas, shard, replica).map_err(Status::not_found)
+        let replica = target(&*self.replicas, shard, replica).map_err(Status::not_found)?;
+        replica.wake();
+        Ok(replica.raft)
     }
 }
 
-fn target(replicas: &dyn ReplicaDirectory, shard: u64, replica: u64) -> Result<Raft, String> {
+/// The local replica a call names. Every call but a quiesce wakes it: a
+/// quiet replica that is sent something has a sender that is awake.
+fn target(replicas: &dyn ReplicaDirectory, shard: u64, replica: u64) -> Result<Replica, String> {
     replicas
-        .raft(ShardId(shard), ReplicaId(replica))
+        .lookup(ShardId(shard), ReplicaId(replica))
         .ok_or_else(|| format!("no replica r{replica} of shard s{shard} on this node"))
 }
 
@@ -108,7 +114,7 @@ async fn answer(
     // Checked for every call, not once per stream: a stream outlives the
     // map that let its sender in.
     let answered = match replicas.admit(peer) {
-        Ok(()) => dispatch(&*replicas, call).await,
+        Ok(()) => dispatch(&*replicas, peer, call).await,
         Err(refused) => Err(refused),
     };
     match answered {
@@ -126,11 +132,29 @@ async fn answer(
 }
 
 /// Hands one call to its replica and encodes what it answered.
-async fn dispatch(replicas: &dyn ReplicaDirectory, call: RaftCall) -> Result<RaftMessage, String> {
-    let msg = call.message.ok_or("raft call without a message")?;
-    let raft = target(replicas, msg.shard_id, msg.target_replica)?;
+async fn dispatch(
+    replicas: &dyn ReplicaDirectory,
+    peer: Option<NodeId>,
+    call: RaftCall,
+) -> Result<RaftMessage, String> {
     let kind = RaftCallKind::try_from(call.kind)
         .map_err(|_| format!("unknown raft call kind {}", call.kind))?;
+    if kind == RaftCallKind::Ping {
+        return Ok(RaftMessage::default());
+    }
+    let msg = call.message.ok_or("raft call without a message")?;
+    let replica = target(replicas, msg.shard_id, msg.target_replica)?;
+    let (shard, to) = (ShardId(msg.shard_id), ReplicaId(msg.target_replica));
+    if kind == RaftCallKind::Quiesce {
+        let request: QuiesceRequest = unpack(&msg)?;
+        return message(
+            shard,
+            to,
+            &answer_quiesce(replica.quiescence(), peer, &request),
+        );
+    }
+    replica.wake();
+    let raft = replica.raft;
     match kind {
         RaftCallKind::AppendEntries => {
             handle(raft, &msg, |raft, rpc: AppendEntriesRequest| async move {
@@ -156,6 +180,8 @@ async fn dispatch(replicas: &dyn ReplicaDirectory, call: RaftCall) -> Result<Raf
             })
             .await
         }
+        // A wake is done above; pings and quiesces are answered before it.
+        RaftCallKind::Wake | RaftCallKind::Ping | RaftCallKind::Quiesce => message(shard, to, &()),
         RaftCallKind::Unspecified => Err("raft call of no kind".into()),
     }
 }
@@ -294,7 +320,7 @@ mod tests {
     struct Empty;
 
     impl ReplicaDirectory for Empty {
-        fn raft(&self, _shard: ShardId, _replica: ReplicaId) -> Option<Raft> {
+        fn lookup(&self, _shard: ShardId, _replica: ReplicaId) -> Option<Replica> {
             None
         }
 
@@ -335,12 +361,21 @@ mod tests {
         assert!(reply.error.contains("without a message"), "{}", reply.error);
     }
 
+    #[tokio::test]
+    async fn a_ping_is_answered_by_the_node_without_naming_a_replica() {
+        let replicas: Arc<dyn ReplicaDirectory> = Arc::new(Empty);
+        let reply = answer(replicas, None, call(7, RaftCallKind::Ping as i32, None)).await;
+        assert_eq!(reply.call_id, 7);
+        assert_eq!(reply.error, "");
+        assert_eq!(reply.message, Some(RaftMessage::default()));
+    }
+
     /// A node whose map says node 3 is removed.
     struct RemovedThree;
 
     impl ReplicaDirectory for RemovedThree {
-        fn raft(&self, shard: ShardId, replica: ReplicaId) -> Option<Raft> {
-            Empty.raft(shard, replica)
+        fn lookup(&self, shard: ShardId, replica: ReplicaId) -> Option<Replica> {
+            Empty.lookup(shard, replica)
         }
 
         fn snapshot_file(&self) -> Result<tempfile::NamedTempFile, atoll_storage::EngineError> {

@@ -27,6 +27,7 @@ fn start(dir: &std::path::Path, network: Network) -> Cluster {
         lazyfs: None,
         faketime: None,
         spares: 0,
+        replication_factor: 3,
     };
     Cluster::start(&crate::processes::atoll_bin(), dir, &spec).unwrap()
 }

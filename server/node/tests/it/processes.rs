@@ -51,6 +51,7 @@ impl ProcCluster {
             lazyfs: None,
             faketime: None,
             spares: 0,
+            replication_factor: 3,
         };
         let cluster = Cluster::start(&atoll_bin(), dir.path(), &spec).unwrap();
         ProcCluster { cluster, dir }
