@@ -45,6 +45,8 @@ pub struct Spec {
     pub dead_after: Option<Duration>,
     /// `cluster.split_bytes`; none: no split by size.
     pub split_bytes: Option<u64>,
+    /// `raft.quiesce_after`, if not the default.
+    pub quiesce_after: Option<Duration>,
 }
 
 impl Default for Spec {
@@ -59,6 +61,7 @@ impl Default for Spec {
             snapshot_rate: None,
             dead_after: None,
             split_bytes: None,
+            quiesce_after: None,
         }
     }
 }
@@ -105,6 +108,9 @@ impl TestCluster {
                 }
                 if let Some(after) = spec.dead_after {
                     cfg.cluster.dead_after = after;
+                }
+                if let Some(after) = spec.quiesce_after {
+                    cfg.raft.quiesce_after = after;
                 }
                 cfg.cluster.split_bytes =
                     atoll_server::size::ByteSize(spec.split_bytes.unwrap_or(0));

@@ -14,6 +14,7 @@ mod moves;
 mod overload;
 mod placement;
 mod processes;
+mod quiesce;
 mod read_floor;
 mod read_pages;
 mod splits;
