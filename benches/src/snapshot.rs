@@ -12,6 +12,13 @@
 //! is killed, so the data is read back from a quorum that includes the
 //! replica that installed the snapshot: every loaded value and every
 //! acknowledged write must be there.
+//!
+//! With `--to-new-node`, after `before` a fourth node joins on node 1's
+//! island and node 1's replica is moved to it (placement paused, so nothing
+//! else moves); the writers' latency is recorded until the map shows the
+//! move done, and the new node's memory is sampled. Then one old replica is
+//! stopped and everything is read back from a quorum that includes the
+//! new node.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -58,6 +65,11 @@ pub struct SnapshotArgs {
     /// its own.
     #[arg(long)]
     follower_nice: Option<i32>,
+    /// Instead of a returning follower, move a follower's replica to a node
+    /// that joins after the load: the large-shard move of the elastic
+    /// fabric's acceptance (docs/design/elastic.md).
+    #[arg(long)]
+    to_new_node: bool,
     /// Data dirs and logs (removed at the end unless `--keep-data`).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -136,8 +148,10 @@ fn load_value(i: u64, generation: u64, size: usize) -> Vec<u8> {
 }
 
 /// The generation key `i` holds at the end: the first half is overwritten.
-fn final_generation(i: u64, keys: u64) -> u64 {
-    u64::from(i < keys / 2)
+/// The generation loaded value `i` ends with, when the first `overwritten`
+/// values were loaded twice.
+fn final_generation(i: u64, overwritten: u64) -> u64 {
+    u64::from(i < overwritten)
 }
 
 async fn write_loop(client: Client, shared: Arc<Shared>, writer: usize) {
@@ -227,6 +241,9 @@ pub async fn run(args: &SnapshotArgs, atoll_bin: PathBuf) -> anyhow::Result<()> 
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut spec = ClusterSpec::spread(3, 3, 1);
     spec.raft.extend(args.atoll_raft.iter().cloned());
+    if args.to_new_node {
+        spec.spares = 1;
+    }
     let mut cluster = Cluster::start(&atoll_bin, &dir, &spec)
         .with_context(|| format!("starting {}", atoll_bin.display()))?;
     let result = scenario(args, &mut cluster, &dir).await;
@@ -301,6 +318,12 @@ async fn scenario(
     set_phase(Phase::Before);
     marks.push((Phase::Before, Instant::now(), cpu(cluster)));
     tokio::time::sleep(args.phase).await;
+    if args.to_new_node {
+        let moved = move_to_new_node(args, cluster, &client, &shared).await;
+        shared.stop.store(true, Ordering::Relaxed);
+        while writers.join_next().await.is_some() {}
+        return report_move(args, cluster, &shared, keys, load_time, moved?).await;
+    }
 
     let (leader, states) = shard_status(&client).await?;
     let leader = leader.context("the shard has no leader")?;
@@ -380,7 +403,7 @@ async fn scenario(
     cluster.kill(leader)?;
     let reader = connect(cluster).await?;
     let (missing_loaded, lost_writes) =
-        verify(&reader, &shared, keys, args.load_value_size).await?;
+        verify(&reader, &shared, keys, keys / 2, args.load_value_size).await?;
 
     let histograms = shared
         .histograms
@@ -486,6 +509,168 @@ async fn scenario(
     Ok(())
 }
 
+/// What the move to a new node took.
+struct Moved {
+    /// The joined node's index.
+    to: usize,
+    took: Duration,
+    /// The joined node's resident memory: the largest sample, and VmHWM.
+    peak_kib: u64,
+    hwm_kib: u64,
+}
+
+/// Joins a spare node on node 1's island, moves node 1's replica of the
+/// shard to it (placement paused, so nothing else moves), and waits until
+/// the map shows the move done; writers record their latency in the
+/// catch-up phase meanwhile.
+async fn move_to_new_node(
+    args: &SnapshotArgs,
+    cluster: &mut Cluster,
+    client: &Client,
+    shared: &Shared,
+) -> anyhow::Result<Moved> {
+    client.set_placement_paused(true).await?;
+    let (to, island) = cluster.join_spare()?.context("no spare node to join")?;
+    println!("node {} joins on {island}", to + 1);
+    let new_id = (to + 1) as u64;
+    let joined_by = Instant::now() + Duration::from_secs(60);
+    while !(client.cluster_map().await).is_ok_and(|m| m.nodes.iter().any(|n| n.id == new_id)) {
+        if Instant::now() > joined_by {
+            bail!("node {new_id} did not join within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let shard = client
+        .cluster_map()
+        .await?
+        .shards
+        .first()
+        .map(|s| s.id)
+        .context("no data shard")?;
+    let started = Instant::now();
+    shared
+        .phase
+        .store(Phase::CatchUp as usize, Ordering::Relaxed);
+    if let Ok(mut since) = shared.catch_up_start.lock() {
+        *since = Some(started);
+    }
+    client.move_replica(shard, 1, new_id).await?;
+    let mut peak_kib = 0u64;
+    loop {
+        if let Some(kib) = resident_kib(cluster).get(to).copied().flatten() {
+            peak_kib = peak_kib.max(kib);
+        }
+        let done = match (client.cluster_map().await, client.list_moves().await) {
+            (Ok(map), Ok(moves)) => {
+                moves.moves.is_empty()
+                    && map.shards.iter().any(|s| {
+                        s.id == shard
+                            && s.replicas.iter().any(|r| r.node_id == new_id)
+                            && s.replicas.iter().all(|r| r.node_id != 1)
+                    })
+            }
+            _ => false,
+        };
+        if done {
+            break;
+        }
+        if started.elapsed() > args.patience {
+            bail!("the move did not finish within {:?}", args.patience);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let took = started.elapsed();
+    shared.phase.store(Phase::Done as usize, Ordering::Relaxed);
+    let hwm_kib = (cluster.pid(to))
+        .and_then(|pid| status_kib(pid, "VmHWM"))
+        .unwrap_or(0);
+    Ok(Moved {
+        to,
+        took,
+        peak_kib,
+        hwm_kib,
+    })
+}
+
+/// Reads everything back with one old replica stopped, so the quorum
+/// left holds the new node's replica; then reports the move.
+async fn report_move(
+    args: &SnapshotArgs,
+    cluster: &mut Cluster,
+    shared: &Shared,
+    keys: u64,
+    load_time: Duration,
+    moved: Moved,
+) -> anyhow::Result<()> {
+    // Stop one of the two old replicas (the leader, unless the new node
+    // leads), so the quorum left must include the new node's.
+    let client = connect(cluster).await?;
+    let (leader, _) = shard_status(&client).await?;
+    let victim = leader.filter(|l| *l != moved.to && *l != 0).unwrap_or(1);
+    cluster.kill(victim)?;
+    let reader = connect(cluster).await?;
+    let (missing_loaded, lost_writes) =
+        verify(&reader, shared, keys, 0, args.load_value_size).await?;
+    println!(
+        "## A {} MiB shard moved to a new node, {} writers\n",
+        args.mib, args.writers
+    );
+    println!("| phase | writes | p50 ms | p99 ms | max ms |");
+    println!("|---|---|---|---|---|");
+    let histograms = shared
+        .histograms
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let mut p99 = Vec::new();
+    for (name, phase) in [
+        ("load", Phase::Warmup),
+        ("before", Phase::Before),
+        ("move", Phase::CatchUp),
+    ] {
+        let mut merged = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
+        for per_writer in histograms.iter() {
+            merged.add(&per_writer[phase as usize])?;
+        }
+        let ms = |q: f64| merged.value_at_quantile(q) as f64 / 1000.0;
+        p99.push(ms(0.99));
+        println!(
+            "| {name} | {} | {:.2} | {:.2} | {:.2} |",
+            merged.len(),
+            ms(0.5),
+            ms(0.99),
+            merged.max() as f64 / 1000.0
+        );
+    }
+    println!();
+    println!(
+        "- write p99 during the move: {:.2}x before",
+        p99[2] / p99[1]
+    );
+    println!(
+        "- loaded {keys} values of {} B in {:.1} s",
+        args.load_value_size,
+        load_time.as_secs_f64()
+    );
+    println!(
+        "- the move (learner, snapshot, catch-up, joint change, map) took {:.1} s",
+        moved.took.as_secs_f64()
+    );
+    println!(
+        "- node {} resident memory: peak sampled {:.0} MiB, VmHWM {:.0} MiB",
+        moved.to + 1,
+        moved.peak_kib as f64 / 1024.0,
+        moved.hwm_kib as f64 / 1024.0
+    );
+    println!(
+        "- read back without the leader: {missing_loaded} of {keys} loaded values missing or wrong, {lost_writes} acknowledged writes lost; {} writes failed (not counted as acknowledged)",
+        shared.errors.load(Ordering::Relaxed)
+    );
+    if missing_loaded > 0 || lost_writes > 0 {
+        bail!("data was lost");
+    }
+    Ok(())
+}
+
 /// Writes the values of `keys` in `generation`, `size` bytes each, 8 to a
 /// call, 4 calls at a time.
 async fn load(
@@ -532,6 +717,7 @@ async fn verify(
     client: &Client,
     shared: &Shared,
     keys: u64,
+    overwritten: u64,
     size: usize,
 ) -> anyhow::Result<(u64, u64)> {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -546,7 +732,7 @@ async fn verify(
     };
     let mut missing = 0;
     for i in 0..keys {
-        let want = load_value(i, final_generation(i, keys), size);
+        let want = load_value(i, final_generation(i, overwritten), size);
         if get(load_key(i)).await?.as_deref() != Some(&want[..]) {
             missing += 1;
         }

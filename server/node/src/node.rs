@@ -485,7 +485,7 @@ impl Node {
         // A leader cut off from its quorum commits nothing: new writes go
         // elsewhere at once rather than wait out their deadline here.
         let cut_off = self.config.raft.election_timeout_max;
-        replica.wake();
+        replica.wake_if_leading();
         if let Some(silent) = replica.since_quorum_ack().filter(|s| *s > cut_off) {
             return Err(ApiError::ShardUnavailable(format!(
                 "this leader has not heard from a quorum for {}: it may be cut off",

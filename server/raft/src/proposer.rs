@@ -110,7 +110,7 @@ pub struct ProposerStats {
 #[derive(Clone)]
 pub struct Proposer {
     raft: Raft,
-    /// Woken by every proposal: a quiet leader must heartbeat again.
+    /// A leader is woken by every proposal: it must heartbeat again.
     quiescence: Arc<Quiescence>,
     state: Arc<Mutex<State>>,
     max_in_flight: usize,
@@ -138,7 +138,7 @@ impl Proposer {
     /// Proposes `request` and waits until it is applied; returns its own
     /// outcome, whether it went alone or in a group.
     pub async fn propose(&self, request: Request) -> Result<Outcome, ProposeError> {
-        self.quiescence.wake();
+        self.quiescence.wake_if_leading();
         let (reply, rx) = oneshot::channel();
         let start_runner = {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());

@@ -12,7 +12,9 @@
 //!
 //! What wakes it:
 //! - on the leader, any proposal, read round or membership or leadership
-//!   change ([`Quiescence::wake`] is called on each of those paths);
+//!   change ([`Quiescence::wake_if_leading`] is called on each of those
+//!   paths; a quiet follower asked to serve answers `NOT_LEADER` and stays
+//!   quiet);
 //! - on any replica, any Raft call it receives other than a quiesce (the
 //!   leader's first append after it woke, a vote);
 //! - on a quiet follower, its leader's node falling silent: every node
@@ -95,6 +97,16 @@ impl Quiescence {
             state.leader_node = None;
             state.awake_since = Instant::now();
             self.raft.runtime_config().tick(true);
+        }
+    }
+
+    /// Wakes the replica if it leads: what a request to it needs. A
+    /// follower answers requests with `NOT_LEADER` and stays quiet; woken,
+    /// its lease long expired, it would elect at once and depose a healthy
+    /// leader for one misrouted request.
+    pub fn wake_if_leading(&self) {
+        if self.raft.metrics().borrow_watched().state == ServerState::Leader {
+            self.wake();
         }
     }
 

@@ -40,8 +40,8 @@ struct State {
 #[derive(Clone)]
 pub struct ReadIndex {
     raft: Raft,
-    /// Woken by every read: a read round sends heartbeats, and a quiet
-    /// leader's followers must not be woken by a leader that stays quiet.
+    /// A leader is woken by every read: a read round sends heartbeats, and
+    /// followers woken by them must not find their leader quiet.
     quiescence: Arc<Quiescence>,
     state: Arc<Mutex<State>>,
     /// The commit index the log had saved when the replica opened: no read
@@ -89,7 +89,7 @@ impl ReadIndex {
     /// Returns once this replica has confirmed it leads and has applied
     /// everything committed before the call.
     pub async fn wait(&self) -> Result<(), RaftError<CheckIsLeaderError>> {
-        self.quiescence.wake();
+        self.quiescence.wake_if_leading();
         let (tx, rx) = oneshot::channel();
         let start_round = {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());

@@ -256,6 +256,12 @@ impl Replica {
         self.quiescence.wake()
     }
 
+    /// Wakes the replica if it is quiet and leads
+    /// ([`Quiescence::wake_if_leading`]).
+    pub fn wake_if_leading(&self) {
+        self.quiescence.wake_if_leading()
+    }
+
     /// How long this replica, leading, has gone without an answer from a
     /// quorum; `None` unless it leads and has had one. A quiet leader
     /// hears from nobody: its time is counted from when it last woke.

@@ -116,6 +116,26 @@ async fn idle_shards_go_quiet_and_wake_for_requests_without_an_election() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_sent_to_a_quiet_follower_is_refused_and_runs_no_election() {
+    let cluster = TestCluster::start(spec(false)).await;
+    let nodes = [0, 1, 2];
+    settle(&cluster, &nodes).await;
+    let before = terms(&cluster, 0);
+    let shard = ShardId(1);
+    let leader = cluster.leader_of(shard).expect("shard 1 has a leader");
+    let follower = (leader + 1) % 3;
+    let replica = cluster.node(follower).replica(shard).expect("a replica");
+    assert!(
+        replica.read_index.wait().await.is_err(),
+        "a follower does not serve a linearizable read"
+    );
+    assert!(replica.quiescence().is_quiet(), "the follower stays quiet");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(terms(&cluster, 0), before, "nobody elected");
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quiet_followers_elect_a_new_leader_when_their_leaders_node_stops() {
     let mut cluster = TestCluster::start(spec(false)).await;
     settle(&cluster, &[0, 1, 2]).await;
