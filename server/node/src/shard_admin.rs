@@ -125,6 +125,9 @@ impl ShardAdmin for ShardAdminService {
     ) -> Result<Response<wire::AdminResponse>, Status> {
         let r = request.into_inner();
         let replica = self.leader(r.shard_id)?;
+        if let Some(why) = replica.unfit_to_add_members() {
+            return Err(ApiError::ShardUnavailable(why).into());
+        }
         let node = ReplicaNode {
             node: NodeId(r.node_id),
         };

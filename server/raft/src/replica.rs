@@ -232,6 +232,22 @@ impl Replica {
         self.owned.contains(hash)
     }
 
+    /// Why a new member may not join the shard through this leader yet:
+    /// its log still holds entries from before its range last changed,
+    /// which a new member would replay against the narrower range
+    /// ([`OwnedRange::since`]). The snapshot policy purges them.
+    pub fn unfit_to_add_members(&self) -> Option<String> {
+        let floor = self.owned.since();
+        let purged = self.metrics().purged.map_or(0, |id| id.index);
+        (floor > purged).then(|| {
+            format!(
+                "the shard's log still holds entries from before its range changed at index \
+                 {floor} (purged up to {purged}); a new replica must start from a snapshot \
+                 taken after it, and the log is being purged"
+            )
+        })
+    }
+
     /// The latest metrics (role, term, leader, log positions).
     pub fn metrics(&self) -> RaftMetrics {
         self.raft.metrics().borrow_watched().clone()

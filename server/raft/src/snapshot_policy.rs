@@ -15,6 +15,11 @@
 //! So building costs at most about four times the bytes written, and the
 //! log beyond those entries stays under about a quarter of the state. A
 //! small shard still builds every `snapshot_after_entries` entries.
+//!
+//! One more reason overrides both: after a split, the replica builds a
+//! snapshot and purges its log up to the split, so that a replica joining
+//! the shard later starts from a snapshot of the narrowed range and never
+//! replays entries applied to the wider one ([`OwnedRange::since`]).
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -28,6 +33,10 @@ use crate::types::{Raft, ServerState};
 
 /// How often a replica looks whether a snapshot is due.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a snapshot asked for to purge the log past a range change may
+/// take before it is asked for again.
+const RETRY_FLOOR: Duration = Duration::from_secs(60);
 
 /// The log, as a fraction of the state, that makes a snapshot worth its
 /// cost: one quarter.
@@ -74,11 +83,13 @@ pub(crate) fn spawn(
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(CHECK_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The floor a snapshot was last asked for, and when.
+        let mut asked: Option<(u64, tokio::time::Instant)> = None;
         loop {
             tick.tick().await;
             // Read in place: cloning the metrics each second, for every
             // replica of the node, would copy their replication maps.
-            let (state, last, applied) = {
+            let (state, last, applied, purged) = {
                 let metrics = raft.metrics();
                 let m = metrics.borrow_watched();
                 let index = |id: Option<&crate::types::LogId>| id.map_or(0, |id| id.index);
@@ -86,10 +97,30 @@ pub(crate) fn spawn(
                     m.state,
                     index(m.snapshot.as_ref()),
                     index(m.last_applied.as_ref()),
+                    index(m.purged.as_ref()),
                 )
             };
             if state == ServerState::Shutdown {
                 return;
+            }
+            // Entries before the range changed are purged, so a replica
+            // that joins starts from a snapshot (`OwnedRange::since`).
+            let floor = owned.since();
+            if floor > purged && applied >= floor {
+                let ask_again =
+                    asked.is_none_or(|(f, at)| f != floor || at.elapsed() > RETRY_FLOOR);
+                if last >= floor {
+                    if raft.trigger().purge_log(floor).await.is_err() {
+                        return;
+                    }
+                } else if ask_again {
+                    tracing::info!(replica = %replica, floor, "a snapshot past the range change, to purge the log before it");
+                    asked = Some((floor, tokio::time::Instant::now()));
+                    if raft.trigger().snapshot().await.is_err() {
+                        return;
+                    }
+                }
+                continue;
             }
             if applied.saturating_sub(last) < after_entries {
                 continue;

@@ -315,3 +315,101 @@ async fn a_silent_node_is_repaired_around_and_gets_replicas_again_when_it_return
     check_keys(&client, 100).await;
     cluster.shutdown().await;
 }
+
+/// A shard's log from before a split holds writes to the half it gave
+/// away. A replica that joins the shard later must start from a snapshot
+/// taken after the split: replaying that log against the narrowed range,
+/// it refused batches that spanned both halves, which the old replicas had
+/// applied, and lost their keys in its own half.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_moved_after_a_split_holds_every_key_of_its_range() {
+    let mut cluster = TestCluster::start(Spec {
+        rocks: true,
+        shards: 1,
+        ..Spec::default()
+    })
+    .await;
+    cluster.pause_placement().await;
+    let client = cluster.client().await;
+    // Batches of keys over the whole hash space, while one shard holds it.
+    let keys: Vec<String> = (0..400).map(|i| format!("k{i}")).collect();
+    for chunk in keys.chunks(8) {
+        let pairs = (chunk.iter())
+            .map(|k| (k.clone().into_bytes(), k.clone().into_bytes()))
+            .collect();
+        client.put_many(pairs).await.unwrap();
+    }
+    client.split_shard(1, 0).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            let map = cluster.node(0).map();
+            map.splits.is_empty() && map.shards.len() == 2
+        })
+        .await,
+        "the split finishes"
+    );
+    let joined = cluster.join("a", 100).await;
+    assert!(
+        eventually(Duration::from_secs(20), || cluster
+            .node(0)
+            .map()
+            .node(NodeId(4))
+            .is_some_and(|n| Lifecycle::of(n) == Lifecycle::Up))
+        .await
+    );
+    client.move_replica(1, 1, 4).await.unwrap();
+    let shard = ShardId(1);
+    assert!(
+        eventually(Duration::from_secs(90), || {
+            let map = cluster.node(0).map();
+            let nodes: Vec<u64> = (map.shard(shard).unwrap().replicas.iter())
+                .map(|r| r.node_id)
+                .collect();
+            map.moves.is_empty() && nodes.contains(&4) && !nodes.contains(&1)
+        })
+        .await,
+        "the move finishes"
+    );
+    let map = client.cluster_map().await.unwrap();
+    let ours: Vec<&String> = keys
+        .iter()
+        .filter(|k| map.shard_for_key(k.as_bytes()).is_some_and(|s| s.id == 1))
+        .collect();
+    assert!(ours.len() > 100, "about half the keys stay in shard 1");
+    let new = cluster
+        .node(joined)
+        .replica(shard)
+        .expect("the new replica");
+    let applied = cluster
+        .node(1)
+        .replica(shard)
+        .unwrap()
+        .metrics()
+        .last_applied
+        .map(|l| l.index);
+    assert!(
+        eventually(Duration::from_secs(20), || new
+            .metrics()
+            .last_applied
+            .map(|l| l.index)
+            >= applied)
+        .await,
+        "the new replica catches up"
+    );
+    let engine = cluster.node(joined).engine().clone();
+    let missing: Vec<&&String> = ours
+        .iter()
+        .filter(|k| {
+            let key = atoll_storage::keys::data_key(k.as_bytes());
+            engine.get(Cf::Data, &key).unwrap().is_none()
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} keys of shard 1 missing on the new replica: {:?}",
+        missing.len(),
+        ours.len(),
+        &missing[..missing.len().min(5)]
+    );
+    cluster.shutdown().await;
+}

@@ -59,6 +59,8 @@ pub(super) struct Installed {
     pub kind: ShardKind,
     pub map: Option<ClusterMap>,
     pub clock_ms: u64,
+    /// The snapshot's index: the log before it is not this replica's.
+    pub since: u64,
 }
 
 /// A checked snapshot whose records are staged, not yet part of the store.
@@ -188,6 +190,7 @@ impl Target {
         file: &mut File,
     ) -> Result<Installed, EngineError> {
         let old_clock = ttl::read_clock(self.engine.snapshot().as_ref(), self.replica)?;
+        let index = meta.last_log_id.as_ref().map_or(0, |id| id.index);
         let mut clear = WriteBatch::new();
         if let Some((first, last)) = self.kind.range() {
             let (start, end) = keys::data_range(first, last);
@@ -232,7 +235,7 @@ impl Target {
         ttl::write_clock(self.replica, clock_ms, &mut batch);
         let kind = match range {
             Some(range) => {
-                write_range(self.replica, range, &mut batch);
+                write_range(self.replica, range, index, &mut batch);
                 ShardKind::Data {
                     first: range.0,
                     last: range.1,
@@ -253,7 +256,7 @@ impl Target {
         self.engine.write(batch, true)?;
         tracing::info!(
             replica = %self.replica,
-            index = meta.last_log_id.as_ref().map_or(0, |id| id.index),
+            index,
             records,
             staged_bytes = bytes,
             staging_ms = staging.as_millis() as u64,
@@ -265,6 +268,7 @@ impl Target {
             kind,
             map,
             clock_ms,
+            since: index,
         })
     }
 

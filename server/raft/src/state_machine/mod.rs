@@ -115,6 +115,8 @@ impl StateMachine {
             ttl::build_index_once(engine.as_ref(), replica, range)?;
         }
         let clock_ms = ttl::read_clock(engine.snapshot().as_ref(), replica)?;
+        let applied_index = applied.last_applied.as_ref().map_or(0, |id| id.index);
+        let since = range::read_since(engine.snapshot().as_ref(), replica, applied_index)?;
         // A kept snapshot is never ahead of the state it was built from or
         // installed into; one that is belongs to other data (a data dir
         // restored from elsewhere) and is dropped.
@@ -134,7 +136,7 @@ impl StateMachine {
             replica,
             shard,
             kind,
-            owned: Arc::new(OwnedRange::new(kind)),
+            owned: Arc::new(OwnedRange::new(kind, since)),
             engine,
             snapshots,
             applied,
@@ -351,7 +353,7 @@ impl StateMachine {
     fn take_over(&mut self, installed: install::Installed) -> Result<(), EngineError> {
         self.applied = installed.applied;
         self.kind = installed.kind;
-        self.owned.set(installed.kind);
+        self.owned.set(installed.kind, installed.since);
         if let Some(map) = installed.map {
             self.cluster_map = Some(map);
         }

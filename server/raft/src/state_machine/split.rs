@@ -71,7 +71,7 @@ impl StateMachine {
                 first: self.kind.range().map_or(0, |(first, _)| first),
                 last: split.at - 1,
             };
-            self.owned.set(self.kind);
+            self.owned.set(self.kind, log_id.index);
         }
         self.published_clock.applied(self.clock_ms);
         Ok(outcome)
@@ -123,7 +123,7 @@ impl StateMachine {
         batch: &mut WriteBatch,
     ) -> Result<(), EngineError> {
         let at = split.at;
-        write_range(self.replica, (first, at - 1), batch);
+        write_range(self.replica, (first, at - 1), log_id.index, batch);
         let child = (split.replicas.iter())
             .find(|r| r.parent == self.replica)
             .map(|r| r.child);
@@ -162,7 +162,7 @@ impl StateMachine {
             keys::tagged_key(child, apply_tag::APPLIED, &[]),
             encode(&applied)?,
         );
-        write_range(child, (at, last), batch);
+        write_range(child, (at, last), log_id.index, batch);
         ttl::write_clock(child, self.clock_ms, batch);
         for session in sessions::stored_sessions(view.as_ref(), self.replica)? {
             SessionTable::restore(child, &session, batch)?;
