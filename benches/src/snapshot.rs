@@ -241,6 +241,8 @@ pub async fn run(args: &SnapshotArgs, atoll_bin: PathBuf) -> anyhow::Result<()> 
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut spec = ClusterSpec::spread(3, 3, 1);
     spec.raft.extend(args.atoll_raft.iter().cloned());
+    // One shard throughout: no split by size.
+    spec.cluster.push("split_bytes = \"0B\"".into());
     if args.to_new_node {
         spec.spares = 1;
     }

@@ -57,6 +57,8 @@ pub struct ClusterSpec {
     /// `cluster.replication_factor` of the initial nodes (at most their
     /// number).
     pub replication_factor: u32,
+    /// More lines for each initial node's `[cluster]` section.
+    pub cluster: Vec<String>,
 }
 
 /// Raft timings a little faster than Atoll's defaults, so that fault runs
@@ -86,6 +88,7 @@ impl ClusterSpec {
             faketime: None,
             spares: 0,
             replication_factor: 3,
+            cluster: Vec::new(),
         }
     }
 
@@ -205,7 +208,7 @@ impl Cluster {
             let text = format!(
                 "node_id = {}\nisland = \"{island}\"\nlisten = \"{address}\"\ndata_dir = \"{}\"\n\n\
                  [raft]\n{}\n\n[storage]\n{}\n\n\
-                 [testing]\n{}\n\n[cluster]\ninitial_shards = {}\nreplication_factor = {}\n\n{initial}",
+                 [testing]\n{}\n\n[cluster]\ninitial_shards = {}\nreplication_factor = {}\n{}\n\n{initial}",
                 i + 1,
                 dir.join(format!("node-{}", i + 1)).display(),
                 spec.raft.join("\n"),
@@ -213,6 +216,7 @@ impl Cluster {
                 spec.testing.join("\n"),
                 spec.shards,
                 spec.replication_factor,
+                spec.cluster.join("\n"),
             );
             procs.push(Proc::atoll(atoll, dir, spec, i, &text)?);
         }

@@ -28,6 +28,7 @@ fn start(dir: &std::path::Path, network: Network) -> Cluster {
         faketime: None,
         spares: 0,
         replication_factor: 3,
+        cluster: vec![],
     };
     Cluster::start(&crate::processes::atoll_bin(), dir, &spec).unwrap()
 }

@@ -52,6 +52,7 @@ impl ProcCluster {
             faketime: None,
             spares: 0,
             replication_factor: 3,
+            cluster: vec![],
         };
         let cluster = Cluster::start(&atoll_bin(), dir.path(), &spec).unwrap();
         ProcCluster { cluster, dir }
