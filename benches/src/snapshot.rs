@@ -419,19 +419,7 @@ async fn scenario(
     println!("|---|---|---|---|---|");
     let mut p99 = [0.0f64; Phase::Done as usize + 1];
     for (name, phase) in PHASES {
-        let mut merged = new_histogram()?;
-        for per_writer in histograms.iter() {
-            merged.add(&per_writer[phase as usize])?;
-        }
-        let ms = |q: f64| merged.value_at_quantile(q) as f64 / 1000.0;
-        p99[phase as usize] = ms(0.99);
-        println!(
-            "| {name} | {} | {:.2} | {:.2} | {:.2} |",
-            merged.len(),
-            ms(0.5),
-            ms(0.99),
-            merged.max() as f64 / 1000.0
-        );
+        p99[phase as usize] = latency_row(name, &histograms, phase)?;
     }
     println!();
     println!("CPU per node (cores busy, on average over the phase):\n");
@@ -509,6 +497,28 @@ async fn scenario(
         bail!("data was lost");
     }
     Ok(())
+}
+
+/// Prints the latency table's row of `phase`, every writer's latencies
+/// merged; returns its p99 in ms.
+fn latency_row(
+    name: &str,
+    histograms: &[Vec<Histogram<u64>>],
+    phase: Phase,
+) -> anyhow::Result<f64> {
+    let mut merged = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
+    for per_writer in histograms {
+        merged.add(&per_writer[phase as usize])?;
+    }
+    let ms = |q: f64| merged.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "| {name} | {} | {:.2} | {:.2} | {:.2} |",
+        merged.len(),
+        ms(0.5),
+        ms(0.99),
+        merged.max() as f64 / 1000.0
+    );
+    Ok(ms(0.99))
 }
 
 /// What the move to a new node took.
@@ -629,19 +639,7 @@ async fn report_move(
         ("before", Phase::Before),
         ("move", Phase::CatchUp),
     ] {
-        let mut merged = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
-        for per_writer in histograms.iter() {
-            merged.add(&per_writer[phase as usize])?;
-        }
-        let ms = |q: f64| merged.value_at_quantile(q) as f64 / 1000.0;
-        p99.push(ms(0.99));
-        println!(
-            "| {name} | {} | {:.2} | {:.2} | {:.2} |",
-            merged.len(),
-            ms(0.5),
-            ms(0.99),
-            merged.max() as f64 / 1000.0
-        );
+        p99.push(latency_row(name, &histograms, phase)?);
     }
     println!();
     println!(

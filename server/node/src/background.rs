@@ -14,7 +14,7 @@ use atoll_raft::quiesce::{LeaderWatch, Quieter};
 use atoll_raft::state_machine::ttl::has_due;
 use atoll_raft::state_machine::{read_cluster_map, store_node_map};
 use atoll_raft::types::ServerState;
-use atoll_raft::{Command, Replica, ShardKind, WriteId};
+use atoll_raft::{Command, PeerPool, Replica, ShardKind, WriteId};
 use prost::Message;
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -53,18 +53,8 @@ async fn quiesce_loop(node: Weak<Node>) {
         Some(node) => node.config().raft.quiesce_after,
         None => return,
     };
-    if idle_after.is_zero() {
-        return;
-    }
-    let mut quieter = Quieter::new(idle_after);
-    let mut tick = tokio::time::interval(Quieter::EVERY);
-    loop {
-        tick.tick().await;
-        let Some(node) = node.upgrade() else { return };
-        let replicas = node.replicas();
-        let pool = node.pool().clone();
-        drop(node);
-        quieter.check(&replicas, &pool).await;
+    if !idle_after.is_zero() {
+        sweep_loop(node, Quieter::EVERY, Quieter::new(idle_after)).await;
     }
 }
 
@@ -78,7 +68,40 @@ async fn leader_watch_loop(node: Weak<Node>) {
         ),
         None => return,
     };
-    let mut watch = LeaderWatch::new(silent_after);
+    sweep_loop(node, every, LeaderWatch::new(silent_after)).await;
+}
+
+/// A look at every local replica, taken on an interval.
+trait Sweep: Send {
+    fn sweep<'a>(
+        &'a mut self,
+        replicas: &'a [Replica],
+        pool: &'a PeerPool,
+    ) -> impl std::future::Future<Output = usize> + Send + 'a;
+}
+
+impl Sweep for Quieter {
+    fn sweep<'a>(
+        &'a mut self,
+        replicas: &'a [Replica],
+        pool: &'a PeerPool,
+    ) -> impl std::future::Future<Output = usize> + Send + 'a {
+        self.check(replicas, pool)
+    }
+}
+
+impl Sweep for LeaderWatch {
+    fn sweep<'a>(
+        &'a mut self,
+        replicas: &'a [Replica],
+        pool: &'a PeerPool,
+    ) -> impl std::future::Future<Output = usize> + Send + 'a {
+        self.check(replicas, pool)
+    }
+}
+
+/// Runs `sweep` every `every` until the node is gone.
+async fn sweep_loop(node: Weak<Node>, every: Duration, mut sweep: impl Sweep) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -87,7 +110,7 @@ async fn leader_watch_loop(node: Weak<Node>) {
         let replicas = node.replicas();
         let pool = node.pool().clone();
         drop(node);
-        watch.check(&replicas, &pool).await;
+        sweep.sweep(&replicas, &pool).await;
     }
 }
 

@@ -199,8 +199,8 @@ impl Quieter {
     pub async fn check(&mut self, replicas: &[crate::Replica], pool: &PeerPool) -> usize {
         let now = Instant::now();
         let mut idle = Vec::new();
-        self.seen
-            .retain(|shard, _| replicas.iter().any(|r| r.spec.shard == *shard));
+        let local: BTreeSet<ShardId> = replicas.iter().map(|r| r.spec.shard).collect();
+        self.seen.retain(|shard, _| local.contains(shard));
         for replica in replicas {
             let quiescence = replica.quiescence();
             if quiescence.is_quiet() {
