@@ -17,6 +17,8 @@ use atoll_jepsen::cluster::{Cluster, ClusterSpec};
 use atoll_proto::v1::ReplicaRole;
 use tokio::time::Instant;
 
+use crate::setup::ClusterRun;
+
 /// Options of the idle scenario.
 #[derive(Clone, Debug, clap::Args)]
 pub struct IdleArgs {
@@ -39,18 +41,8 @@ pub struct IdleArgs {
     /// How long every shard may take to get a leader.
     #[arg(long, default_value = "10min", value_parser = humantime::parse_duration)]
     patience: Duration,
-    /// A setting of Atoll's `[raft]` config section, as TOML; repeatable.
-    #[arg(long)]
-    atoll_raft: Vec<String>,
-    /// Data dirs and logs (removed at the end unless `--keep-data`).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Keep the cluster's data dirs and logs.
-    #[arg(long)]
-    keep_data: bool,
-    /// The Atoll server binary. Default: `atoll` next to this binary.
-    #[arg(long)]
-    pub atoll_bin: Option<PathBuf>,
+    #[command(flatten)]
+    pub cluster: ClusterRun,
 }
 
 pub async fn run(args: &IdleArgs, atoll_bin: PathBuf) -> anyhow::Result<()> {
@@ -60,25 +52,13 @@ pub async fn run(args: &IdleArgs, atoll_bin: PathBuf) -> anyhow::Result<()> {
     if args.replication_factor == 0 || args.replication_factor as usize > args.nodes {
         bail!("--replication-factor must be between 1 and --nodes");
     }
-    let dir = match &args.data_dir {
-        Some(dir) => dir.clone(),
-        None => std::env::temp_dir().join(format!("atoll-idle-{}", std::process::id())),
-    };
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut spec = ClusterSpec::spread(args.nodes, args.nodes.min(3), args.shards);
     // Atoll's own timings: an idle cluster's cost depends on them.
-    spec.raft = args.atoll_raft.clone();
+    spec.raft = args.cluster.atoll_raft.clone();
     spec.replication_factor = args.replication_factor;
-    let cluster = Cluster::start(&atoll_bin, &dir, &spec)
-        .with_context(|| format!("starting {}", atoll_bin.display()))?;
+    let (run, cluster) = args.cluster.start("atoll-idle", &atoll_bin, &spec)?;
     let result = scenario(args, &cluster).await;
-    if result.is_err() || args.keep_data {
-        eprintln!("data and logs kept under {}", dir.display());
-    } else {
-        drop(cluster);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    result
+    run.finish(cluster, result)
 }
 
 /// Clock ticks per second in `/proc/<pid>/stat` (Linux's USER_HZ, 100 on

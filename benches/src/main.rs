@@ -219,15 +219,33 @@ async fn main() -> std::process::ExitCode {
     let run = async {
         match &args.scenario {
             Some(Scenario::Snapshot(scenario)) => {
-                let bin = atoll_bin(scenario.atoll_bin.as_ref().or(args.atoll_bin.as_ref()))?;
+                let bin = atoll_bin(
+                    scenario
+                        .cluster
+                        .atoll_bin
+                        .as_ref()
+                        .or(args.atoll_bin.as_ref()),
+                )?;
                 snapshot::run(scenario, bin).await
             }
             Some(Scenario::ScaleOut(scenario)) => {
-                let bin = atoll_bin(scenario.atoll_bin.as_ref().or(args.atoll_bin.as_ref()))?;
+                let bin = atoll_bin(
+                    scenario
+                        .cluster
+                        .atoll_bin
+                        .as_ref()
+                        .or(args.atoll_bin.as_ref()),
+                )?;
                 scale_out::run(scenario, bin).await
             }
             Some(Scenario::Idle(scenario)) => {
-                let bin = atoll_bin(scenario.atoll_bin.as_ref().or(args.atoll_bin.as_ref()))?;
+                let bin = atoll_bin(
+                    scenario
+                        .cluster
+                        .atoll_bin
+                        .as_ref()
+                        .or(args.atoll_bin.as_ref()),
+                )?;
                 idle::run(scenario, bin).await
             }
             None => bench(&args).await,

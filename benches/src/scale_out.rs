@@ -26,7 +26,7 @@ use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
-use crate::setup::{lost_writes, wait_ready};
+use crate::setup::{lost_writes, wait_ready, ClusterRun};
 use crate::store::AtollStore;
 
 /// Options of the scale-out scenario.
@@ -53,18 +53,8 @@ pub struct ScaleOutArgs {
     /// How long the layout may take to settle.
     #[arg(long, default_value = "15min", value_parser = humantime::parse_duration)]
     patience: Duration,
-    /// A setting of Atoll's `[raft]` config section, as TOML; repeatable.
-    #[arg(long)]
-    atoll_raft: Vec<String>,
-    /// Data dirs and logs (removed at the end unless `--keep-data`).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Keep the cluster's data dirs and logs.
-    #[arg(long)]
-    keep_data: bool,
-    /// The Atoll server binary. Default: `atoll` next to this binary.
-    #[arg(long)]
-    pub atoll_bin: Option<PathBuf>,
+    #[command(flatten)]
+    pub cluster: ClusterRun,
 }
 
 /// Keys each client cycles over.
@@ -96,24 +86,12 @@ pub async fn run(args: &ScaleOutArgs, atoll_bin: PathBuf) -> anyhow::Result<()> 
     if args.clients == 0 || args.keys == 0 || args.shards == 0 {
         bail!("--clients, --keys and --shards must be at least 1");
     }
-    let dir = match &args.data_dir {
-        Some(dir) => dir.clone(),
-        None => std::env::temp_dir().join(format!("atoll-scale-out-{}", std::process::id())),
-    };
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut spec = ClusterSpec::spread(3, 3, args.shards);
-    spec.raft.extend(args.atoll_raft.iter().cloned());
+    spec.raft.extend(args.cluster.atoll_raft.iter().cloned());
     spec.spares = 3;
-    let mut cluster = Cluster::start(&atoll_bin, &dir, &spec)
-        .with_context(|| format!("starting {}", atoll_bin.display()))?;
+    let (run, mut cluster) = args.cluster.start("atoll-scale-out", &atoll_bin, &spec)?;
     let result = scenario(args, &mut cluster).await;
-    if result.is_err() || args.keep_data {
-        eprintln!("data and logs kept under {}", dir.display());
-    } else {
-        drop(cluster);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    result
+    run.finish(cluster, result)
 }
 
 async fn scenario(args: &ScaleOutArgs, cluster: &mut Cluster) -> anyhow::Result<()> {

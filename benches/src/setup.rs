@@ -288,3 +288,66 @@ where
     }
     Ok(lost)
 }
+
+/// How a scenario runs its Atoll cluster: extra `[raft]` settings, where
+/// the data goes, whether it stays, and the server binary.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ClusterRun {
+    /// A setting of Atoll's `[raft]` config section, as TOML; repeatable.
+    #[arg(long)]
+    pub atoll_raft: Vec<String>,
+    /// Data dirs and logs (removed at the end unless `--keep-data`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Keep the cluster's data dirs and logs.
+    #[arg(long)]
+    keep_data: bool,
+    /// The Atoll server binary. Default: `atoll` next to this binary.
+    #[arg(long)]
+    pub atoll_bin: Option<PathBuf>,
+}
+
+/// A started scenario cluster's data dir, and whether to keep it.
+pub struct Started {
+    dir: PathBuf,
+    keep: bool,
+}
+
+impl ClusterRun {
+    /// Creates the data dir (`--data-dir`, else a temporary one named
+    /// `{prefix}-{pid}`) and starts `spec` with the server at `atoll_bin`.
+    pub fn start(
+        &self,
+        prefix: &str,
+        atoll_bin: &Path,
+        spec: &ClusterSpec,
+    ) -> anyhow::Result<(Started, Cluster)> {
+        let dir = match &self.data_dir {
+            Some(dir) => dir.clone(),
+            None => std::env::temp_dir().join(format!("{prefix}-{}", std::process::id())),
+        };
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let cluster = Cluster::start(atoll_bin, &dir, spec)
+            .with_context(|| format!("starting {}", atoll_bin.display()))?;
+        let keep = self.keep_data;
+        Ok((Started { dir, keep }, cluster))
+    }
+}
+
+impl Started {
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Stops `cluster` and removes its data, unless the run failed or
+    /// `--keep-data` was given; returns `result`.
+    pub fn finish<T>(self, cluster: Cluster, result: anyhow::Result<T>) -> anyhow::Result<T> {
+        if result.is_err() || self.keep {
+            eprintln!("data and logs kept under {}", self.dir.display());
+        } else {
+            drop(cluster);
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+        result
+    }
+}

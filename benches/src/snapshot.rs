@@ -33,7 +33,7 @@ use hdrhistogram::Histogram;
 use rand::{Rng, RngCore, SeedableRng};
 use tokio::time::Instant;
 
-use crate::setup::{lost_writes, resident_kib, status_kib, wait_ready};
+use crate::setup::{lost_writes, resident_kib, status_kib, wait_ready, ClusterRun};
 use crate::store::AtollStore;
 
 /// Options of the snapshot scenario.
@@ -56,9 +56,6 @@ pub struct SnapshotArgs {
     /// How long the follower may take to catch up.
     #[arg(long, default_value = "15min", value_parser = humantime::parse_duration)]
     patience: Duration,
-    /// A setting of Atoll's `[raft]` config section, as TOML; repeatable.
-    #[arg(long)]
-    atoll_raft: Vec<String>,
     /// Run the restarted follower at this nice level (`renice`): on one
     /// host, its work shares the cores with the leader's, which a real
     /// deployment does not; a high nice level approximates a machine of
@@ -70,15 +67,8 @@ pub struct SnapshotArgs {
     /// fabric's acceptance (docs/design/elastic.md).
     #[arg(long)]
     to_new_node: bool,
-    /// Data dirs and logs (removed at the end unless `--keep-data`).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Keep the cluster's data dirs and logs.
-    #[arg(long)]
-    keep_data: bool,
-    /// The Atoll server binary. Default: `atoll` next to this binary.
-    #[arg(long)]
-    pub atoll_bin: Option<PathBuf>,
+    #[command(flatten)]
+    pub cluster: ClusterRun,
 }
 
 /// The phases writers record their latency in.
@@ -234,28 +224,18 @@ pub async fn run(args: &SnapshotArgs, atoll_bin: PathBuf) -> anyhow::Result<()> 
     if args.writers == 0 || args.mib == 0 || args.load_value_size < 8 {
         bail!("--writers and --mib must be at least 1, --load-value-size at least 8");
     }
-    let dir = match &args.data_dir {
-        Some(dir) => dir.clone(),
-        None => std::env::temp_dir().join(format!("atoll-snapshot-bench-{}", std::process::id())),
-    };
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut spec = ClusterSpec::spread(3, 3, 1);
-    spec.raft.extend(args.atoll_raft.iter().cloned());
+    spec.raft.extend(args.cluster.atoll_raft.iter().cloned());
     // One shard throughout: no split by size.
     spec.cluster.push("split_bytes = \"0B\"".into());
     if args.to_new_node {
         spec.spares = 1;
     }
-    let mut cluster = Cluster::start(&atoll_bin, &dir, &spec)
-        .with_context(|| format!("starting {}", atoll_bin.display()))?;
-    let result = scenario(args, &mut cluster, &dir).await;
-    if result.is_err() || args.keep_data {
-        eprintln!("data and logs kept under {}", dir.display());
-    } else {
-        drop(cluster);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    result
+    let (run, mut cluster) = args
+        .cluster
+        .start("atoll-snapshot-bench", &atoll_bin, &spec)?;
+    let result = scenario(args, &mut cluster, run.dir()).await;
+    run.finish(cluster, result)
 }
 
 async fn connect(cluster: &Cluster) -> anyhow::Result<Client> {

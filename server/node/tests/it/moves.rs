@@ -30,14 +30,7 @@ async fn a_replica_moves_to_a_new_node_under_writes_and_nothing_is_lost() {
     // Node 4 joins on island "a", node 1's island, so a replica can move
     // from node 1 to it and keep the shard on three islands.
     let joined = cluster.join("a", 100).await;
-    assert!(
-        eventually(Duration::from_secs(20), || cluster
-            .node(0)
-            .map()
-            .node(NodeId(4))
-            .is_some_and(|n| Lifecycle::of(n) == Lifecycle::Up))
-        .await
-    );
+    assert!(is_up(&cluster, NodeId(4)).await, "node 4 joins");
     let client = cluster.client().await;
     put_keys(&client, 400).await;
     let shard = ShardId(1);
@@ -349,14 +342,7 @@ async fn a_replica_moved_after_a_split_holds_every_key_of_its_range() {
         "the split finishes"
     );
     let joined = cluster.join("a", 100).await;
-    assert!(
-        eventually(Duration::from_secs(20), || cluster
-            .node(0)
-            .map()
-            .node(NodeId(4))
-            .is_some_and(|n| Lifecycle::of(n) == Lifecycle::Up))
-        .await
-    );
+    assert!(is_up(&cluster, NodeId(4)).await, "node 4 joins");
     client.move_replica(1, 1, 4).await.unwrap();
     let shard = ShardId(1);
     assert!(
@@ -412,4 +398,12 @@ async fn a_replica_moved_after_a_split_holds_every_key_of_its_range() {
         &missing[..missing.len().min(5)]
     );
     cluster.shutdown().await;
+}
+
+/// Waits until node 0's map shows `node` up.
+async fn is_up(cluster: &TestCluster, node: NodeId) -> bool {
+    eventually(Duration::from_secs(20), || {
+        (cluster.node(0).map().node(node)).is_some_and(|n| Lifecycle::of(n) == Lifecycle::Up)
+    })
+    .await
 }
