@@ -67,6 +67,10 @@ pub struct SnapshotArgs {
     /// fabric's acceptance (docs/design/elastic.md).
     #[arg(long)]
     to_new_node: bool,
+    /// The nodes' snapshot byte-rate throttle (`raft.snapshot_rate`), in
+    /// MiB per second; the report compares what the leader sent with it.
+    #[arg(long, default_value_t = 64)]
+    snapshot_rate_mib: u64,
     #[command(flatten)]
     pub cluster: ClusterRun,
 }
@@ -225,6 +229,8 @@ pub async fn run(args: &SnapshotArgs, atoll_bin: PathBuf) -> anyhow::Result<()> 
         bail!("--writers and --mib must be at least 1, --load-value-size at least 8");
     }
     let mut spec = ClusterSpec::spread(3, 3, 1);
+    spec.raft
+        .push(format!("snapshot_rate = \"{}MiB\"", args.snapshot_rate_mib));
     spec.raft.extend(args.cluster.atoll_raft.iter().cloned());
     // One shard throughout: no split by size.
     spec.cluster.push("split_bytes = \"0B\"".into());
@@ -509,6 +515,32 @@ struct Moved {
     /// The joined node's resident memory: the largest sample, and VmHWM.
     peak_kib: u64,
     hwm_kib: u64,
+    /// Snapshot bytes sent by all nodes, sampled during the move.
+    sent: Vec<(Instant, u64)>,
+}
+
+/// What the throttle let through: bytes sent while sending (from the first
+/// sample that rose to the last), their mean rate, and the highest rate
+/// over any span of at least a second between two samples, in bytes per
+/// second.
+fn send_rates(sent: &[(Instant, u64)]) -> Option<(u64, Duration, f64, f64)> {
+    let first = sent.windows(2).position(|w| w[1].1 > w[0].1)?;
+    let last = sent.windows(2).rposition(|w| w[1].1 > w[0].1)? + 1;
+    let span = &sent[first..=last];
+    let (t0, b0) = span[0];
+    let (t1, b1) = span[span.len() - 1];
+    let took = t1.duration_since(t0);
+    let mean = (b1 - b0) as f64 / took.as_secs_f64().max(1e-3);
+    let mut busiest: f64 = 0.0;
+    for (i, &(ta, ba)) in span.iter().enumerate() {
+        let later = span[i..]
+            .iter()
+            .find(|(t, _)| t.duration_since(ta) >= Duration::from_secs(1));
+        if let Some(&(tb, bb)) = later {
+            busiest = busiest.max((bb - ba) as f64 / tb.duration_since(ta).as_secs_f64());
+        }
+    }
+    Some((b1 - b0, took, mean, busiest))
 }
 
 /// Joins a spare node on node 1's island, moves node 1's replica of the
@@ -548,9 +580,17 @@ async fn move_to_new_node(
     }
     client.move_replica(shard, 1, new_id).await?;
     let mut peak_kib = 0u64;
+    let mut sent = Vec::new();
     loop {
         if let Some(kib) = resident_kib(cluster).get(to).copied().flatten() {
             peak_kib = peak_kib.max(kib);
+        }
+        if let Ok(status) = client.cluster_status().await {
+            let bytes = (status.nodes.iter())
+                .filter_map(|n| n.status.as_ref())
+                .map(|s| s.snapshot_bytes_sent)
+                .sum::<u64>();
+            sent.push((Instant::now(), bytes));
         }
         let done = match (client.cluster_map().await, client.list_moves().await) {
             (Ok(map), Ok(moves)) => {
@@ -581,6 +621,7 @@ async fn move_to_new_node(
         took,
         peak_kib,
         hwm_kib,
+        sent,
     })
 }
 
@@ -635,6 +676,21 @@ async fn report_move(
         "- the move (learner, snapshot, catch-up, joint change, map) took {:.1} s",
         moved.took.as_secs_f64()
     );
+    let mib = |bytes: f64| bytes / (1 << 20) as f64;
+    match send_rates(&moved.sent) {
+        Some((bytes, took, mean, busiest)) => println!(
+            "- snapshot sent: {:.0} MiB in {:.1} s, {:.1} MiB/s on average, {:.1} MiB/s in the \
+             busiest second, against raft.snapshot_rate {} MiB/s ({:.2}x and {:.2}x)",
+            mib(bytes as f64),
+            took.as_secs_f64(),
+            mib(mean),
+            mib(busiest),
+            args.snapshot_rate_mib,
+            mib(mean) / args.snapshot_rate_mib as f64,
+            mib(busiest) / args.snapshot_rate_mib as f64,
+        ),
+        None => println!("- snapshot sent: no snapshot bytes seen"),
+    }
     println!(
         "- node {} resident memory: peak sampled {:.0} MiB, VmHWM {:.0} MiB",
         moved.to + 1,

@@ -10,8 +10,9 @@ use atoll_proto::v1::cluster_client::ClusterClient;
 use atoll_proto::v1::kv_client::KvClient;
 use atoll_proto::v1::{
     self as wire, cas_request, ClusterMap, KeyValue, Limit, ListMovesRequest, ListMovesResponse,
-    MoveReplicaRequest, NodeState, SetNodeCapacityRequest, SetNodeStateRequest,
-    SetPlacementRequest, SplitShardRequest, SplitShardResponse, StatusRequest, StatusResponse,
+    MoveReplicaRequest, NodeState, PlacementPlanRequest, PlacementPlanResponse,
+    SetNodeCapacityRequest, SetNodeStateRequest, SetPlacementRequest, SplitShardRequest,
+    SplitShardResponse, StatusRequest, StatusResponse,
 };
 use atoll_proto::ShardId;
 use futures::future::{join_all, try_join_all};
@@ -589,6 +590,18 @@ impl Client {
         self.on_any_node(|mut client, timeout| async move {
             client
                 .list_moves(request(ListMovesRequest {}, timeout))
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
+    }
+
+    /// The moves the controller would start next, with the bytes each
+    /// would copy, as the meta shard's leader plans them.
+    pub async fn placement_plan(&self) -> Result<PlacementPlanResponse> {
+        self.on_any_node(|mut client, timeout| async move {
+            client
+                .placement_plan(request(PlacementPlanRequest {}, timeout))
                 .await
                 .map(|r| r.into_inner())
         })

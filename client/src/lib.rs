@@ -27,8 +27,8 @@ mod session;
 mod types;
 
 pub use atoll_proto::v1::{
-    ClusterMap, KeyValue, LeaderHint, Limit, ListMovesResponse, Move, MoveState, NodeState, Split,
-    SplitShardResponse, StatusResponse,
+    ClusterMap, KeyValue, LeaderHint, Limit, ListMovesResponse, Move, MoveState, NodeState,
+    PlacementPlanResponse, PlannedMove, Split, SplitShardResponse, StatusResponse,
 };
 pub use client::{Client, ClientOptions};
 pub use error::{Error, Result};

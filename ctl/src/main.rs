@@ -5,6 +5,7 @@
 //! a failed compare-and-swap, and `cluster status` of a degraded cluster:
 //! a node unreachable or a shard without a leader), 2 usage error.
 
+mod placement;
 mod shards;
 mod status;
 
@@ -105,7 +106,7 @@ enum Cmd {
         #[command(subcommand)]
         command: NodeCmd,
     },
-    /// The placement controller: pause or resume it.
+    /// The placement controller: how replicas sit on nodes; pause or resume it.
     Placement {
         #[command(subcommand)]
         command: PlacementCmd,
@@ -124,6 +125,14 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum PlacementCmd {
+    /// Per node and island: replicas, leaders, bytes, capacity, and each
+    /// node's share of its island's replicas against its share of the
+    /// island's capacity (what placement aims at).
+    Show,
+    /// The moves the controller would start next (at most one per shard,
+    /// most urgent first) and the bytes each would copy, as the meta
+    /// shard's leader plans them.
+    Plan,
     /// Start no move (repairs included) until `resume`; moves in progress
     /// finish.
     Pause,
@@ -437,6 +446,27 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 .await?;
             print_change(out, node, version)?;
             Ok(true)
+        }
+        Cmd::Placement {
+            command: PlacementCmd::Show,
+        } => {
+            let status = client.cluster_status().await?;
+            let shares = placement::Shares::from_status(&status);
+            match out {
+                Output::Json => print_json(&shares)?,
+                Output::Table => shares.print(),
+            }
+            Ok(true)
+        }
+        Cmd::Placement {
+            command: PlacementCmd::Plan,
+        } => {
+            let plan = client.placement_plan().await?;
+            match out {
+                Output::Json => print_json(&placement::PlanOut::from(&plan))?,
+                Output::Table => placement::print_plan(&plan),
+            }
+            Ok(plan.error.is_empty())
         }
         Cmd::Placement { command } => {
             let paused = matches!(command, PlacementCmd::Pause);

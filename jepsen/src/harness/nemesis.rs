@@ -158,6 +158,8 @@ struct View {
     replicas: BTreeMap<u64, Vec<usize>>,
     /// The node that led the meta shard.
     meta: Option<usize>,
+    /// The target nodes of the moves in flight.
+    move_targets: Vec<usize>,
 }
 
 impl View {
@@ -179,6 +181,8 @@ impl View {
                     let nodes = shard.replicas.iter().map(|r| index(r.node_id)).collect();
                     view.replicas.insert(shard.id, nodes);
                 }
+                let moves = status.map.iter().flat_map(|m| &m.moves);
+                view.move_targets = moves.map(|m| index(m.to_node)).collect();
                 for node in status.nodes.iter().filter_map(|r| r.status.as_ref()) {
                     for replica in &node.replicas {
                         if replica.role == ReplicaRole::Leader as i32 {
@@ -239,7 +243,8 @@ fn show(nodes: &BTreeSet<usize>) -> String {
 
 /// Picks the nodes to kill or pause. Aimed (`aim`): the node leading the
 /// most of the workload's shards. Otherwise a random node, the meta shard's
-/// leader, or (when `all` is allowed) every node.
+/// leader, the target node of a move in flight, or (when `all` is allowed)
+/// every node.
 fn victims(
     n: usize,
     view: &View,
@@ -252,14 +257,19 @@ fn victims(
             return (BTreeSet::from([i]), "leader of the most shards");
         }
     }
-    let choices = if all { 3 } else { 2 };
+    let choices = if all { 4 } else { 3 };
     match rng.random_range(0..choices) {
         1 => {
             if let Some(i) = view.meta {
                 return (BTreeSet::from([i]), "meta shard leader");
             }
         }
-        2 => return ((0..n).collect(), "every node"),
+        2 => {
+            if let Some(&i) = view.move_targets.choose(rng) {
+                return (BTreeSet::from([i]), "target of a move in flight");
+            }
+        }
+        3 => return ((0..n).collect(), "every node"),
         _ => {}
     }
     (BTreeSet::from([rng.random_range(0..n)]), "random node")

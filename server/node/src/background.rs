@@ -242,13 +242,25 @@ async fn watch_loop(weak: Weak<Node>) {
 }
 
 /// Acts on the node's own state in its map: a joining node asks to be up,
-/// and a removed node stops its replicas.
+/// and a removed node, or one whose map records another data directory
+/// for it, stops its replicas.
 async fn own_state_loop(weak: Weak<Node>) {
     let Some(mut changes) = weak.upgrade().map(|n| n.subscribe_map()) else {
         return;
     };
     loop {
         let Some(node) = weak.upgrade() else { return };
+        let known = node.map().node(node.id).map_or(0, |n| n.incarnation);
+        if known != 0 && known != node.incarnation && node.retire() {
+            tracing::error!(
+                node = %node.id,
+                known = format_args!("{known:#018x}"),
+                own = format_args!("{:#018x}", node.incarnation),
+                "the cluster knows another data directory for this node: this one lost its data; \
+                 its replicas stop (remove the node with --dead and start it with cluster.join)"
+            );
+            node.shutdown().await;
+        }
         match node.lifecycle() {
             Some(Lifecycle::Joining) => ask_up(&node).await,
             Some(Lifecycle::Removed) if node.retire() => {

@@ -80,6 +80,7 @@ pub fn initial_map(cluster: &ClusterConfig) -> Result<ClusterMap, String> {
                 capacity: n.capacity,
                 state: NodeState::Up as i32,
                 join_token: 0,
+                incarnation: 0,
             })
             .collect(),
         shards,

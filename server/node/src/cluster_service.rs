@@ -112,6 +112,8 @@ pub fn node_status(node: &Node) -> wire::NodeStatusResponse {
         wal_synced_appends: node.committer().stats().waiters.load(Ordering::Relaxed),
         wal_sync_micros: node.committer().stats().sync_micros.load(Ordering::Relaxed),
         wal_slow_syncs: node.committer().stats().slow_syncs.load(Ordering::Relaxed),
+        incarnation: node.incarnation,
+        snapshot_bytes_sent: node.pool().pacing().bytes_sent(),
     }
 }
 
@@ -232,33 +234,49 @@ impl ClusterService {
             }
             None => meta_addresses(&self.node.map(), self.node.id),
         };
-        if hops >= MAX_HOPS {
-            return Err(ApiError::ShardUnavailable(format!(
-                "the meta shard's leader was not reached in {MAX_HOPS} hops (leadership may be moving)"
-            ))
-            .into());
-        }
-        let mut last =
-            ApiError::ShardUnavailable("no node with a meta replica is known".into()).into_status();
-        for address in targets {
-            let client = match connect(&address).await {
-                Ok(client) => client,
-                Err(status) => {
-                    last = status;
-                    continue;
-                }
-            };
-            let mut forwarded = Request::new(body.clone());
-            forwarded
-                .metadata_mut()
-                .insert(HOPS_HEADER, (hops + 1).into());
-            match forward(client, forwarded).await {
-                Err(status) if unreached(&status) => last = status,
-                answer => return answer,
-            }
-        }
-        Err(last)
+        forward_to(hops, body, targets, forward).await
     }
+}
+
+/// Sends `body` on to the first of `targets` that takes it, counting one
+/// more hop (refused once a call has made [`MAX_HOPS`]).
+async fn forward_to<Req, Resp, F, Fut>(
+    hops: u32,
+    body: Req,
+    targets: Vec<String>,
+    forward: F,
+) -> Result<Response<Resp>, Status>
+where
+    Req: Clone,
+    F: Fn(ClusterClient<Channel>, Request<Req>) -> Fut,
+    Fut: Future<Output = Result<Response<Resp>, Status>>,
+{
+    if hops >= MAX_HOPS {
+        return Err(ApiError::ShardUnavailable(format!(
+            "the meta shard's leader was not reached in {MAX_HOPS} hops (leadership may be moving)"
+        ))
+        .into());
+    }
+    let mut last =
+        ApiError::ShardUnavailable("no node with a meta replica is known".into()).into_status();
+    for address in targets {
+        let client = match connect(&address).await {
+            Ok(client) => client,
+            Err(status) => {
+                last = status;
+                continue;
+            }
+        };
+        let mut forwarded = Request::new(body.clone());
+        forwarded
+            .metadata_mut()
+            .insert(HOPS_HEADER, (hops + 1).into());
+        match forward(client, forwarded).await {
+            Err(status) if unreached(&status) => last = status,
+            answer => return answer,
+        }
+    }
+    Err(last)
 }
 
 #[tonic::async_trait]
@@ -404,6 +422,32 @@ impl Cluster for ClusterService {
         request.get_mut().at = at;
         self.change(request, command, applied, |mut c, r| async move {
             c.split_shard(r).await
+        })
+        .await
+    }
+
+    async fn placement_plan(
+        &self,
+        request: Request<wire::PlacementPlanRequest>,
+    ) -> Result<Response<wire::PlacementPlanResponse>, Status> {
+        let map = self.node.map();
+        let targets = match self.node.replica(ShardId::META) {
+            Some(meta) if meta.leader() == Some(meta.spec.replica) => {
+                return Ok(Response::new(crate::controller::plan_now(&self.node)));
+            }
+            Some(meta) => {
+                let leader = meta.leader().and_then(|leader| {
+                    let mut replicas = map.meta.iter().flat_map(|m| &m.replicas);
+                    let on = replicas.find(|r| r.replica_id == leader.get())?;
+                    map.node(NodeId(on.node_id)).map(|n| n.address.clone())
+                });
+                leader.map_or_else(|| meta_addresses(&map, self.node.id), |a| vec![a])
+            }
+            None => meta_addresses(&map, self.node.id),
+        };
+        let hops = hops_of(&request);
+        forward_to(hops, request.into_inner(), targets, |mut c, r| async move {
+            c.placement_plan(r).await
         })
         .await
     }

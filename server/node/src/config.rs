@@ -56,6 +56,14 @@ pub struct ClusterConfig {
     /// leader's setting counts.
     #[serde(with = "humantime_serde")]
     pub dead_after: Duration,
+    /// A move whose new replica has made no progress for this long (its
+    /// learner's matched index, its membership, and the snapshot bytes
+    /// its shard leader's node sends all unchanged) is given up while the
+    /// new replica is not yet a voter; placement may start it again. A
+    /// move still waiting shows why in `atollctl moves list`. The meta
+    /// leader's setting counts.
+    #[serde(with = "humantime_serde")]
+    pub move_abort_after: Duration,
     /// A data shard whose data passes this size (RocksDB's estimate, on
     /// its largest replica) is split in two at the middle of its hash
     /// range. 0: never split by size. The meta leader's setting counts.
@@ -166,6 +174,7 @@ impl Default for ClusterConfig {
             initial_nodes: Vec::new(),
             join: Vec::new(),
             dead_after: Duration::from_secs(300),
+            move_abort_after: Duration::from_secs(600),
             split_bytes: ByteSize(512 << 20),
         }
     }
@@ -305,6 +314,9 @@ impl NodeConfig {
         }
         if self.cluster.dead_after < Duration::from_secs(1) {
             return invalid("cluster.dead_after must be at least 1s".into());
+        }
+        if self.cluster.move_abort_after < Duration::from_secs(1) {
+            return invalid("cluster.move_abort_after must be at least 1s".into());
         }
         if self.joins() {
             self.validate_join()?;

@@ -114,6 +114,7 @@ pub(crate) async fn run(weak: Weak<Node>) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reported: HashMap<u64, (Instant, MovePhase, String)> = HashMap::new();
+    let mut stalls: HashMap<u64, (Instant, Observed)> = HashMap::new();
     let mut liveness = Liveness::default();
     loop {
         tick.tick().await;
@@ -123,6 +124,7 @@ pub(crate) async fn run(weak: Weak<Node>) {
         };
         if meta.leader() != Some(meta.spec.replica) {
             reported.clear();
+            stalls.clear();
             liveness = Liveness::default();
             continue;
         }
@@ -130,9 +132,20 @@ pub(crate) async fn run(weak: Weak<Node>) {
         let silent = liveness
             .probe(&node, &map, node.config().cluster.dead_after)
             .await;
+        node.set_placement_view(PlacementView {
+            silent: silent.clone(),
+            sizes: liveness.sizes.clone(),
+        });
+        record_incarnations(&node, &meta, &liveness.incarnations.unrecorded).await;
         reported.retain(|id, _| map.moves.iter().any(|m| m.id == *id));
+        stalls.retain(|id, _| map.moves.iter().any(|m| m.id == *id));
         for record in &map.moves {
-            advance(&node, &meta, &map, record, &mut reported).await;
+            let mut watch = Watch {
+                reported: &mut reported,
+                stalls: &mut stalls,
+                sent: &liveness.sent,
+            };
+            advance(&node, &meta, &map, record, &mut watch).await;
         }
         for record in &map.splits {
             splitter::advance(&node, &meta, &map, record).await;
@@ -141,6 +154,45 @@ pub(crate) async fn run(weak: Weak<Node>) {
         splitter::split_large(&node, &meta, &map, &liveness.sizes, split_bytes).await;
         start_planned(&node, &meta, &map, &silent).await;
         remove_drained(&node, &meta, &map).await;
+    }
+}
+
+/// What the meta leader's controller last learned that placement needs
+/// beyond the map: the silent nodes and each shard's size.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PlacementView {
+    pub silent: BTreeSet<u64>,
+    /// Bytes of each shard's largest replica.
+    pub sizes: HashMap<u64, u64>,
+}
+
+/// The moves the controller would start next, as `PlacementPlan` answers
+/// on the meta leader.
+pub(crate) fn plan_now(node: &Node) -> wire::PlacementPlanResponse {
+    let map = node.map();
+    let view = node.placement_view();
+    let (moves, error) = match planner::plan(&map, &view.silent) {
+        Ok(planned) => (
+            planned
+                .into_iter()
+                .map(|p| wire::PlannedMove {
+                    shard_id: p.shard.get(),
+                    from_node: p.from_node,
+                    to_node: p.to_node,
+                    reason: p.reason.name().into(),
+                    bytes: view.sizes.get(&p.shard.get()).copied().unwrap_or(0),
+                })
+                .collect(),
+            String::new(),
+        ),
+        Err(why) => (Vec::new(), why),
+    };
+    wire::PlacementPlanResponse {
+        map_version: map.map_version,
+        paused: map.placement_paused,
+        moves,
+        silent_nodes: view.silent.into_iter().collect(),
+        error,
     }
 }
 
@@ -203,6 +255,19 @@ struct Liveness {
     channels: HashMap<String, Channel>,
     /// Bytes of each shard's largest replica, as the last probe found them.
     sizes: HashMap<u64, u64>,
+    /// Snapshot bytes each node had sent, as the last probe found them.
+    sent: HashMap<u64, u64>,
+    incarnations: Incarnations,
+}
+
+/// The incarnations of the nodes' data directories, as the probes hear them.
+#[derive(Default)]
+struct Incarnations {
+    /// Nodes the last probe heard with an incarnation the map lacks.
+    unrecorded: Vec<(u64, u64)>,
+    /// Nodes that answered from a data directory the map does not know
+    /// (reported once each).
+    replaced: BTreeSet<u64>,
 }
 
 impl Liveness {
@@ -243,12 +308,21 @@ impl Liveness {
                 *size = (*size).max(r.approximate_bytes);
             }
         };
-        sized(&crate::cluster_service::node_status(node));
+        let own = crate::cluster_service::node_status(node);
+        sized(&own);
+        self.sent.insert(node.id.get(), own.snapshot_bytes_sent);
+        self.incarnations.unrecorded.clear();
+        self.incarnations.note(map, node.id.get(), own.incarnation);
         for (id, status) in futures::future::join_all(calls).await {
             let seen = self.last_seen.entry(id).or_insert(now);
+            // A node that answers from another data directory than the one
+            // the map records lost its data: it counts as silent, so its
+            // replicas are repaired elsewhere.
+            let status = status.filter(|s| self.incarnations.note(map, id, s.incarnation));
             if let Some(status) = status {
                 *seen = now;
                 sized(&status);
+                self.sent.insert(id, status.snapshot_bytes_sent);
             }
         }
         self.last_seen
@@ -269,6 +343,59 @@ impl Liveness {
         }
         self.silent = silent.clone();
         silent
+    }
+}
+
+impl Incarnations {
+    /// Checks the incarnation node `id` answered with against the map's:
+    /// true if it is the data directory the map knows (or the map knows
+    /// none yet, which [`Incarnations::unrecorded`] then lists).
+    fn note(&mut self, map: &ClusterMap, id: u64, incarnation: u64) -> bool {
+        let known = map
+            .nodes
+            .iter()
+            .find(|n| n.id == id)
+            .map_or(0, |n| n.incarnation);
+        if known == 0 || incarnation == 0 {
+            if incarnation != 0 {
+                self.unrecorded.push((id, incarnation));
+            }
+            return true;
+        }
+        let same = known == incarnation;
+        if !same && self.replaced.insert(id) {
+            tracing::error!(
+                node = id,
+                known = format_args!("{known:#018x}"),
+                answered = format_args!("{incarnation:#018x}"),
+                "node answers from another data directory than the one the cluster knows: \
+                 its data was lost; it counts as silent and its Raft calls are refused"
+            );
+        }
+        if same {
+            self.replaced.remove(&id);
+        }
+        same
+    }
+}
+
+/// Records the incarnations the last probe heard for nodes whose map entry
+/// has none yet.
+async fn record_incarnations(node: &Node, meta: &Replica, unrecorded: &[(u64, u64)]) {
+    for &(id, incarnation) in unrecorded {
+        let command = Command::Meta(MetaCommand::SetIncarnation {
+            node: id,
+            incarnation,
+        });
+        match node
+            .propose_command(meta, command, WriteId::Untracked)
+            .await
+        {
+            Ok(Outcome::MapChanged { .. }) => {
+                tracing::info!(node = id, "recorded the node's data directory incarnation");
+            }
+            other => tracing::warn!(node = id, ?other, "recording a node's incarnation"),
+        }
     }
 }
 
@@ -320,8 +447,9 @@ async fn advance(
     meta: &Replica,
     map: &ClusterMap,
     record: &wire::Move,
-    reported: &mut HashMap<u64, (Instant, MovePhase, String)>,
+    watch: &mut Watch<'_>,
 ) {
+    let reported = &mut *watch.reported;
     let shard = ShardId(record.shard_id);
     let Some(voters) = map
         .shard(shard)
@@ -350,7 +478,26 @@ async fn advance(
         .node(atoll_proto::NodeId(record.to_node))
         .is_some_and(|n| Lifecycle::of(n) == Lifecycle::Up);
     if !target_up && !seen.voters.contains(&record.to_replica) {
-        abort(node, meta, map, record, &seen).await;
+        abort(node, meta, map, record, &seen, "its target is not up").await;
+        return;
+    }
+    let observed = Observed::of(map, record, &seen, watch.sent);
+    let idle = match watch.stalls.get(&record.id) {
+        Some((since, last)) if *last == observed => since.elapsed(),
+        _ => {
+            watch.stalls.insert(record.id, (Instant::now(), observed));
+            Duration::ZERO
+        }
+    };
+    let abort_after = node.config().cluster.move_abort_after;
+    if idle > abort_after && observed.abortable() {
+        let why = format!(
+            "no progress for {} s (cluster.move_abort_after): the learner matched {} of {} entries",
+            idle.as_secs(),
+            observed.matched,
+            seen.last_log_index
+        );
+        abort(node, meta, map, record, &seen, &why).await;
         return;
     }
     let step = decide(record, &voters, &seen);
@@ -428,30 +575,35 @@ async fn advance(
     };
     match result {
         Ok((phase, matched, last)) => {
-            report(
-                node,
-                meta,
-                record,
-                phase,
-                matched,
-                last,
-                String::new(),
-                reported,
-            )
-            .await
+            // A move that waits with no reason of its own says how long it
+            // has made no progress, so a drain that never ends explains
+            // itself.
+            let stuck = if idle >= STALL_SHOWN_AFTER.min(abort_after / 2) {
+                format!(
+                    "no progress for {} s: the learner matched {matched} of {last} entries, and \
+                     its shard leader's node sent no snapshot bytes; given up after {} s \
+                     (cluster.move_abort_after) unless it advances",
+                    idle.as_secs(),
+                    abort_after.as_secs()
+                )
+            } else {
+                String::new()
+            };
+            report(node, meta, record, phase, matched, last, stuck, reported).await
         }
         Err(why) => report(node, meta, record, phase_now, 0, 0, why, reported).await,
     }
 }
 
-/// Gives up a move whose target node is no longer up: its learner leaves
-/// the shard, then the record goes.
+/// Gives up a move (`why`) whose new replica is not a voter: its learner
+/// leaves the shard, then the record goes.
 async fn abort(
     node: &Node,
     meta: &Replica,
     map: &ClusterMap,
     record: &wire::Move,
     seen: &MembershipResponse,
+    why: &str,
 ) {
     let shard = ShardId(record.shard_id);
     if seen.learners.contains(&record.to_replica) {
@@ -475,11 +627,69 @@ async fn abort(
         .await
     {
         Ok(Outcome::MapChanged { .. }) => {
-            tracing::info!(shard = %shard, r#move = record.id, to = record.to_node, "move aborted: its target is not up");
+            tracing::warn!(shard = %shard, r#move = record.id, to = record.to_node, %why, "move aborted");
         }
         other => tracing::debug!(?other, "aborting a move"),
     }
 }
+
+/// What the controller tracks of each move while it runs.
+struct Watch<'a> {
+    /// When each move's progress was last written, in which phase, with
+    /// which stuck reason.
+    reported: &'a mut HashMap<u64, (Instant, MovePhase, String)>,
+    /// Since when each move has shown the same [`Observed`].
+    stalls: &'a mut HashMap<u64, (Instant, Observed)>,
+    /// Snapshot bytes each node had sent at the last probe.
+    sent: &'a HashMap<u64, u64>,
+}
+
+/// What a move's progress is judged by: any change is progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Observed {
+    learner: bool,
+    voter: bool,
+    joint: bool,
+    committed: bool,
+    matched: u64,
+    /// Snapshot bytes sent by the node of the shard's leader.
+    sent: u64,
+}
+
+impl Observed {
+    fn of(
+        map: &ClusterMap,
+        record: &wire::Move,
+        seen: &MembershipResponse,
+        sent: &HashMap<u64, u64>,
+    ) -> Observed {
+        let to = record.to_replica;
+        let leader_node = (map.shard(ShardId(record.shard_id)).into_iter())
+            .flat_map(|s| &s.replicas)
+            .find(|r| r.replica_id == seen.leader_replica)
+            .map(|r| r.node_id);
+        Observed {
+            learner: seen.learners.contains(&to),
+            voter: seen.voters.contains(&to),
+            joint: !seen.old_voters.is_empty(),
+            committed: seen.committed,
+            matched: (seen.progress.iter())
+                .find(|p| p.replica_id == to)
+                .map_or(0, |p| p.matched_index),
+            sent: leader_node.and_then(|n| sent.get(&n)).copied().unwrap_or(0),
+        }
+    }
+
+    /// Whether the move may still be given up: its new replica votes in
+    /// no configuration, and no change of voters is in flight.
+    fn abortable(&self) -> bool {
+        !self.voter && !self.joint && self.committed
+    }
+}
+
+/// A move that has made no progress for this long (or for half of
+/// `cluster.move_abort_after`, if shorter) shows it in its stuck reason.
+const STALL_SHOWN_AFTER: Duration = Duration::from_secs(30);
 
 /// Writes what the controller saw of a move to the map: at once when its
 /// phase or stuck reason changes, else every [`PROGRESS_EVERY`].

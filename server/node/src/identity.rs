@@ -11,6 +11,9 @@ use atoll_raft::codec::{decode, encode};
 use atoll_storage::keys::{apply_tag, tagged_key};
 use atoll_storage::{Cf, Engine, EngineError, WriteBatch};
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+use crate::config::NodeConfig;
 
 /// Who a data directory belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +29,14 @@ pub struct Identity {
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
+    #[error(
+        "node {node} has run in this cluster before (node {peer} knows its data directory as \
+         incarnation {known:#018x}), but this data directory is empty: a node that lost its data \
+         must not come back under its old id, as it may have forgotten its votes and the writes \
+         it acknowledged. Remove it (`atollctl node remove {node} --dead`) and start it on an \
+         empty data directory with cluster.join, which gives it a new id"
+    )]
+    DataLost { node: u64, peer: u64, known: u64 },
     #[error(
         "this data directory belongs to cluster {stored_name:?} (id {stored_id:#018x}) as node {stored_node}, \
          but the configuration says cluster {name:?} (id {id:#018x}) as node {node}: \
@@ -80,6 +91,76 @@ pub fn read(engine: &dyn Engine) -> Result<Option<Identity>, IdentityError> {
         Some(bytes) => Ok(Some(decode(&bytes, "node identity")?)),
         None => Ok(None),
     }
+}
+
+fn incarnation_key() -> Vec<u8> {
+    tagged_key(ReplicaId(0), apply_tag::INCARNATION, &[])
+}
+
+/// The incarnation of this data directory: chosen at random and stored,
+/// synced, the first time it is asked for. A directory that is lost and
+/// started again empty gets another one, so the cluster, which records
+/// the first it hears, can tell it from the directory it knew (a node
+/// that forgot its votes and log must not vote or acknowledge entries
+/// under its old id).
+pub fn incarnation(engine: &dyn Engine) -> Result<u64, IdentityError> {
+    let key = incarnation_key();
+    if let Some(bytes) = engine.get(Cf::ApplyState, &key)? {
+        let stored: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
+            EngineError::Corruption(format!(
+                "the node's incarnation row has {} bytes, not 8",
+                bytes.len()
+            ))
+        })?;
+        return Ok(u64::from_be_bytes(stored));
+    }
+    let chosen = rand::random::<u64>().max(1);
+    let mut batch = WriteBatch::new();
+    batch.put(Cf::ApplyState, key, chosen.to_be_bytes().to_vec());
+    engine.write(batch, true)?;
+    Ok(chosen)
+}
+
+/// How long a node of the initial layout, starting on an empty data
+/// directory, waits for each of its peers to say whether it knows it.
+const ASK_PEERS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Refuses to start node `config.node_id` of the initial layout on an
+/// empty data directory when a peer's map records an incarnation for it:
+/// the node ran before and lost its data (as etcd refuses a member that
+/// "has already been bootstrapped"). Peers that do not answer are passed
+/// over, so the first start of a cluster needs none of them; if none
+/// answers, the peers' own check of the incarnation on every Raft call
+/// still keeps the node out once the map records it.
+pub async fn refuse_if_known(
+    config: &NodeConfig,
+    initial: &ClusterMap,
+) -> Result<(), IdentityError> {
+    let node = config.node_id;
+    let peers = (config.cluster.initial_nodes.iter()).filter(|n| n.id != node);
+    let asked = peers.map(|peer| async move {
+        let map = crate::join::map_at_within(&peer.address, ASK_PEERS_TIMEOUT).await;
+        (peer.id, map)
+    });
+    for (peer, map) in futures::future::join_all(asked).await {
+        let map = match map {
+            Ok(map) if map.cluster_id == initial.cluster_id => map,
+            Ok(_) => continue,
+            Err(why) => {
+                tracing::debug!(peer, %why, "asking a peer whether it knows this node");
+                continue;
+            }
+        };
+        let known = map
+            .nodes
+            .iter()
+            .find(|n| n.id == node)
+            .map_or(0, |n| n.incarnation);
+        if known != 0 {
+            return Err(IdentityError::DataLost { node, peer, known });
+        }
+    }
+    Ok(())
 }
 
 /// Stores the identity a join gave, and deletes the join token it was
@@ -145,5 +226,14 @@ mod tests {
             let err = check(&engine, &other).unwrap_err();
             assert!(matches!(err, IdentityError::Mismatch { .. }), "{err}");
         }
+    }
+
+    #[test]
+    fn the_incarnation_is_chosen_once_per_data_directory() {
+        let engine = MemEngine::new();
+        let first = incarnation(&engine).unwrap();
+        assert_ne!(first, 0);
+        assert_eq!(incarnation(&engine).unwrap(), first);
+        assert_ne!(incarnation(&MemEngine::new()).unwrap(), first);
     }
 }

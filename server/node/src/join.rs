@@ -112,11 +112,11 @@ fn join_token(engine: &dyn Engine) -> Result<u64, EngineError> {
     Ok(token)
 }
 
-async fn client(address: &str) -> Result<ClusterClient<Channel>, String> {
+async fn client(address: &str, timeout: Duration) -> Result<ClusterClient<Channel>, String> {
     let endpoint = Channel::from_shared(format!("http://{address}"))
         .map_err(|e| format!("{address}: {e}"))?
-        .connect_timeout(CALL_TIMEOUT)
-        .timeout(CALL_TIMEOUT);
+        .connect_timeout(timeout)
+        .timeout(timeout);
     let channel = endpoint
         .connect()
         .await
@@ -165,15 +165,26 @@ enum Attempt {
 
 /// A client of the node at `address`, and the map it has.
 async fn map_at(address: &str) -> Result<(ClusterClient<Channel>, ClusterMap), Attempt> {
-    let mut client = client(address).await.map_err(Attempt::Retry)?;
-    let map = client
+    let mut client = client(address, CALL_TIMEOUT)
+        .await
+        .map_err(Attempt::Retry)?;
+    let map = map_of(&mut client).await.map_err(Attempt::Retry)?;
+    Ok((client, map))
+}
+
+async fn map_of(client: &mut ClusterClient<Channel>) -> Result<ClusterMap, String> {
+    client
         .get_cluster_map(GetClusterMapRequest {})
         .await
-        .map_err(|s| Attempt::Retry(s.message().to_string()))?
+        .map_err(|s| s.message().to_string())?
         .into_inner()
         .map
-        .ok_or_else(|| Attempt::Retry("answered without a map".into()))?;
-    Ok((client, map))
+        .ok_or_else(|| "answered without a map".into())
+}
+
+/// The map the node at `address` has, asked with `timeout`.
+pub(crate) async fn map_at_within(address: &str, timeout: Duration) -> Result<ClusterMap, String> {
+    map_of(&mut client(address, timeout).await?).await
 }
 
 /// Registers this node; returns its id and the map version that holds it.

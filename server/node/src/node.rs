@@ -17,8 +17,8 @@ use atoll_raft::state_machine::range::current_kind;
 use atoll_raft::state_machine::{read_cluster_map, read_node_map};
 use atoll_raft::types::{CheckIsLeaderError, ClientWriteError, RaftError, ReplicaNode};
 use atoll_raft::{
-    Command, NetworkFaults, Outcome, PeerDirectory, PeerPool, Replica, ReplicaConfig,
-    ReplicaDirectory, ReplicaSpec, Request, ShardKind, SnapshotPacing, WriteId,
+    Command, NetworkFaults, Origin, Outcome, PeerDirectory, PeerPool, Replica, ReplicaConfig,
+    ReplicaDirectory, ReplicaSpec, Request, Sender, ShardKind, SnapshotPacing, WriteId,
 };
 use atoll_storage::{Engine, GroupCommitter};
 use tokio::sync::watch;
@@ -77,11 +77,18 @@ impl PeerDirectory for MapDirectory {
             .filter(|n| Lifecycle::of(n) != Lifecycle::Removed)
             .map(|n| n.address.clone())
     }
+
+    fn incarnation(&self, node: NodeId) -> u64 {
+        self.0.borrow().node(node).map_or(0, |n| n.incarnation)
+    }
 }
 
 /// A running node.
 pub struct Node {
     pub id: NodeId,
+    /// The incarnation of this node's data directory
+    /// ([`crate::identity::incarnation`]).
+    pub incarnation: u64,
     pub island: String,
     config: NodeConfig,
     engine: Arc<dyn Engine>,
@@ -97,6 +104,9 @@ pub struct Node {
     retired: AtomicBool,
     /// What every replica of this node starts with.
     replica_config: ReplicaConfig,
+    /// What this node's controller last learned, while it leads the meta
+    /// shard (`PlacementPlan` reads it).
+    placement_view: std::sync::Mutex<crate::controller::PlacementView>,
     pool: Arc<PeerPool>,
 }
 
@@ -141,6 +151,9 @@ impl Node {
         } else {
             let initial = Arc::new(initial_map(&config.cluster).map_err(NodeError::Bootstrap)?);
             let identity = Identity::of(&initial, config.node_id);
+            if crate::identity::read(engine.as_ref())?.is_none() {
+                crate::identity::refuse_if_known(&config, &initial).await?;
+            }
             crate::identity::check(engine.as_ref(), &identity)?;
             let map = newest_stored_map(engine.as_ref(), &initial, NodeId(identity.node_id))?;
             (identity, map, Some(initial))
@@ -161,6 +174,7 @@ impl Node {
                 })
             }
         }
+        let incarnation = crate::identity::incarnation(engine.as_ref())?;
         let (shared, _) = watch::channel(map.clone());
         let faults = Arc::new(NetworkFaults::default());
         // No burst: every byte waits its turn, so the rate holds from the
@@ -172,7 +186,10 @@ impl Node {
             config.raft.snapshot_stall_timeout,
         );
         let pool = Arc::new(PeerPool::new(
-            id,
+            Origin {
+                node: id,
+                incarnation,
+            },
             Arc::new(MapDirectory(shared.subscribe())),
             faults.clone(),
             Arc::new(pacing),
@@ -200,6 +217,7 @@ impl Node {
         atoll_raft::state_machine::clear_received_snapshots(&replica_config.snapshot_dir)?;
         let node = Arc::new(Node {
             id,
+            incarnation,
             island: config.island.clone(),
             config,
             engine,
@@ -211,6 +229,7 @@ impl Node {
             initial_map: initial,
             retired: AtomicBool::new(false),
             replica_config,
+            placement_view: Default::default(),
             pool,
         });
         for spec in wanted_replicas(&map, id).into_values() {
@@ -277,6 +296,19 @@ impl Node {
         let newer = changes.wait_for(|m| m.map_version > known_version);
         let _ = tokio::time::timeout(timeout, newer).await;
         self.map()
+    }
+
+    pub(crate) fn set_placement_view(&self, view: crate::controller::PlacementView) {
+        if let Ok(mut slot) = self.placement_view.lock() {
+            *slot = view;
+        }
+    }
+
+    pub(crate) fn placement_view(&self) -> crate::controller::PlacementView {
+        self.placement_view
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default()
     }
 
     /// Marks the node retired (removed from the cluster); true the first
@@ -581,19 +613,47 @@ impl ReplicaDirectory for Node {
         atoll_raft::state_machine::received_snapshot_file(&snapshot_dir(&self.config))
     }
 
-    /// Refuses a node the map says is removed. A node the map does not
-    /// know yet (this node's map may lag) is let in.
-    fn admit(&self, peer: Option<NodeId>) -> Result<(), String> {
-        let Some(peer) = peer else { return Ok(()) };
-        let map = self.map.borrow();
-        match map.node(peer) {
-            Some(n) if Lifecycle::of(n) == Lifecycle::Removed => Err(format!(
-                "node {peer} is removed from the cluster (map version {}); its Raft calls are refused",
-                map.map_version
-            )),
-            _ => Ok(()),
+    fn admit(&self, sender: Option<&Sender>) -> Result<(), String> {
+        admit(&self.map.borrow(), self.incarnation, sender)
+    }
+}
+
+/// Whether this node (data directory `own_incarnation`) takes Raft calls
+/// from `sender`, by `map`. Refused: a node the map says is removed; a
+/// node whose data directory is not the one the map records (it lost its
+/// data, and with it its votes and acknowledged entries); and a sender
+/// that expects another data directory here (this node lost its data).
+/// What the map does not know yet (it may lag) is let in.
+fn admit(map: &ClusterMap, own_incarnation: u64, sender: Option<&Sender>) -> Result<(), String> {
+    let Some(sender) = sender else { return Ok(()) };
+    let peer = sender.node;
+    let version = map.map_version;
+    if let Some(known) = map.node(peer) {
+        if Lifecycle::of(known) == Lifecycle::Removed {
+            return Err(format!(
+                "node {peer} is removed from the cluster (map version {version}); its Raft calls are refused"
+            ));
+        }
+        if known.incarnation != 0
+            && sender.incarnation != 0
+            && known.incarnation != sender.incarnation
+        {
+            return Err(format!(
+                "node {peer} runs on another data directory (incarnation {:#018x}) than the \
+                 cluster knows ({:#018x}, map version {version}): its data was lost, so its \
+                 Raft calls are refused",
+                sender.incarnation, known.incarnation
+            ));
         }
     }
+    if sender.expects != 0 && sender.expects != own_incarnation {
+        return Err(format!(
+            "node {peer} expects this node's data directory to be incarnation {:#018x}, \
+             but it is {own_incarnation:#018x}: this node lost its data and takes no Raft calls",
+            sender.expects
+        ));
+    }
+    Ok(())
 }
 
 /// The replicas `map` gives node `id`, by shard: those its shards list,
@@ -660,4 +720,50 @@ fn newest_stored_map(
         .filter(|m| m.map_version >= initial.map_version)
         .max_by_key(|m| m.map_version);
     Ok(newest.map_or_else(|| initial.clone(), Arc::new))
+}
+
+#[cfg(test)]
+mod tests {
+    use atoll_proto::v1::{Node as MapNode, NodeState};
+
+    use super::*;
+
+    fn map(incarnation: u64, state: NodeState) -> ClusterMap {
+        ClusterMap {
+            map_version: 7,
+            nodes: vec![MapNode {
+                id: 2,
+                state: state as i32,
+                incarnation,
+                ..MapNode::default()
+            }],
+            ..ClusterMap::default()
+        }
+    }
+
+    fn from_two(incarnation: u64, expects: u64) -> Sender {
+        Sender {
+            node: NodeId(2),
+            incarnation,
+            expects,
+        }
+    }
+
+    #[test]
+    fn raft_calls_are_taken_only_between_the_data_directories_the_map_knows() {
+        let known = map(20, NodeState::Up);
+        let own = 10;
+        assert!(admit(&known, own, Some(&from_two(20, 10))).is_ok());
+        // Earlier versions name no incarnation; a map that lags knows none.
+        assert!(admit(&known, own, None).is_ok());
+        assert!(admit(&known, own, Some(&from_two(0, 0))).is_ok());
+        assert!(admit(&map(0, NodeState::Up), own, Some(&from_two(21, 10))).is_ok());
+
+        let lost = admit(&known, own, Some(&from_two(21, 10))).unwrap_err();
+        assert!(lost.contains("n2 runs on another data directory"), "{lost}");
+        let here_lost = admit(&known, own, Some(&from_two(20, 11))).unwrap_err();
+        assert!(here_lost.contains("this node lost its data"), "{here_lost}");
+        let removed = admit(&map(20, NodeState::Removed), own, Some(&from_two(20, 10)));
+        assert!(removed.unwrap_err().contains("removed"));
+    }
 }

@@ -174,6 +174,7 @@ mod tests {
             capacity: 100,
             state: state as i32,
             join_token: 0,
+            incarnation: 0,
         }
     }
 

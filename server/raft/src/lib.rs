@@ -27,7 +27,7 @@ pub use command::{
     BatchStep, Command, Current, Expected, LegacyWriteId, Outcome, Proposal, Request, SessionWrite,
     SplitCommand, SplitReplica, WriteId,
 };
-pub use network::{NetworkFaults, PeerDirectory, PeerPool};
+pub use network::{NetworkFaults, Origin, PeerDirectory, PeerPool, Sender};
 pub use pacing::SnapshotPacing;
 pub use proposer::{Proposer, ProposerStats};
 pub use read_index::ReadIndex;

@@ -116,6 +116,10 @@ pub enum MetaCommand {
     /// below the split point and the child after it, both at the shard's
     /// epoch + 1, and the record goes.
     FinishSplit { shard: u64 },
+    /// Records the incarnation of a node's data directory, the first time
+    /// the meta leader hears it. Refused once another one is recorded: a
+    /// node that lost its data directory does not come back under its id.
+    SetIncarnation { node: u64, incarnation: u64 },
 }
 
 /// The states of a move (`atoll.v1.MoveState`).
@@ -160,6 +164,7 @@ impl MetaCommand {
             MetaCommand::BeginSplit { .. } => "begin-split",
             MetaCommand::AdvanceSplit { .. } => "advance-split",
             MetaCommand::FinishSplit { .. } => "finish-split",
+            MetaCommand::SetIncarnation { .. } => "set-incarnation",
         }
     }
 }
@@ -471,6 +476,7 @@ pub fn apply(map: &mut ClusterMap, command: &MetaCommand) -> Result<(Change, Opt
                 capacity: *capacity,
                 state: NodeState::Joining as i32,
                 join_token: *token,
+                incarnation: 0,
             });
             map.next_node_id = id + 1;
             Ok((Change::Changed, Some(id)))
@@ -517,6 +523,26 @@ pub fn apply(map: &mut ClusterMap, command: &MetaCommand) -> Result<(Change, Opt
             }
             entry.capacity = *capacity;
             Ok((Change::Changed, None))
+        }
+        MetaCommand::SetIncarnation { node, incarnation } => {
+            if *incarnation == 0 {
+                return Err("an incarnation is never 0".into());
+            }
+            let entry = node_mut(map, *node)?;
+            if Lifecycle::of(entry) == Lifecycle::Removed {
+                return Err(format!("node {node} is removed"));
+            }
+            match entry.incarnation {
+                0 => {
+                    entry.incarnation = *incarnation;
+                    Ok((Change::Changed, None))
+                }
+                known if known == *incarnation => Ok((Change::AlreadyDone, None)),
+                known => Err(format!(
+                    "node {node} runs on another data directory (incarnation {incarnation:#018x}) \
+                     than the one the cluster knows ({known:#018x}): its data was lost"
+                )),
+            }
         }
         MetaCommand::BeginMove { .. } => {
             let id = begin_move(map, command)?;
@@ -605,6 +631,7 @@ mod tests {
             capacity: 1,
             state: NodeState::Up as i32,
             join_token: 0,
+            incarnation: 0,
         }
     }
 
@@ -718,6 +745,23 @@ mod tests {
             capacity: 2,
         };
         assert!(apply(&mut m, &removed).unwrap_err().contains("removed"));
+    }
+
+    #[test]
+    fn an_incarnation_is_recorded_once_and_another_is_refused() {
+        let mut m = map();
+        let set = |node, incarnation| MetaCommand::SetIncarnation { node, incarnation };
+        assert_eq!(apply(&mut m, &set(2, 7)).unwrap(), (Change::Changed, None));
+        assert_eq!(m.nodes[1].incarnation, 7);
+        assert_eq!(
+            apply(&mut m, &set(2, 7)).unwrap(),
+            (Change::AlreadyDone, None)
+        );
+        let replaced = apply(&mut m, &set(2, 8)).unwrap_err();
+        assert!(replaced.contains("data was lost"), "{replaced}");
+        assert_eq!(m.nodes[1].incarnation, 7);
+        assert!(apply(&mut m, &set(2, 0)).is_err());
+        assert!(apply(&mut m, &set(9, 1)).is_err());
     }
 
     fn begin(shard: u64, epoch: u64, from_replica: u64, to_node: u64) -> MetaCommand {

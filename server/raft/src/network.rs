@@ -52,28 +52,63 @@ const BULK_CALL_BYTES: usize = 64 << 10;
 /// control window, then this queue; further calls fail at once as
 /// unreachable, and openraft backs off, instead of queueing a copy of
 /// every resent AppendEntries until keepalive gives up on the peer.
-/// The gRPC metadata key that names the sending node on every Raft stream,
-/// so a receiver can refuse a node the cluster has removed.
-pub const FROM_NODE_HEADER: &str = "atoll-from-node";
+pub const MAX_STREAM_QUEUE_BYTES: usize = 8 * MAX_APPEND_BYTES;
 
-/// A request carrying `body`, naming `from` as its sender.
-fn from_node<T>(from: NodeId, body: T) -> tonic::Request<T> {
+/// The gRPC metadata keys of every Raft stream and snapshot call: the
+/// sending node, the incarnation of its data directory, and the
+/// incarnation its map records for the receiver (0: none yet). A receiver
+/// refuses a node the cluster has removed, and either side's data
+/// directory if it is not the one the cluster knows (docs/design/elastic.md,
+/// "A node that lost its data").
+pub const FROM_NODE_HEADER: &str = "atoll-from-node";
+pub const FROM_INCARNATION_HEADER: &str = "atoll-from-incarnation";
+pub const TO_INCARNATION_HEADER: &str = "atoll-to-incarnation";
+
+/// This node, as it names itself to its peers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub node: NodeId,
+    /// The incarnation of its data directory.
+    pub incarnation: u64,
+}
+
+/// The sender of a Raft request, as its metadata names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sender {
+    pub node: NodeId,
+    /// The incarnation of the sender's data directory (0 from senders of
+    /// earlier versions).
+    pub incarnation: u64,
+    /// The incarnation the sender's map records for the receiver (0: none).
+    pub expects: u64,
+}
+
+/// A request carrying `body`, from `origin` to a node whose incarnation the
+/// sender's map records as `expects`.
+fn addressed<T>(origin: Origin, expects: u64, body: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(body);
-    request.metadata_mut().insert(
-        FROM_NODE_HEADER,
-        tonic::metadata::MetadataValue::from(from.get()),
-    );
+    let metadata = request.metadata_mut();
+    for (key, value) in [
+        (FROM_NODE_HEADER, origin.node.get()),
+        (FROM_INCARNATION_HEADER, origin.incarnation),
+        (TO_INCARNATION_HEADER, expects),
+    ] {
+        metadata.insert(key, tonic::metadata::MetadataValue::from(value));
+    }
     request
 }
 
-/// The sending node a Raft request names, if it names one (senders of
-/// earlier versions do not).
-pub fn sender_of<T>(request: &tonic::Request<T>) -> Option<NodeId> {
-    let value = request.metadata().get(FROM_NODE_HEADER)?;
-    value.to_str().ok()?.parse().ok().map(NodeId)
+/// The sender a Raft request names, if it names itself (senders of
+/// earlier versions do not; they name no incarnations either).
+pub fn sender_of<T>(request: &tonic::Request<T>) -> Option<Sender> {
+    let number =
+        |key: &str| -> Option<u64> { request.metadata().get(key)?.to_str().ok()?.parse().ok() };
+    Some(Sender {
+        node: NodeId(number(FROM_NODE_HEADER)?),
+        incarnation: number(FROM_INCARNATION_HEADER).unwrap_or(0),
+        expects: number(TO_INCARNATION_HEADER).unwrap_or(0),
+    })
 }
-
-pub const MAX_STREAM_QUEUE_BYTES: usize = 8 * MAX_APPEND_BYTES;
 
 /// How many of `entries` (at least one) fit in [`MAX_APPEND_BYTES`].
 fn entries_that_fit(entries: &[crate::types::Entry]) -> usize {
@@ -94,6 +129,12 @@ fn entries_that_fit(entries: &[crate::types::Entry]) -> usize {
 pub trait PeerDirectory: Send + Sync + 'static {
     /// The gRPC address (`host:port`) of `node`, if known.
     fn address(&self, node: NodeId) -> Option<String>;
+    /// The incarnation of `node`'s data directory as the map records it
+    /// (0: not recorded).
+    fn incarnation(&self, node: NodeId) -> u64 {
+        let _ = node;
+        0
+    }
 }
 
 /// Test hook: peers whose traffic is dropped, as if the network were cut.
@@ -155,7 +196,7 @@ struct Peer {
 /// The node's channels and streams to its peers.
 pub struct PeerPool {
     /// This node, named on every stream it opens.
-    local: NodeId,
+    local: Origin,
     directory: Arc<dyn PeerDirectory>,
     peers: Mutex<HashMap<NodeId, Peer>>,
     faults: Arc<NetworkFaults>,
@@ -175,7 +216,7 @@ struct PeerError(String);
 
 impl PeerPool {
     pub fn new(
-        local: NodeId,
+        local: Origin,
         directory: Arc<dyn PeerDirectory>,
         faults: Arc<NetworkFaults>,
         pacing: Arc<SnapshotPacing>,
@@ -230,6 +271,11 @@ impl PeerPool {
         Ok(out)
     }
 
+    /// The pacing every snapshot this node sends shares.
+    pub fn pacing(&self) -> &SnapshotPacing {
+        &self.pacing
+    }
+
     /// The cached channel to `node` (created lazily; reconnects on its own).
     fn channel(&self, node: NodeId) -> Result<Channel, Unreachable<TypeConfig>> {
         self.with_peer(node, |peer| peer.channel.clone())
@@ -239,12 +285,14 @@ impl PeerPool {
     /// none or the last one ended.
     fn stream(&self, node: NodeId, lane: Lane) -> Result<Arc<PeerStream>, Unreachable<TypeConfig>> {
         let local = self.local;
+        let expects = self.directory.incarnation(node);
         self.with_peer(node, |peer| {
             let slot = &mut peer.lanes[lane as usize];
             match slot {
                 Some(stream) if !stream.is_closed() => stream.clone(),
                 _ => {
-                    let stream = Arc::new(PeerStream::open(peer.channel.clone(), local, node));
+                    let stream =
+                        Arc::new(PeerStream::open(peer.channel.clone(), local, expects, node));
                     *slot = Some(stream.clone());
                     stream
                 }
@@ -324,7 +372,7 @@ fn lock(state: &Mutex<StreamState>) -> std::sync::MutexGuard<'_, StreamState> {
 impl PeerStream {
     /// Starts a stream on `channel`; calls sent before it is connected
     /// wait in its queue.
-    fn open(channel: Channel, local: NodeId, node: NodeId) -> Self {
+    fn open(channel: Channel, local: Origin, expects: u64, node: NodeId) -> Self {
         let (outgoing, calls) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let taken = queued.clone();
@@ -339,20 +387,20 @@ impl PeerStream {
             next_id: 0,
             closed: None,
         }));
-        tokio::spawn(Self::run(shared.clone(), channel, local, calls, node));
+        let request = addressed(local, expects, calls);
+        tokio::spawn(Self::run(shared.clone(), channel, request, node));
         Self { shared }
     }
 
     async fn run(
         shared: Arc<Mutex<StreamState>>,
         channel: Channel,
-        local: NodeId,
-        calls: impl futures::Stream<Item = RaftCall> + Send + 'static,
+        request: tonic::Request<impl futures::Stream<Item = RaftCall> + Send + 'static>,
         node: NodeId,
     ) {
         let mut client = RaftClient::new(channel).max_decoding_message_size(MAX_RAFT_MESSAGE);
         let ended = async {
-            let mut replies = client.exchange(from_node(local, calls)).await?.into_inner();
+            let mut replies = client.exchange(request).await?.into_inner();
             while let Some(reply) = replies.message().await? {
                 Self::deliver(&shared, reply);
             }
@@ -662,7 +710,11 @@ impl RaftNetworkV2<TypeConfig> for Network {
         let mut client = RaftClient::new(channel).max_decoding_message_size(MAX_RAFT_MESSAGE);
         // No deadline on the whole send: it fails only when it stops
         // moving (docs/design/elastic.md, "Snapshots that scale").
-        let send = client.install_snapshot(from_node(self.pool.local, chunks));
+        let send = client.install_snapshot(addressed(
+            self.pool.local,
+            self.pool.directory.incarnation(self.node.node),
+            chunks,
+        ));
         tokio::pin!(send);
         let mut check = tokio::time::interval(Duration::from_secs(1));
         let reply = loop {
@@ -1008,6 +1060,11 @@ mod stream_tests {
 
     struct OneAddress(String);
 
+    const LOCAL: Origin = Origin {
+        node: NodeId(1),
+        incarnation: 1,
+    };
+
     impl PeerDirectory for OneAddress {
         fn address(&self, _node: NodeId) -> Option<String> {
             Some(self.0.clone())
@@ -1027,7 +1084,7 @@ mod stream_tests {
                 .serve_with_incoming(TcpListenerStream::new(listener)),
         );
         PeerPool::new(
-            NodeId(1),
+            LOCAL,
             Arc::new(OneAddress(address)),
             Arc::default(),
             Arc::new(SnapshotPacing::unlimited()),
@@ -1128,7 +1185,7 @@ mod stream_tests {
     async fn a_cut_peer_is_unreachable() {
         let faults = Arc::new(NetworkFaults::default());
         let pool = PeerPool::new(
-            NodeId(1),
+            LOCAL,
             Arc::new(OneAddress("127.0.0.1:1".into())),
             faults.clone(),
             Arc::new(SnapshotPacing::unlimited()),

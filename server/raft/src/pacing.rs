@@ -18,6 +18,8 @@ pub struct SnapshotPacing {
     /// A send that hands over no chunk for this long (throttling aside)
     /// has stalled.
     pub stall_after: Duration,
+    /// Bytes let through since the node started (every send's chunks).
+    sent: AtomicU64,
 }
 
 /// A token bucket. Its tokens may go below zero: a chunk larger than the
@@ -55,6 +57,7 @@ impl SnapshotPacing {
             bucket,
             slots: tokio::sync::Semaphore::new(concurrent.max(1)),
             stall_after,
+            sent: AtomicU64::new(0),
         }
     }
 
@@ -72,6 +75,7 @@ impl SnapshotPacing {
     /// Waits until `bytes` more may be sent. Waiters are served in order
     /// (tokio's mutex is fair), so concurrent sends share the rate.
     pub async fn acquire(&self, bytes: u64) {
+        self.sent.fetch_add(bytes, Ordering::Relaxed);
         let Some(bucket) = &self.bucket else {
             return;
         };
@@ -85,6 +89,14 @@ impl SnapshotPacing {
             bucket.refill(Instant::now());
         }
         bucket.tokens -= need;
+    }
+}
+
+impl SnapshotPacing {
+    /// Snapshot bytes this node has sent (or is about to send: counted as
+    /// each chunk is let through) since it started.
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
     }
 }
 

@@ -15,7 +15,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::network::{message, sender_of, unpack, verify_chunk};
+use crate::network::{message, sender_of, unpack, verify_chunk, Sender};
 use crate::quiesce::{answer_quiesce, QuiesceRequest};
 use crate::state_machine::SnapshotFile;
 use crate::types::{
@@ -30,11 +30,12 @@ pub trait ReplicaDirectory: Send + Sync + 'static {
     /// A new file for a snapshot being received (see
     /// [`received_snapshot_file`](crate::state_machine::received_snapshot_file)).
     fn snapshot_file(&self) -> Result<tempfile::NamedTempFile, atoll_storage::EngineError>;
-    /// Whether this node takes Raft traffic from `peer` (`None` for a
+    /// Whether this node takes Raft traffic from `sender` (`None` for a
     /// sender of an earlier version, which does not name itself). A node
-    /// the cluster has removed is refused, with the reason.
-    fn admit(&self, peer: Option<NodeId>) -> Result<(), String> {
-        let _ = peer;
+    /// the cluster has removed, or a data directory the cluster does not
+    /// know on either side, is refused, with the reason.
+    fn admit(&self, sender: Option<&Sender>) -> Result<(), String> {
+        let _ = sender;
         Ok(())
     }
 }
@@ -75,7 +76,7 @@ fn target(replicas: &dyn ReplicaDirectory, shard: u64, replica: u64) -> Result<R
 /// is closing.
 async fn answer_calls(
     replicas: Arc<dyn ReplicaDirectory>,
-    peer: Option<NodeId>,
+    peer: Option<Sender>,
     mut calls: Streaming<RaftCall>,
     replies: mpsc::UnboundedSender<RaftReply>,
     mut closing: watch::Receiver<bool>,
@@ -107,14 +108,14 @@ async fn answer_calls(
 
 async fn answer(
     replicas: Arc<dyn ReplicaDirectory>,
-    peer: Option<NodeId>,
+    peer: Option<Sender>,
     call: RaftCall,
 ) -> RaftReply {
     let call_id = call.call_id;
     // Checked for every call, not once per stream: a stream outlives the
     // map that let its sender in.
-    let answered = match replicas.admit(peer) {
-        Ok(()) => dispatch(&*replicas, peer, call).await,
+    let answered = match replicas.admit(peer.as_ref()) {
+        Ok(()) => dispatch(&*replicas, peer.map(|p| p.node), call).await,
         Err(refused) => Err(refused),
     };
     match answered {
@@ -229,7 +230,7 @@ impl RaftRpc for RaftService {
     ) -> Result<Response<ReplyStream>, Status> {
         let peer = sender_of(&request);
         self.replicas
-            .admit(peer)
+            .admit(peer.as_ref())
             .map_err(Status::permission_denied)?;
         let (replies, out) = mpsc::unbounded_channel();
         tokio::spawn(answer_calls(
@@ -248,7 +249,7 @@ impl RaftRpc for RaftService {
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftMessage>, Status> {
         self.replicas
-            .admit(sender_of(&request))
+            .admit(sender_of(&request).as_ref())
             .map_err(Status::permission_denied)?;
         let mut stream = request.into_inner();
         let mut header: Option<(Vote, SnapshotMeta)> = None;
@@ -382,8 +383,8 @@ mod tests {
             Empty.snapshot_file()
         }
 
-        fn admit(&self, peer: Option<NodeId>) -> Result<(), String> {
-            match peer {
+        fn admit(&self, sender: Option<&Sender>) -> Result<(), String> {
+            match sender.map(|s| s.node) {
                 Some(NodeId(3)) => Err("node 3 is removed".into()),
                 _ => Ok(()),
             }
@@ -399,14 +400,16 @@ mod tests {
             target_replica: 9,
             ..Default::default()
         };
-        let refused = answer(
-            replicas.clone(),
-            Some(NodeId(3)),
-            call(1, vote, Some(msg.clone())),
-        )
-        .await;
+        let from = |node| {
+            Some(Sender {
+                node: NodeId(node),
+                incarnation: 1,
+                expects: 1,
+            })
+        };
+        let refused = answer(replicas.clone(), from(3), call(1, vote, Some(msg.clone()))).await;
         assert_eq!(refused.error, "node 3 is removed");
-        let reached = answer(replicas, Some(NodeId(2)), call(2, vote, Some(msg))).await;
+        let reached = answer(replicas, from(2), call(2, vote, Some(msg))).await;
         assert!(reached.error.contains("no replica r9"), "{}", reached.error);
     }
 }

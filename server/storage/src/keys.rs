@@ -39,6 +39,9 @@ pub mod apply_tag {
     /// kept from before it asks to join until its identity is written, so
     /// a retried join gets the same node id.
     pub const JOIN_TOKEN: u8 = b'j';
+    /// The incarnation of the node's data directory (u64 BE), under
+    /// replica id 0: random, chosen when the directory first starts.
+    pub const INCARNATION: u8 = b'e';
     /// The log clock: the largest proposer time of any applied entry (Unix
     /// ms, u64 BE). Every replica judges TTL expiry by it.
     pub const CLOCK: u8 = b't';

@@ -47,6 +47,8 @@ pub struct Spec {
     pub split_bytes: Option<u64>,
     /// `raft.quiesce_after`, if not the default.
     pub quiesce_after: Option<Duration>,
+    /// `cluster.move_abort_after`, if not the default.
+    pub move_abort_after: Option<Duration>,
 }
 
 impl Default for Spec {
@@ -62,6 +64,7 @@ impl Default for Spec {
             dead_after: None,
             split_bytes: None,
             quiesce_after: None,
+            move_abort_after: None,
         }
     }
 }
@@ -111,6 +114,9 @@ impl TestCluster {
                 }
                 if let Some(after) = spec.quiesce_after {
                     cfg.raft.quiesce_after = after;
+                }
+                if let Some(after) = spec.move_abort_after {
+                    cfg.cluster.move_abort_after = after;
                 }
                 cfg.cluster.split_bytes =
                     atoll_server::size::ByteSize(spec.split_bytes.unwrap_or(0));
@@ -241,16 +247,23 @@ impl TestCluster {
         self.nodes[i] = Some(running);
     }
 
+    /// The id of node `i` (a joined node's comes from the cluster).
+    fn id_of(&self, i: usize) -> NodeId {
+        match &self.nodes[i] {
+            Some(running) => running.node.id,
+            None => NodeId(self.configs[i].node_id),
+        }
+    }
+
     /// Cuts Raft traffic between node `i` and every other node, both ways.
     pub fn isolate(&self, i: usize) {
-        let id = NodeId(self.configs[i].node_id);
+        let id = self.id_of(i);
+        let ids: Vec<NodeId> = (0..self.nodes.len()).map(|j| self.id_of(j)).collect();
         for (j, running) in self.nodes.iter().enumerate() {
             let Some(running) = running else { continue };
             if j == i {
-                for c in &self.configs {
-                    if c.node_id != id.get() {
-                        running.node.faults.cut(NodeId(c.node_id));
-                    }
+                for other in ids.iter().filter(|other| **other != id) {
+                    running.node.faults.cut(*other);
                 }
             } else {
                 running.node.faults.cut(id);
@@ -259,9 +272,10 @@ impl TestCluster {
     }
 
     pub fn heal(&self) {
+        let ids: Vec<NodeId> = (0..self.nodes.len()).map(|j| self.id_of(j)).collect();
         for running in self.nodes.iter().flatten() {
-            for c in &self.configs {
-                running.node.faults.heal(NodeId(c.node_id));
+            for id in &ids {
+                running.node.faults.heal(*id);
             }
         }
     }

@@ -151,8 +151,18 @@ async fn check_keys(client: &atoll_client::Client, n: usize) {
 /// Waits until no move is in progress, node `gone` holds no replica, and
 /// every shard has its 3 replicas again.
 async fn repaired_around(cluster: &TestCluster, gone: u64) -> bool {
-    eventually(Duration::from_secs(120), || {
-        let map = cluster.node(1).map();
+    repaired_within(cluster, gone, Duration::from_secs(120)).await
+}
+
+async fn repaired_within(cluster: &TestCluster, gone: u64, limit: Duration) -> bool {
+    let observer = cluster
+        .nodes
+        .iter()
+        .flatten()
+        .next()
+        .expect("a running node");
+    eventually(limit, || {
+        let map = observer.node.map();
         map.moves.is_empty()
             && held(&map, gone) == 0
             && (map.meta.iter().chain(&map.shards)).all(|s| s.replicas.len() == 3)
@@ -306,6 +316,220 @@ async fn a_silent_node_is_repaired_around_and_gets_replicas_again_when_it_return
         "the returning node gets replicas again"
     );
     check_keys(&client, 100).await;
+    cluster.shutdown().await;
+}
+
+/// Acceptance 3 of the elastic fabric (docs/design/elastic.md, "A node
+/// that lost its data"): node 1 of the initial layout is lost with its
+/// disk. Within `dead_after` + 30 s (the data is a few KiB, so bytes/rate
+/// adds nothing) every shard, the meta shard included, has 3 replicas on 3
+/// islands again, on node 4, which joined island a; when node 1 comes back
+/// on an empty data directory under its old id, it is refused, since it
+/// forgot its votes and the writes it acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_lost_with_its_disk_is_repaired_around_and_refused_when_it_returns_empty() {
+    let dead_after = Duration::from_secs(10);
+    let mut cluster = TestCluster::start(Spec {
+        rocks: true,
+        dead_after: Some(dead_after),
+        ..Spec::default()
+    })
+    .await;
+    let client = cluster.client().await;
+    put_keys(&client, 200).await;
+    cluster.pause_placement().await;
+    cluster.join("a", 100).await;
+    let recorded = eventually(Duration::from_secs(30), || {
+        let map = cluster.node(1).map();
+        map.nodes.len() == 4 && map.nodes.iter().all(|n| n.incarnation != 0)
+    })
+    .await;
+    assert!(recorded, "the meta leader records every node's incarnation");
+    client.set_placement_paused(false).await.unwrap();
+    let balanced = eventually(Duration::from_secs(120), || {
+        let map = cluster.node(1).map();
+        map.moves.is_empty() && held(&map, 4) >= 2
+    })
+    .await;
+    assert!(balanced, "node 4 got its share");
+
+    cluster.stop(0).await;
+    wipe(&cluster.data_dir(0)).await;
+    let lost_at = std::time::Instant::now();
+    let repaired = repaired_within(&cluster, 1, dead_after + Duration::from_secs(30)).await;
+    let map = cluster.node(1).map();
+    assert!(
+        repaired,
+        "every shard back to 3 replicas: moves {:?}, held by nodes 1-4: {:?}",
+        map.moves,
+        (1..=4).map(|n| held(&map, n)).collect::<Vec<_>>(),
+    );
+    eprintln!(
+        "re-replicated around the lost node {:.1} s after it stopped (dead_after {dead_after:?})",
+        lost_at.elapsed().as_secs_f64()
+    );
+    for shard in map.meta.iter().chain(&map.shards) {
+        let islands: std::collections::BTreeSet<&str> = (shard.replicas.iter())
+            .filter_map(|r| map.node(NodeId(r.node_id)))
+            .map(|n| n.island.as_str())
+            .collect();
+        assert_eq!(islands.len(), 3, "shard {} spans 3 islands", shard.id);
+    }
+    check_keys(&client, 200).await;
+
+    let refused = atoll_server::dev::start_rocks_node(cluster.configs[0].clone()).await;
+    let error = match refused {
+        Ok(node) => {
+            node.shutdown().await;
+            panic!("node 1 started on an empty data dir under its old id");
+        }
+        Err(e) => e.to_string(),
+    };
+    assert!(error.contains("has run in this cluster before"), "{error}");
+    client.put("after", "loss").await.unwrap();
+    check_keys(&client, 200).await;
+    cluster.shutdown().await;
+}
+
+/// Deletes a stopped node's data dir (RocksDB may still be closing it).
+async fn wipe(dir: &std::path::Path) {
+    for _ in 0..50 {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    std::fs::remove_dir_all(dir).expect("wipe the data dir");
+}
+
+/// Acceptance 4 of the elastic fabric: placement weighs nodes by capacity.
+/// A node of capacity 200 joins island a beside node 1 (capacity 100);
+/// each island holds one replica of every shard, so island a's 13
+/// replicas (12 data shards and the meta shard) end split about 2 to 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_of_twice_the_capacity_ends_with_about_twice_the_replicas() {
+    let mut cluster = TestCluster::start(Spec {
+        shards: 12,
+        ..Spec::default()
+    })
+    .await;
+    let client = cluster.client().await;
+    put_keys(&client, 200).await;
+    cluster.pause_placement().await;
+    cluster.join("a", 200).await;
+
+    // Paused, placement only plans: node 1 gives node 4 its share.
+    let mut plan = client.placement_plan().await.unwrap();
+    for _ in 0..100 {
+        if !plan.moves.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        plan = client.placement_plan().await.unwrap();
+    }
+    assert!(plan.paused && plan.error.is_empty(), "{plan:?}");
+    assert!((8..=9).contains(&plan.moves.len()), "{plan:?}");
+    for planned in &plan.moves {
+        assert_eq!((planned.from_node, planned.to_node), (1, 4), "{plan:?}");
+        assert_eq!(planned.reason, "rebalance");
+    }
+    assert!(
+        cluster.node(0).map().moves.is_empty(),
+        "nothing moves while paused"
+    );
+    client.set_placement_paused(false).await.unwrap();
+
+    // Converged: nothing in flight and nothing left to plan.
+    let mut settled = false;
+    for _ in 0..360 {
+        let plan = client.placement_plan().await.unwrap();
+        if plan.moves.is_empty() && cluster.node(0).map().moves.is_empty() {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let map = cluster.node(0).map();
+    let (small, large) = (held(&map, 1), held(&map, 4));
+    assert!(
+        settled,
+        "node 4 got its share: node 1 {small}, node 4 {large}"
+    );
+    assert_eq!(
+        small + large,
+        13,
+        "island a holds one replica of each shard"
+    );
+    assert!(
+        large.abs_diff(2 * small) <= 2,
+        "capacity 200 holds about twice capacity 100: node 1 {small}, node 4 {large}"
+    );
+    check_keys(&client, 200).await;
+    cluster.shutdown().await;
+}
+
+/// A move whose new replica cannot catch up (its node's Raft traffic is
+/// cut, though it answers the meta leader) says why in `moves list`, and
+/// after `cluster.move_abort_after` is given up: its learner leaves the
+/// shard and the shard keeps its replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_move_that_makes_no_progress_says_why_and_is_given_up() {
+    let mut cluster = TestCluster::start(Spec {
+        move_abort_after: Some(Duration::from_secs(6)),
+        ..Spec::default()
+    })
+    .await;
+    let client = cluster.client().await;
+    put_keys(&client, 50).await;
+    cluster.pause_placement().await;
+    let joined = cluster.join("a", 100).await;
+    let up = eventually(Duration::from_secs(30), || {
+        let map = cluster.node(0).map();
+        map.node(NodeId(4)).map(Lifecycle::of) == Some(Lifecycle::Up)
+    })
+    .await;
+    assert!(up, "node 4 is up");
+    cluster.isolate(joined);
+
+    let shard = cluster.node(0).map().shards[0].id;
+    client.move_replica(shard, 1, 4).await.unwrap();
+    let mut shown = String::new();
+    for _ in 0..100 {
+        let moves = client.list_moves().await.unwrap().moves;
+        if let Some(m) = moves.iter().find(|m| m.stuck.contains("no progress")) {
+            shown = m.stuck.clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        shown.contains("move_abort_after"),
+        "moves list says why: {shown:?}"
+    );
+
+    let given_up = eventually(Duration::from_secs(60), || {
+        let map = cluster.node(0).map();
+        let replicas = map.shard(ShardId(shard)).map(|s| s.replicas.clone());
+        map.moves.is_empty()
+            && replicas.is_some_and(|r| r.iter().any(|r| r.node_id == 1) && r.len() == 3)
+    })
+    .await;
+    assert!(given_up, "the move is given up and the shard keeps node 1");
+    let leader = cluster.leader_of(ShardId(shard)).expect("a leader");
+    let membership = cluster
+        .node(leader)
+        .replica(ShardId(shard))
+        .unwrap()
+        .metrics();
+    let learners: Vec<_> = membership
+        .membership_config
+        .membership()
+        .learner_ids()
+        .collect();
+    assert!(learners.is_empty(), "no learner left: {learners:?}");
+    cluster.heal();
+    check_keys(&client, 50).await;
     cluster.shutdown().await;
 }
 

@@ -357,6 +357,19 @@ fn atoll_dev_starts_three_islands_that_atollctl_can_use() {
     }
     let (ok, _) = atollctl(&endpoints, &["get", "missing"]);
     assert!(!ok, "a missing key exits 1");
+    let (ok, out) = atollctl(&endpoints, &["placement", "show", "-o", "json"]);
+    assert!(ok, "{out}");
+    let shares: serde_json::Value = serde_json::from_str(&out).expect("placement show JSON");
+    let nodes = shares["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3, "{out}");
+    for node in nodes {
+        // One node per island: each holds every shard, all of its island's.
+        assert_eq!(node["replicas"], nodes[0]["replicas"], "{out}");
+        assert!(node["replicas"].as_u64() > Some(0), "{out}");
+        assert_eq!(node["replica_share"].as_f64(), Some(1.0), "{out}");
+        assert_eq!(node["capacity_share"].as_f64(), Some(1.0), "{out}");
+    }
+    assert_eq!(shares["islands"].as_array().map(Vec::len), Some(3), "{out}");
 
     Command::new("kill")
         .args(["-TERM", &dev.id().to_string()])

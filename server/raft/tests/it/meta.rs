@@ -33,6 +33,7 @@ fn initial_map() -> Vec<u8> {
         capacity: 1,
         state: NodeState::Up as i32,
         join_token: 0,
+        incarnation: 0,
     };
     ClusterMap {
         map_version: 1,
