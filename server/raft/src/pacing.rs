@@ -22,9 +22,9 @@ pub struct SnapshotPacing {
     sent: AtomicU64,
 }
 
-/// A token bucket. Its tokens may go below zero: a chunk larger than the
-/// bucket is a debt the next chunks wait for, so the rate holds however
-/// small the bucket.
+/// A token bucket. Its tokens may go below zero: a chunk is taken at once
+/// and its bytes owed, and its sender waits until the debt is paid, so the
+/// rate holds however small the bucket and however large the chunk.
 #[derive(Debug)]
 struct Bucket {
     bytes_per_sec: u64,
@@ -38,6 +38,17 @@ impl Bucket {
         let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.bytes_per_sec as f64).min(self.capacity);
         self.refilled = now;
+    }
+
+    /// Takes `bytes` at `now`; returns how long their sender waits before
+    /// sending them (until the bucket's debt, theirs included, is paid).
+    fn take(&mut self, now: Instant, bytes: u64) -> Duration {
+        self.refill(now);
+        self.tokens -= bytes as f64;
+        match self.tokens < 0.0 {
+            true => Duration::from_secs_f64(-self.tokens / self.bytes_per_sec as f64),
+            false => Duration::ZERO,
+        }
     }
 }
 
@@ -72,29 +83,23 @@ impl SnapshotPacing {
         self.slots.acquire().await.ok()
     }
 
-    /// Waits until `bytes` more may be sent. Waiters are served in order
-    /// (tokio's mutex is fair), so concurrent sends share the rate.
+    /// Waits until `bytes` more may be sent. Each call owes its bytes from
+    /// the moment it is made and waits for everything owed before it, so
+    /// concurrent sends share the rate in the order they asked.
     pub async fn acquire(&self, bytes: u64) {
-        self.sent.fetch_add(bytes, Ordering::Relaxed);
-        let Some(bucket) = &self.bucket else {
-            return;
-        };
-        let mut bucket = bucket.lock().await;
-        bucket.refill(Instant::now());
-        // A chunk larger than the bucket waits for its whole size.
-        let need = bytes as f64;
-        if bucket.tokens < need {
-            let wait = (need - bucket.tokens) / bucket.bytes_per_sec as f64;
-            tokio::time::sleep(Duration::from_secs_f64(wait)).await;
-            bucket.refill(Instant::now());
+        if let Some(bucket) = &self.bucket {
+            let wait = bucket.lock().await.take(Instant::now(), bytes);
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
         }
-        bucket.tokens -= need;
+        self.sent.fetch_add(bytes, Ordering::Relaxed);
     }
 }
 
 impl SnapshotPacing {
-    /// Snapshot bytes this node has sent (or is about to send: counted as
-    /// each chunk is let through) since it started.
+    /// Snapshot bytes this node has sent since it started (counted as the
+    /// rate lets each chunk through).
     pub fn bytes_sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
     }
@@ -202,6 +207,29 @@ mod tests {
         // never faster than the rate, however the two sends interleave.
         let elapsed = start.elapsed();
         assert!(elapsed >= Duration::from_millis(930), "{elapsed:?}");
+    }
+
+    /// Chunks far larger than the bucket (the snapshot sender's 1 MiB
+    /// chunks against a bucket of one byte) go at the rate: each waits for
+    /// its own bytes, not twice.
+    #[test]
+    fn chunks_larger_than_the_bucket_go_at_the_rate() {
+        const MIB: u64 = 1 << 20;
+        let start = Instant::now();
+        let mut bucket = Bucket {
+            bytes_per_sec: 8 * MIB,
+            capacity: 1.0,
+            tokens: 1.0,
+            refilled: start,
+        };
+        let mut now = start;
+        for _ in 0..64 {
+            // The sender sends once its wait is over, then asks again.
+            now += bucket.take(now, MIB);
+        }
+        // 64 chunks of 1 MiB at 8 MiB/s: the last is sent 8 s in.
+        let took = now.duration_since(start).as_secs_f64();
+        assert!((took - 8.0).abs() < 0.01, "{took}");
     }
 
     #[tokio::test]
