@@ -57,6 +57,12 @@ pub enum Fault {
     /// controller may move it back to its placement target later. Needs
     /// more nodes than the replication factor.
     Move,
+    /// A move as `move`, then, half a second later (while the learner is
+    /// added or catching up), kill -9 the move's target node or the meta
+    /// shard's leader; restart it a period later. Every move must end
+    /// finished or given up, with no joint configuration or learner left.
+    #[value(name = "move-crash")]
+    MoveCrash,
     /// Split a shard the workload uses (its leader's, when aimed) in the
     /// middle of its hash range: the shard keeps the lower half, a new
     /// shard on the same nodes the upper half, while the other faults
@@ -102,7 +108,7 @@ impl Fault {
     pub fn moves_replicas(self) -> bool {
         matches!(
             self,
-            Fault::Move | Fault::Split | Fault::Drain | Fault::Join
+            Fault::Move | Fault::MoveCrash | Fault::Split | Fault::Drain | Fault::Join
         )
     }
 }
@@ -275,6 +281,67 @@ fn victims(
     (BTreeSet::from([rng.random_range(0..n)]), "random node")
 }
 
+/// How long after asking for a move `move-crash` kills a node.
+const MOVE_CRASH_AFTER: Duration = Duration::from_millis(500);
+
+/// Asks for a move of a replica of a shard the workload uses (its
+/// leader's, when aimed) to a node of the same island that holds none of
+/// the shard's. Returns what it did, the shards whose leader it moves, and
+/// the target node's index if the cluster took the move.
+async fn start_move(
+    c: &Cluster,
+    view: &View,
+    aim: bool,
+    probe: &Probe<'_>,
+    rng: &mut impl Rng,
+) -> anyhow::Result<(String, Vec<u64>, Option<usize>)> {
+    let Probe::Atoll(client) = probe else {
+        anyhow::bail!("moves need an Atoll cluster");
+    };
+    let n = c.len();
+    let mut legal: Vec<(u64, usize, usize)> = Vec::new();
+    for &shard in view.leaders.keys() {
+        let replicas = view.replicas.get(&shard).cloned().unwrap_or_default();
+        for &from in &replicas {
+            for to in (0..n).filter(|i| !replicas.contains(i)) {
+                if c.islands[to] == c.islands[from] {
+                    legal.push((shard, from, to));
+                }
+            }
+        }
+    }
+    let led: Vec<(u64, usize, usize)> = (legal.iter())
+        .filter(|(shard, from, _)| view.leaders.get(shard) == Some(from))
+        .copied()
+        .collect();
+    let pick = match aim {
+        true => led.choose(rng).or_else(|| legal.choose(rng)),
+        false => legal.choose(rng),
+    };
+    let Some(&(shard, from, to)) = pick else {
+        return Ok((
+            "move: no replica can move within its island".into(),
+            Vec::new(),
+            None,
+        ));
+    };
+    let leader = view.leaders.get(&shard).copied();
+    let asked = client
+        .move_replica(shard, from as u64 + 1, to as u64 + 1)
+        .await;
+    let what = format!(
+        "move shard {shard} from node {} to node {}",
+        from + 1,
+        to + 1
+    );
+    Ok(match asked {
+        // A refused move hit nothing.
+        Err(e) => (format!("{what}: {e}"), Vec::new(), None),
+        Ok(_) if leader == Some(from) => (what, vec![shard], Some(to)),
+        Ok(_) => (what, Vec::new(), Some(to)),
+    })
+}
+
 /// Applies one fault; returns what it did, the shards whose leader it took
 /// down or cut off, and how to undo it.
 async fn inject(
@@ -406,60 +473,27 @@ async fn inject(
             (what, view.cut_off(&cut.grudge), Undo::Heal)
         }
         Fault::Move => {
-            let Probe::Atoll(client) = probe else {
-                anyhow::bail!("moves need an Atoll cluster");
-            };
-            // Moves that keep the shard on its islands: to a node of the
-            // leaving replica's island that holds none of the shard's.
-            let mut legal: Vec<(u64, usize, usize)> = Vec::new();
-            for &shard in view.leaders.keys() {
-                let replicas = view.replicas.get(&shard).cloned().unwrap_or_default();
-                for &from in &replicas {
-                    for to in (0..n).filter(|i| !replicas.contains(i)) {
-                        if c.islands[to] == c.islands[from] {
-                            legal.push((shard, from, to));
-                        }
-                    }
-                }
-            }
-            let led: Vec<(u64, usize, usize)> = (legal.iter())
-                .filter(|(shard, from, _)| view.leaders.get(shard) == Some(from))
-                .copied()
-                .collect();
-            let pick = match aim {
-                true => led.choose(&mut rng).or_else(|| legal.choose(&mut rng)),
-                false => legal.choose(&mut rng),
-            };
-            let Some(&(shard, from, to)) = pick else {
-                return Ok((
-                    "move: no replica can move within its island".into(),
-                    Vec::new(),
-                    Undo::Nothing,
-                ));
-            };
-            let leader = view.leaders.get(&shard).copied();
-            let asked = client
-                .move_replica(shard, from as u64 + 1, to as u64 + 1)
-                .await;
-            let moved = asked.is_ok();
-            let what = match asked {
-                Ok(_) => format!(
-                    "move shard {shard} from node {} to node {}",
-                    from + 1,
-                    to + 1
-                ),
-                Err(e) => format!(
-                    "move shard {shard} from node {} to node {}: {e}",
-                    from + 1,
-                    to + 1
-                ),
-            };
-            // A refused move hit nothing.
-            let hit = match moved && leader == Some(from) {
-                true => vec![shard],
-                false => Vec::new(),
-            };
+            let (what, hit, _) = start_move(&c, view, aim, probe, &mut rng).await?;
             (what, hit, Undo::Nothing)
+        }
+        Fault::MoveCrash => {
+            let (what, hit, started) = start_move(&c, view, aim, probe, &mut rng).await?;
+            let Some(to) = started else {
+                return Ok((what, hit, Undo::Nothing));
+            };
+            // Mid-move: the learner is being added or catching up.
+            tokio::time::sleep(MOVE_CRASH_AFTER).await;
+            let (victim, why) = match (rng.random_bool(0.5), view.meta) {
+                (true, Some(meta)) => (meta, "the meta shard's leader"),
+                _ => (to, "the move's target"),
+            };
+            c.kill(victim)?;
+            let what = format!("{what}, then kill -9 node {} ({why})", victim + 1);
+            let mut hit = hit;
+            hit.extend(view.led_from(&BTreeSet::from([victim])));
+            hit.sort_unstable();
+            hit.dedup();
+            (what, hit, Undo::Restart(vec![victim]))
         }
         Fault::Split => {
             let Probe::Atoll(client) = probe else {

@@ -10,6 +10,7 @@
 
 pub mod codec;
 pub mod command;
+pub mod join_guard;
 pub mod log_store;
 pub mod meta_command;
 pub mod network;

@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::join_guard::JoinGuard;
 use crate::pacing::{install_deadline, SendProgress, SnapshotPacing};
 use crate::types::{
     AppendEntriesRequest, AppendEntriesResponse, EntryPayload, Fatal, ReplicaNode, Snapshot,
@@ -514,11 +515,22 @@ pub struct NetworkFactory {
     /// The sending replica.
     from: ReplicaId,
     pool: Arc<PeerPool>,
+    guard: Arc<JoinGuard>,
 }
 
 impl NetworkFactory {
-    pub fn new(shard: ShardId, from: ReplicaId, pool: Arc<PeerPool>) -> Self {
-        Self { shard, from, pool }
+    pub fn new(
+        shard: ShardId,
+        from: ReplicaId,
+        pool: Arc<PeerPool>,
+        guard: Arc<JoinGuard>,
+    ) -> Self {
+        Self {
+            shard,
+            from,
+            pool,
+            guard,
+        }
     }
 }
 
@@ -532,6 +544,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             node: *node,
             pool: self.pool.clone(),
+            guard: self.guard.clone(),
         }
     }
 }
@@ -543,6 +556,7 @@ pub struct Network {
     target: ReplicaId,
     node: ReplicaNode,
     pool: Arc<PeerPool>,
+    guard: Arc<JoinGuard>,
 }
 
 /// Encodes `value` into a checksummed [`RaftMessage`].
@@ -629,6 +643,9 @@ impl RaftNetworkV2<TypeConfig> for Network {
         mut rpc: AppendEntriesRequest,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse> {
+        if let Some(why) = self.guard.refuses(self.target, &rpc) {
+            return Err(RPCError::Unreachable(unreachable(why)));
+        }
         let fit = entries_that_fit(&rpc.entries);
         let cut = (fit < rpc.entries.len()).then(|| {
             rpc.entries.truncate(fit);
@@ -1017,7 +1034,9 @@ mod stream_tests {
             pacing: Arc::new(SnapshotPacing::new(0, 0, 1, stall_after)),
             ..pool
         };
-        let mut factory = NetworkFactory::new(ShardId(1), ReplicaId(1), Arc::new(pool));
+        let owned = crate::state_machine::OwnedRange::new(crate::ShardKind::Meta, 0);
+        let guard = Arc::new(JoinGuard::new(Arc::new(owned)));
+        let mut factory = NetworkFactory::new(ShardId(1), ReplicaId(1), Arc::new(pool), guard);
         let mut network = factory
             .new_client(ReplicaId(2), &ReplicaNode { node: PEER })
             .await;

@@ -12,6 +12,7 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::storage::RaftLogStorage;
 use openraft::SnapshotPolicy;
 
+use crate::join_guard::JoinGuard;
 use crate::log_store::LogStore;
 use crate::network::{NetworkFactory, PeerPool};
 use crate::proposer::Proposer;
@@ -176,10 +177,12 @@ impl Replica {
         }
         .validate()
         .map_err(|e| ReplicaError::Config(e.to_string()))?;
-        let network = NetworkFactory::new(spec.shard, spec.replica, pool);
+        let guard = Arc::new(JoinGuard::new(owned.clone()));
+        let network = NetworkFactory::new(spec.shard, spec.replica, pool, guard.clone());
         let raft = Raft::new(spec.replica, Arc::new(raft_config), network, log, sm)
             .await
             .map_err(|e| ReplicaError::Raft(e.to_string()))?;
+        guard.watch(raft.metrics());
         let initialized = raft
             .is_initialized()
             .await

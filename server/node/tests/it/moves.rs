@@ -213,6 +213,8 @@ async fn a_joining_node_gets_its_share_and_a_drained_node_gives_it_back() {
     );
     assert!(map.shards.iter().all(|s| s.replicas.len() == 3));
 
+    let held_before = held(&map, 4);
+    let drain_started = std::time::Instant::now();
     client
         .set_node_state(4, atoll_client::NodeState::Draining, false)
         .await
@@ -223,6 +225,10 @@ async fn a_joining_node_gets_its_share_and_a_drained_node_gives_it_back() {
             .is_some_and(|n| Lifecycle::of(n) == Lifecycle::Removed)
     })
     .await;
+    eprintln!(
+        "drained {held_before} replicas off node 4 and removed it in {:.1} s",
+        drain_started.elapsed().as_secs_f64()
+    );
     let map = cluster.node(1).map();
     assert!(
         drained,
