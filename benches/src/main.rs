@@ -217,37 +217,17 @@ async fn main() -> std::process::ExitCode {
     // Run inside select! so that Ctrl-C drops the clusters (killing their
     // processes) instead of leaving them behind.
     let run = async {
+        // A scenario's own --atoll-bin, else the global one.
+        let bin =
+            |run: &setup::ClusterRun| atoll_bin(run.atoll_bin.as_ref().or(args.atoll_bin.as_ref()));
         match &args.scenario {
             Some(Scenario::Snapshot(scenario)) => {
-                let bin = atoll_bin(
-                    scenario
-                        .cluster
-                        .atoll_bin
-                        .as_ref()
-                        .or(args.atoll_bin.as_ref()),
-                )?;
-                snapshot::run(scenario, bin).await
+                snapshot::run(scenario, bin(&scenario.cluster)?).await
             }
             Some(Scenario::ScaleOut(scenario)) => {
-                let bin = atoll_bin(
-                    scenario
-                        .cluster
-                        .atoll_bin
-                        .as_ref()
-                        .or(args.atoll_bin.as_ref()),
-                )?;
-                scale_out::run(scenario, bin).await
+                scale_out::run(scenario, bin(&scenario.cluster)?).await
             }
-            Some(Scenario::Idle(scenario)) => {
-                let bin = atoll_bin(
-                    scenario
-                        .cluster
-                        .atoll_bin
-                        .as_ref()
-                        .or(args.atoll_bin.as_ref()),
-                )?;
-                idle::run(scenario, bin).await
-            }
+            Some(Scenario::Idle(scenario)) => idle::run(scenario, bin(&scenario.cluster)?).await,
             None => bench(&args).await,
         }
     };
