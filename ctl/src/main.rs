@@ -230,6 +230,15 @@ impl From<&KeyValue> for KvOut {
     }
 }
 
+/// A node as tables show it: `n4`, or `-` for none (a move that adds a
+/// replica has no source; one that removes a replica has no target).
+fn node_name(id: u64) -> String {
+    match id {
+        0 => "-".to_string(),
+        n => format!("n{n}"),
+    }
+}
+
 fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())

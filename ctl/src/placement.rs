@@ -254,15 +254,11 @@ pub fn print_plan(plan: &PlacementPlanResponse) {
         "SHARD", "FROM", "TO", "REASON", "BYTES"
     );
     for m in &plan.moves {
-        let from = match m.from_node {
-            0 => "-".to_string(),
-            n => format!("n{n}"),
-        };
         println!(
             "{:<6} {:<6} {:<6} {:<10} {:>14}",
             m.shard_id,
-            from,
-            format!("n{}", m.to_node),
+            crate::node_name(m.from_node),
+            crate::node_name(m.to_node),
             m.reason,
             m.bytes
         );

@@ -53,7 +53,11 @@ pub fn rows(status: &StatusResponse) -> Vec<ShardRow> {
                     p.stuck.clone(),
                 ),
                 (None, Some(m)) => (
-                    format!("moving n{} -> n{}", m.from_node, m.to_node),
+                    format!(
+                        "moving {} -> {}",
+                        crate::node_name(m.from_node),
+                        crate::node_name(m.to_node)
+                    ),
                     m.stuck.clone(),
                 ),
                 (None, None) => (String::new(), String::new()),

@@ -309,6 +309,9 @@ pub struct MoveOut {
     /// The new replica's matched log index, and the leader's last.
     pub matched_index: u64,
     pub leader_last_index: u64,
+    /// Bytes the shard's leader has sent the new replica (snapshot and
+    /// log entries; a new shard leader counts from 0).
+    pub bytes_sent: u64,
     /// Why the move is not advancing ("" while it is).
     pub stuck: String,
 }
@@ -328,6 +331,7 @@ impl From<&atoll_client::Move> for MoveOut {
             started_ms: m.started_ms,
             matched_index: m.matched_index,
             leader_last_index: m.leader_last_index,
+            bytes_sent: m.bytes_sent,
             stuck: m.stuck.clone(),
         }
     }
@@ -339,19 +343,28 @@ pub fn print_moves(moves: &[MoveOut]) {
         return;
     }
     println!(
-        "{:<5} {:<6} {:<14} {:<14} {:<14} {:>19} STUCK",
-        "MOVE", "SHARD", "FROM", "TO", "STATE", "MATCHED/LAST"
+        "{:<5} {:<6} {:<14} {:<14} {:<14} {:>19} {:>14} STUCK",
+        "MOVE", "SHARD", "FROM", "TO", "STATE", "MATCHED/LAST", "BYTES SENT"
     );
     for m in moves {
         println!(
-            "{:<5} {:<6} {:<14} {:<14} {:<14} {:>19} {}",
+            "{:<5} {:<6} {:<14} {:<14} {:<14} {:>19} {:>14} {}",
             m.id,
             m.shard,
-            format!("n{} r{}", m.from_node, m.from_replica),
-            format!("n{} r{}", m.to_node, m.to_replica),
+            replica_name(m.from_node, m.from_replica),
+            replica_name(m.to_node, m.to_replica),
             m.state,
             format!("{}/{}", m.matched_index, m.leader_last_index),
+            m.bytes_sent,
             m.stuck
         );
+    }
+}
+
+/// A move's source or target replica: `n4 r17`, or `-` for none.
+fn replica_name(node: u64, replica: u64) -> String {
+    match replica {
+        0 => "-".to_string(),
+        r => format!("{} r{r}", crate::node_name(node)),
     }
 }

@@ -11,7 +11,8 @@ use crate::config::ClusterConfig;
 pub const META_VOTERS: usize = 5;
 
 /// The map of a new cluster: `initial_shards` equal hash ranges placed by
-/// the placement function, and the meta shard on up to five nodes.
+/// the placement function, and the meta shard on an odd number of nodes,
+/// at most five.
 /// Replica ids are handed out in order, meta first.
 pub fn initial_map(cluster: &ClusterConfig) -> Result<ClusterMap, String> {
     let mut nodes = cluster.initial_nodes.clone();
@@ -28,7 +29,7 @@ pub fn initial_map(cluster: &ClusterConfig) -> Result<ClusterMap, String> {
     let shard_ids: Vec<ShardId> = (1..=ranges.len() as u64).map(ShardId).collect();
     let rf = cluster.replication_factor as usize;
     let data = place(&specs, &shard_ids, rf, &Assignment::new()).map_err(|e| e.to_string())?;
-    let meta_voters = nodes.len().min(META_VOTERS);
+    let meta_voters = crate::planner::meta_voters(nodes.len());
     let meta = place(&specs, &[ShardId::META], meta_voters, &Assignment::new())
         .map_err(|e| e.to_string())?;
 

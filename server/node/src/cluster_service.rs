@@ -348,6 +348,9 @@ impl Cluster for ClusterService {
         request: Request<wire::MoveReplicaRequest>,
     ) -> Result<Response<wire::MapChangeResponse>, Status> {
         let r = request.get_ref();
+        if r.to_node == 0 {
+            return Err(ApiError::Refused("name the node to move the replica to".into()).into());
+        }
         let map = self.node.map();
         let shard = map
             .shard(ShardId(r.shard_id))

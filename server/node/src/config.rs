@@ -101,8 +101,9 @@ pub struct RaftConfig {
     pub snapshot_after_entries: u64,
     /// Entries kept behind the last snapshot for slow followers.
     pub keep_entries_after_snapshot: u64,
-    /// Snapshot bytes per second this node sends, over all its snapshots
-    /// ("0B" for no limit).
+    /// Bytes per second this node sends to replicas that are catching up,
+    /// over all its snapshots and the log entries it sends to learners (a
+    /// move's new replica) ("0B" for no limit).
     pub snapshot_rate: ByteSize,
     /// Snapshots this node sends at once; more wait their turn.
     pub snapshot_sends: usize,

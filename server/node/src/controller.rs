@@ -63,7 +63,9 @@ pub(crate) enum Step {
 pub(crate) fn decide(record: &wire::Move, map_voters: &[u64], seen: &MembershipResponse) -> Step {
     let (from, to) = (record.from_replica, record.to_replica);
     let mut target: Vec<u64> = map_voters.iter().copied().filter(|r| *r != from).collect();
-    target.push(to);
+    if to != 0 {
+        target.push(to);
+    }
     target.sort_unstable();
     let matched = (seen.progress.iter())
         .find(|p| p.replica_id == to)
@@ -86,20 +88,23 @@ pub(crate) fn decide(record: &wire::Move, map_voters: &[u64], seen: &MembershipR
     if voters == target {
         return Step::Finish;
     }
-    if voters.contains(&to) {
-        // The new replica votes but the old one still does (an earlier
-        // change of this move that did not complete).
-        return Step::ChangeVoters { voters: target };
-    }
-    if !seen.learners.contains(&to) {
-        return Step::AddLearner;
-    }
-    if matched == 0 || last.saturating_sub(matched) > CAUGHT_UP_ENTRIES {
-        return Step::Wait {
-            phase: MovePhase::CatchUp,
-            matched,
-            last,
-        };
+    // A removal (no new replica) goes straight to the change of voters.
+    if to != 0 {
+        if voters.contains(&to) {
+            // The new replica votes but the old one still does (an earlier
+            // change of this move that did not complete).
+            return Step::ChangeVoters { voters: target };
+        }
+        if !seen.learners.contains(&to) {
+            return Step::AddLearner;
+        }
+        if matched == 0 || last.saturating_sub(matched) > CAUGHT_UP_ENTRIES {
+            return Step::Wait {
+                phase: MovePhase::CatchUp,
+                matched,
+                last,
+            };
+        }
     }
     if seen.leader_replica == from {
         if let Some(other) = target.iter().find(|r| **r != to && voters.contains(r)) {
@@ -143,7 +148,6 @@ pub(crate) async fn run(weak: Weak<Node>) {
             let mut watch = Watch {
                 reported: &mut reported,
                 stalls: &mut stalls,
-                sent: &liveness.sent,
             };
             advance(&node, &meta, &map, record, &mut watch).await;
         }
@@ -180,7 +184,11 @@ pub(crate) fn plan_now(node: &Node) -> wire::PlacementPlanResponse {
                     from_node: p.from_node,
                     to_node: p.to_node,
                     reason: p.reason.name().into(),
-                    bytes: view.sizes.get(&p.shard.get()).copied().unwrap_or(0),
+                    // A removal copies nothing.
+                    bytes: match p.to_node {
+                        0 => 0,
+                        _ => view.sizes.get(&p.shard.get()).copied().unwrap_or(0),
+                    },
                 })
                 .collect(),
             String::new(),
@@ -219,8 +227,9 @@ async fn start_planned(node: &Node, meta: &Replica, map: &ClusterMap, silent: &B
         if in_flight >= MAX_MOVES {
             break;
         }
+        // A removal (to node 0) copies nothing.
         let receiving = into.entry(p.to_node).or_default();
-        if *receiving >= MAX_MOVES_INTO_NODE {
+        if p.to_node != 0 && *receiving >= MAX_MOVES_INTO_NODE {
             continue;
         }
         let command = Command::Meta(MetaCommand::BeginMove {
@@ -255,8 +264,6 @@ struct Liveness {
     channels: HashMap<String, Channel>,
     /// Bytes of each shard's largest replica, as the last probe found them.
     sizes: HashMap<u64, u64>,
-    /// Snapshot bytes each node had sent, as the last probe found them.
-    sent: HashMap<u64, u64>,
     incarnations: Incarnations,
 }
 
@@ -310,7 +317,6 @@ impl Liveness {
         };
         let own = crate::cluster_service::node_status(node);
         sized(&own);
-        self.sent.insert(node.id.get(), own.snapshot_bytes_sent);
         self.incarnations.unrecorded.clear();
         self.incarnations.note(map, node.id.get(), own.incarnation);
         for (id, status) in futures::future::join_all(calls).await {
@@ -322,7 +328,6 @@ impl Liveness {
             if let Some(status) = status {
                 *seen = now;
                 sized(&status);
-                self.sent.insert(id, status.snapshot_bytes_sent);
             }
         }
         self.last_seen
@@ -469,19 +474,25 @@ async fn advance(
         Ok(seen) => seen,
         Err(why) => {
             let stuck = format!("the shard's leader did not answer: {why}");
-            let phase = MovePhase::of(record);
-            report(node, meta, record, phase, 0, 0, stuck, reported).await;
+            let seen = Progress {
+                phase: MovePhase::of(record),
+                matched: 0,
+                last: 0,
+                sent: record.bytes_sent,
+            };
+            report(node, meta, record, seen, stuck, reported).await;
             return;
         }
     };
     let target_up = map
         .node(atoll_proto::NodeId(record.to_node))
         .is_some_and(|n| Lifecycle::of(n) == Lifecycle::Up);
-    if !target_up && !seen.voters.contains(&record.to_replica) {
+    let removal = record.to_node == 0;
+    if !removal && !target_up && !seen.voters.contains(&record.to_replica) {
         abort(node, meta, map, record, &seen, "its target is not up").await;
         return;
     }
-    let observed = Observed::of(map, record, &seen, watch.sent);
+    let observed = Observed::of(record, &seen);
     let idle = match watch.stalls.get(&record.id) {
         Some((since, last)) if *last == observed => since.elapsed(),
         _ => {
@@ -581,17 +592,32 @@ async fn advance(
             let stuck = if idle >= STALL_SHOWN_AFTER.min(abort_after / 2) {
                 format!(
                     "no progress for {} s: the learner matched {matched} of {last} entries, and \
-                     its shard leader's node sent no snapshot bytes; given up after {} s \
+                     the shard's leader sent it no more bytes ({} so far); given up after {} s \
                      (cluster.move_abort_after) unless it advances",
                     idle.as_secs(),
+                    observed.sent,
                     abort_after.as_secs()
                 )
             } else {
                 String::new()
             };
-            report(node, meta, record, phase, matched, last, stuck, reported).await
+            let seen = Progress {
+                phase,
+                matched,
+                last,
+                sent: observed.sent,
+            };
+            report(node, meta, record, seen, stuck, reported).await
         }
-        Err(why) => report(node, meta, record, phase_now, 0, 0, why, reported).await,
+        Err(why) => {
+            let seen = Progress {
+                phase: phase_now,
+                matched: 0,
+                last: 0,
+                sent: observed.sent,
+            };
+            report(node, meta, record, seen, why, reported).await
+        }
     }
 }
 
@@ -640,8 +666,6 @@ struct Watch<'a> {
     reported: &'a mut HashMap<u64, (Instant, MovePhase, String)>,
     /// Since when each move has shown the same [`Observed`].
     stalls: &'a mut HashMap<u64, (Instant, Observed)>,
-    /// Snapshot bytes each node had sent at the last probe.
-    sent: &'a HashMap<u64, u64>,
 }
 
 /// What a move's progress is judged by: any change is progress.
@@ -652,31 +676,21 @@ struct Observed {
     joint: bool,
     committed: bool,
     matched: u64,
-    /// Snapshot bytes sent by the node of the shard's leader.
+    /// Bytes the shard's leader sent the new replica.
     sent: u64,
 }
 
 impl Observed {
-    fn of(
-        map: &ClusterMap,
-        record: &wire::Move,
-        seen: &MembershipResponse,
-        sent: &HashMap<u64, u64>,
-    ) -> Observed {
+    fn of(record: &wire::Move, seen: &MembershipResponse) -> Observed {
         let to = record.to_replica;
-        let leader_node = (map.shard(ShardId(record.shard_id)).into_iter())
-            .flat_map(|s| &s.replicas)
-            .find(|r| r.replica_id == seen.leader_replica)
-            .map(|r| r.node_id);
+        let progress = seen.progress.iter().find(|p| p.replica_id == to);
         Observed {
             learner: seen.learners.contains(&to),
             voter: seen.voters.contains(&to),
             joint: !seen.old_voters.is_empty(),
             committed: seen.committed,
-            matched: (seen.progress.iter())
-                .find(|p| p.replica_id == to)
-                .map_or(0, |p| p.matched_index),
-            sent: leader_node.and_then(|n| sent.get(&n)).copied().unwrap_or(0),
+            matched: progress.map_or(0, |p| p.matched_index),
+            sent: progress.map_or(0, |p| p.bytes_sent),
         }
     }
 
@@ -691,19 +705,27 @@ impl Observed {
 /// `cluster.move_abort_after`, if shorter) shows it in its stuck reason.
 const STALL_SHOWN_AFTER: Duration = Duration::from_secs(30);
 
+/// What one step of the controller saw of a move.
+struct Progress {
+    phase: MovePhase,
+    /// The new replica's matched index, and the leader's last log index.
+    matched: u64,
+    last: u64,
+    /// Bytes the shard's leader sent the new replica.
+    sent: u64,
+}
+
 /// Writes what the controller saw of a move to the map: at once when its
 /// phase or stuck reason changes, else every [`PROGRESS_EVERY`].
-#[allow(clippy::too_many_arguments)]
 async fn report(
     node: &Node,
     meta: &Replica,
     record: &wire::Move,
-    phase: MovePhase,
-    matched: u64,
-    last: u64,
+    seen: Progress,
     stuck: String,
     reported: &mut HashMap<u64, (Instant, MovePhase, String)>,
 ) {
+    let phase = seen.phase;
     let due = match reported.get(&record.id) {
         Some((at, p, s)) => *p != phase || *s != stuck || at.elapsed() >= PROGRESS_EVERY,
         None => true,
@@ -715,11 +737,12 @@ async fn report(
         tracing::info!(shard = record.shard_id, r#move = record.id, %stuck, "move not advancing");
     }
     reported.insert(record.id, (Instant::now(), phase, stuck.clone()));
-    let command = Command::Meta(MetaCommand::AdvanceMove {
+    let command = Command::Meta(MetaCommand::ReportMove {
         id: record.id,
         state: phase,
-        matched_index: matched,
-        leader_last_index: last,
+        matched_index: seen.matched,
+        leader_last_index: seen.last,
+        bytes_sent: seen.sent,
         stuck,
     });
     if let Err(e) = node
@@ -756,6 +779,7 @@ mod tests {
                 replica_id: 40,
                 node_id: 4,
                 matched_index: matched,
+                bytes_sent: 0,
             }],
             ..Default::default()
         }
@@ -825,6 +849,31 @@ mod tests {
         );
         assert_eq!(
             decide(&r, &[20, 30], &seen(&[20, 30, 40], &[], 5_000, 20)),
+            Step::Finish
+        );
+    }
+
+    #[test]
+    fn a_removal_changes_the_voters_without_a_learner() {
+        let r = wire::Move {
+            to_replica: 0,
+            to_node: 0,
+            ..record()
+        };
+        let four = [10, 20, 30, 40];
+        assert_eq!(
+            decide(&r, &four, &seen(&four, &[], 0, 20)),
+            Step::ChangeVoters {
+                voters: vec![20, 30, 40]
+            }
+        );
+        assert_eq!(
+            decide(&r, &four, &seen(&four, &[], 0, 10)),
+            Step::TransferLeader { to: 20 },
+            "a leader that is removed hands leadership on first"
+        );
+        assert_eq!(
+            decide(&r, &four, &seen(&[20, 30, 40], &[], 0, 20)),
             Step::Finish
         );
     }

@@ -12,6 +12,8 @@ use atoll_proto::v1::{ClusterMap, Shard};
 use atoll_proto::{NodeId, ShardId};
 use atoll_raft::meta_command::Lifecycle;
 
+use crate::bootstrap::META_VOTERS;
+
 /// Why a move is made, most urgent first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Reason {
@@ -42,6 +44,7 @@ pub(crate) struct Planned {
     /// 0 when the shard is short of a replica.
     pub from_replica: u64,
     pub from_node: u64,
+    /// 0 when the replica only leaves (the shard has one to spare).
     pub to_node: u64,
     pub reason: Reason,
 }
@@ -59,8 +62,16 @@ fn up_nodes(map: &ClusterMap, left_out: &BTreeSet<u64>) -> Vec<NodeSpec> {
         .collect()
 }
 
+/// How many voters the meta shard has among `nodes` nodes: an odd number
+/// (an even one tolerates no more failures than the odd one below it, and
+/// needs a larger quorum), at most [`META_VOTERS`].
+pub(crate) fn meta_voters(nodes: usize) -> usize {
+    let n = nodes.clamp(1, META_VOTERS);
+    n - (1 - n % 2)
+}
+
 /// The placement target of every shard, for the nodes that are up (but
-/// the `left_out`). The meta shard keeps its number of voters.
+/// the `left_out`). The meta shard has [`meta_voters`] of them.
 fn target(map: &ClusterMap, left_out: &BTreeSet<u64>) -> Result<Assignment, String> {
     let nodes = up_nodes(map, left_out);
     let current = |shards: &mut dyn Iterator<Item = &Shard>| -> Assignment {
@@ -76,7 +87,7 @@ fn target(map: &ClusterMap, left_out: &BTreeSet<u64>) -> Result<Assignment, Stri
     let mut assignment =
         place(&nodes, &data, rf, &current(&mut map.shards.iter())).map_err(|e| e.to_string())?;
     if let Some(meta) = &map.meta {
-        let voters = meta.replicas.len().clamp(1, nodes.len().max(1));
+        let voters = meta_voters(nodes.len());
         let placed = place(
             &nodes,
             &[ShardId::META],
@@ -137,11 +148,12 @@ pub(crate) fn plan(map: &ClusterMap, silent: &BTreeSet<u64>) -> Result<Vec<Plann
         // island when one is arriving, so the shard keeps its islands.
         let next = match leaving.first() {
             Some(&(reason, replica, node)) => {
+                // None arriving: the shard shrinks (the meta shard after
+                // nodes left), and the replica only leaves.
                 let same = arriving.iter().position(|a| island(*a) == island(node));
-                let Some(to) = same.or((!arriving.is_empty()).then_some(0)) else {
-                    continue;
-                };
-                Some((reason, replica, node, arriving.remove(to)))
+                let to = (same.or((!arriving.is_empty()).then_some(0)))
+                    .map_or(0, |at| arriving.remove(at));
+                Some((reason, replica, node, to))
             }
             None => arriving.first().map(|to| (Reason::Repair, 0, 0, *to)),
         };
@@ -285,5 +297,54 @@ mod tests {
         let mut m = map();
         m.nodes.push(node(4, "b", NodeState::Up));
         can_drain(&m, 2).unwrap();
+    }
+
+    #[test]
+    fn the_meta_shard_has_an_odd_number_of_voters_up_to_five() {
+        let counts: Vec<usize> = (0..=7).map(meta_voters).collect();
+        assert_eq!(counts, [1, 1, 1, 3, 3, 5, 5, 5]);
+    }
+
+    #[test]
+    fn the_meta_shard_grows_with_the_cluster_and_sheds_a_silent_voter() {
+        let meta_moves = |m: &ClusterMap, silent: &[u64]| -> Vec<Planned> {
+            let silent = silent.iter().copied().collect();
+            let planned = plan(m, &silent).unwrap();
+            planned
+                .into_iter()
+                .filter(|p| p.shard == ShardId::META)
+                .collect()
+        };
+        let mut m = map();
+        m.nodes.push(node(4, "a", NodeState::Up));
+        m.nodes.push(node(5, "b", NodeState::Up));
+        let grow = meta_moves(&m, &[]);
+        assert_eq!(grow.len(), 1, "one move per shard at a time: {grow:?}");
+        assert_eq!(grow[0].from_replica, 0, "{grow:?}");
+        assert!([4, 5].contains(&grow[0].to_node), "{grow:?}");
+
+        // Four voters on four nodes (as four initial nodes used to get):
+        // one of island a's two leaves, with no replica in its place.
+        let mut m = map();
+        m.nodes.push(node(4, "a", NodeState::Up));
+        let meta = m.meta.as_mut().unwrap();
+        meta.replicas.push(Replica {
+            replica_id: 4,
+            node_id: 4,
+        });
+        let shrink = meta_moves(&m, &[]);
+        assert_eq!(shrink.len(), 1, "{shrink:?}");
+        assert_eq!(
+            (shrink[0].to_node, shrink[0].reason),
+            (0, Reason::Rebalance)
+        );
+        assert!([1, 4].contains(&shrink[0].from_node), "{shrink:?}");
+        // A silent voter is the one that leaves.
+        let repair = meta_moves(&m, &[2]);
+        assert_eq!(repair.len(), 1, "{repair:?}");
+        assert_eq!(
+            (repair[0].from_node, repair[0].to_node, repair[0].reason),
+            (2, 0, Reason::Repair)
+        );
     }
 }

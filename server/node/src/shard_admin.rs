@@ -106,6 +106,7 @@ impl ShardAdmin for ShardAdminService {
                 replica_id: id.get(),
                 node_id: nodes.get(id).map_or(0, |n| n.get()),
                 matched_index: matched.as_ref().map_or(0, |l| l.index),
+                bytes_sent: replica.bytes_sent_to(*id),
             })
             .collect();
         Ok(Response::new(wire::MembershipResponse {

@@ -13,7 +13,8 @@
 //! send fails as unreachable, openraft retries, and once the snapshot
 //! policy has purged the log past the split, openraft sends a snapshot.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use atoll_proto::ReplicaId;
 use openraft::async_runtime::WatchReceiver;
@@ -24,11 +25,16 @@ use crate::types::{AppendEntriesRequest, RaftMetrics, TypeConfig};
 
 type MetricsWatch = WatchReceiverOf<TypeConfig, RaftMetrics>;
 
-/// One replica's guard, shared by its per-target network clients.
+/// One replica's guard, shared by its per-target network clients. It
+/// also counts the bytes this replica sent each target to catch it up, so
+/// a move shows its own progress.
 pub struct JoinGuard {
     owned: Arc<OwnedRange>,
     /// Set once the replica's Raft exists (it is created after its network).
     metrics: OnceLock<MetricsWatch>,
+    /// Snapshot chunk bytes and learner entry bytes sent, per target, since
+    /// this replica started.
+    sent: Mutex<HashMap<ReplicaId, u64>>,
 }
 
 impl JoinGuard {
@@ -36,12 +42,35 @@ impl JoinGuard {
         Self {
             owned,
             metrics: OnceLock::new(),
+            sent: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// `bytes` more were sent to `target` to catch it up.
+    pub fn count_sent(&self, target: ReplicaId, bytes: u64) {
+        let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+        *sent.entry(target).or_default() += bytes;
+    }
+
+    /// Bytes sent to `target` to catch it up (see [`Self::count_sent`]).
+    pub fn sent_to(&self, target: ReplicaId) -> u64 {
+        let sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+        sent.get(&target).copied().unwrap_or(0)
     }
 
     /// Lets the guard read the replica's membership.
     pub fn watch(&self, metrics: MetricsWatch) {
         let _ = self.metrics.set(metrics);
+    }
+
+    /// Whether `target` is a learner of the replica's membership: a move's
+    /// new replica, catching up (its entries are paced like snapshots).
+    pub fn is_learner(&self, target: ReplicaId) -> bool {
+        self.metrics.get().is_some_and(|metrics| {
+            (metrics.borrow_watched().membership_config.membership())
+                .learner_ids()
+                .any(|id| id == target)
+        })
     }
 
     /// Why `rpc` must not go to `target`, if it must not.
@@ -51,11 +80,7 @@ impl JoinGuard {
         if !holds_entries_before_range_change(since, first) {
             return None;
         }
-        let metrics = self.metrics.get()?;
-        let learner = (metrics.borrow_watched().membership_config.membership())
-            .learner_ids()
-            .any(|id| id == target);
-        learner.then(|| {
+        self.is_learner(target).then(|| {
             format!(
                 "learner {target} would get entries from index {first}, at or before the range \
                  change at index {since}: it must start from a snapshot taken after it, once the \

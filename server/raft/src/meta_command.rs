@@ -73,7 +73,8 @@ pub enum MetaCommand {
     /// A node's relative capacity, which placement weighs.
     SetCapacity { node: u64, capacity: u64 },
     /// Starts moving `shard`'s replica `from_replica` (0: add one to a
-    /// shard short of replicas) to node `to_node`: a new replica id, and a
+    /// shard short of replicas) to node `to_node` (0: only remove it, from
+    /// a shard with more replicas than it needs): a new replica id, and a
     /// move record in state `AddLearner`.
     BeginMove {
         shard: u64,
@@ -84,7 +85,8 @@ pub enum MetaCommand {
         now_ms: u64,
     },
     /// What the controller saw of a move: its state, progress, and why it
-    /// is stuck ("" when it is not).
+    /// is stuck ("" when it is not). Proposed by earlier versions, applied
+    /// still; the controller now proposes [`MetaCommand::ReportMove`].
     AdvanceMove {
         id: u64,
         state: MovePhase,
@@ -120,6 +122,17 @@ pub enum MetaCommand {
     /// the meta leader hears it. Refused once another one is recorded: a
     /// node that lost its data directory does not come back under its id.
     SetIncarnation { node: u64, incarnation: u64 },
+    /// What the controller saw of a move, with the bytes the shard's
+    /// leader sent its new replica. Replaces `AdvanceMove`, which logs
+    /// written before it still hold (a command's encoding never changes).
+    ReportMove {
+        id: u64,
+        state: MovePhase,
+        matched_index: u64,
+        leader_last_index: u64,
+        bytes_sent: u64,
+        stuck: String,
+    },
 }
 
 /// The states of a move (`atoll.v1.MoveState`).
@@ -165,6 +178,7 @@ impl MetaCommand {
             MetaCommand::AdvanceSplit { .. } => "advance-split",
             MetaCommand::FinishSplit { .. } => "finish-split",
             MetaCommand::SetIncarnation { .. } => "set-incarnation",
+            MetaCommand::ReportMove { .. } => "report-move",
         }
     }
 }
@@ -194,6 +208,16 @@ fn move_index(map: &ClusterMap, id: u64) -> Result<usize, String> {
         .ok_or_else(|| format!("move {id} is not in progress"))
 }
 
+/// Replaces a move's record with `seen` (the same move, with what the
+/// controller saw of its progress).
+fn record_progress(record: &mut Move, seen: Move) -> Change {
+    if *record == seen {
+        return Change::AlreadyDone;
+    }
+    *record = seen;
+    Change::Changed
+}
+
 /// Checks a new move of `shard` and records it; returns its id.
 fn begin_move(map: &mut ClusterMap, command: &MetaCommand) -> Result<u64, String> {
     let MetaCommand::BeginMove {
@@ -207,17 +231,6 @@ fn begin_move(map: &mut ClusterMap, command: &MetaCommand) -> Result<u64, String
     else {
         return Err("not a move".into());
     };
-    let target = map
-        .nodes
-        .iter()
-        .find(|n| n.id == *to_node)
-        .ok_or_else(|| format!("node {to_node} is not in the cluster"))?;
-    if Lifecycle::of(target) != Lifecycle::Up {
-        return Err(format!(
-            "node {to_node} is {:?}; replicas move only to nodes that are up",
-            Lifecycle::of(target)
-        ));
-    }
     if map.moves.iter().any(|m| m.shard_id == *shard) {
         return Err(format!("shard {shard} already has a move in progress"));
     }
@@ -232,32 +245,6 @@ fn begin_move(map: &mut ClusterMap, command: &MetaCommand) -> Result<u64, String
             found.epoch
         ));
     }
-    if found.replicas.iter().any(|r| r.node_id == *to_node) {
-        return Err(format!(
-            "node {to_node} already holds a replica of shard {shard}"
-        ));
-    }
-    // Placement spreads a shard over as many islands as it can; a move
-    // must not undo that.
-    let island_of = |node: u64| map.nodes.iter().find(|n| n.id == node).map(|n| &n.island);
-    let before: BTreeSet<&String> = found
-        .replicas
-        .iter()
-        .filter_map(|r| island_of(r.node_id))
-        .collect();
-    let after: BTreeSet<&String> = (found.replicas.iter())
-        .filter(|r| r.replica_id != *from_replica)
-        .filter_map(|r| island_of(r.node_id))
-        .chain([&target.island])
-        .collect();
-    if after.len() < before.len() {
-        return Err(format!(
-            "the move would leave shard {shard} on {} islands instead of {}: island {:?} already holds one of its replicas",
-            after.len(),
-            before.len(),
-            target.island
-        ));
-    }
     let from_node = match *from_replica {
         0 => 0,
         id => {
@@ -269,10 +256,19 @@ fn begin_move(map: &mut ClusterMap, command: &MetaCommand) -> Result<u64, String
                 .node_id
         }
     };
+    match *to_node {
+        0 => check_removal(map, found, *from_replica)?,
+        _ => check_addition(map, found, *from_replica, *to_node)?,
+    }
     let id = map.next_move_id.max(1);
-    let to_replica = map.next_replica_id;
+    let to_replica = match *to_node {
+        0 => 0,
+        _ => {
+            map.next_replica_id += 1;
+            map.next_replica_id - 1
+        }
+    };
     map.next_move_id = id + 1;
-    map.next_replica_id += 1;
     map.moves.push(Move {
         id,
         shard_id: *shard,
@@ -289,8 +285,79 @@ fn begin_move(map: &mut ClusterMap, command: &MetaCommand) -> Result<u64, String
     Ok(id)
 }
 
-/// The shard's voters after move `record`: the new replica instead of the
-/// old one.
+/// Whether `shard` may lose replica `from_replica` with none in its place:
+/// only a shard with more replicas than it needs (the meta shard after
+/// nodes left; a data shard above the replication factor). Which replica
+/// goes is placement's choice, which keeps the islands spread.
+fn check_removal(map: &ClusterMap, shard: &Shard, from_replica: u64) -> Result<(), String> {
+    let id = shard.id;
+    if from_replica == 0 {
+        return Err(format!(
+            "a move of shard {id} names neither a replica to remove nor a node to add one on"
+        ));
+    }
+    let floor = match id {
+        0 => 1,
+        _ => map.replication_factor.max(1) as usize,
+    };
+    if shard.replicas.len() <= floor {
+        return Err(format!(
+            "shard {id} has {} replicas; removing one would leave it below {floor}",
+            shard.replicas.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a replica of `shard` may go to `to_node` (in place of
+/// `from_replica`, if not 0).
+fn check_addition(
+    map: &ClusterMap,
+    shard: &Shard,
+    from_replica: u64,
+    to_node: u64,
+) -> Result<(), String> {
+    let id = shard.id;
+    let target = map
+        .nodes
+        .iter()
+        .find(|n| n.id == to_node)
+        .ok_or_else(|| format!("node {to_node} is not in the cluster"))?;
+    if Lifecycle::of(target) != Lifecycle::Up {
+        return Err(format!(
+            "node {to_node} is {:?}; replicas move only to nodes that are up",
+            Lifecycle::of(target)
+        ));
+    }
+    if shard.replicas.iter().any(|r| r.node_id == to_node) {
+        return Err(format!(
+            "node {to_node} already holds a replica of shard {id}"
+        ));
+    }
+    // Placement spreads a shard over as many islands as it can; a move
+    // must not undo that.
+    let island_of = |node: u64| map.nodes.iter().find(|n| n.id == node).map(|n| &n.island);
+    let before: BTreeSet<&String> = (shard.replicas.iter())
+        .filter_map(|r| island_of(r.node_id))
+        .collect();
+    let after: BTreeSet<&String> = (shard.replicas.iter())
+        .filter(|r| r.replica_id != from_replica)
+        .filter_map(|r| island_of(r.node_id))
+        .chain([&target.island])
+        .collect();
+    if after.len() < before.len() {
+        return Err(format!(
+            "the move would leave shard {id} on {} islands instead of {}: island {:?} already holds one of its replicas",
+            after.len(),
+            before.len(),
+            target.island
+        ));
+    }
+    Ok(())
+}
+
+/// The shard's voters after move `record`: the new replica, if any,
+/// instead of the old one.
 fn finish_move(map: &mut ClusterMap, record: &Move) -> Result<(), String> {
     let shard = (map.meta.iter_mut().chain(map.shards.iter_mut()))
         .find(|s| s.id == record.shard_id)
@@ -304,10 +371,12 @@ fn finish_move(map: &mut ClusterMap, record: &Move) -> Result<(), String> {
     shard
         .replicas
         .retain(|r| r.replica_id != record.from_replica);
-    shard.replicas.push(Replica {
-        replica_id: record.to_replica,
-        node_id: record.to_node,
-    });
+    if record.to_replica != 0 {
+        shard.replicas.push(Replica {
+            replica_id: record.to_replica,
+            node_id: record.to_node,
+        });
+    }
     shard.epoch += 1;
     Ok(())
 }
@@ -556,27 +625,34 @@ pub fn apply(map: &mut ClusterMap, command: &MetaCommand) -> Result<(Change, Opt
             stuck,
         } => {
             let at = move_index(map, *id)?;
-            let record = &mut map.moves[at];
-            let seen = (
-                state.proto() as i32,
-                *matched_index,
-                *leader_last_index,
-                stuck.as_str(),
-            );
-            let was = (
-                record.state,
-                record.matched_index,
-                record.leader_last_index,
-                record.stuck.as_str(),
-            );
-            if seen == was {
-                return Ok((Change::AlreadyDone, None));
-            }
-            record.state = seen.0;
-            record.matched_index = *matched_index;
-            record.leader_last_index = *leader_last_index;
-            record.stuck = stuck.clone();
-            Ok((Change::Changed, None))
+            let seen = Move {
+                state: state.proto() as i32,
+                matched_index: *matched_index,
+                leader_last_index: *leader_last_index,
+                bytes_sent: map.moves[at].bytes_sent,
+                stuck: stuck.clone(),
+                ..map.moves[at].clone()
+            };
+            Ok((record_progress(&mut map.moves[at], seen), None))
+        }
+        MetaCommand::ReportMove {
+            id,
+            state,
+            matched_index,
+            leader_last_index,
+            bytes_sent,
+            stuck,
+        } => {
+            let at = move_index(map, *id)?;
+            let seen = Move {
+                state: state.proto() as i32,
+                matched_index: *matched_index,
+                leader_last_index: *leader_last_index,
+                bytes_sent: *bytes_sent,
+                stuck: stuck.clone(),
+                ..map.moves[at].clone()
+            };
+            Ok((record_progress(&mut map.moves[at], seen), None))
         }
         MetaCommand::SetPlacement { paused } => {
             if map.placement_paused == *paused {
@@ -843,12 +919,61 @@ mod tests {
         assert_eq!(apply(&mut m, &advance).unwrap().0, Change::Changed);
         assert_eq!(apply(&mut m, &advance).unwrap().0, Change::AlreadyDone);
         assert_eq!(m.moves[0].state, MoveState::CatchUp as i32);
+        let report = MetaCommand::ReportMove {
+            id: id.unwrap(),
+            state: MovePhase::CatchUp,
+            matched_index: 5,
+            leader_last_index: 9,
+            bytes_sent: 4096,
+            stuck: String::new(),
+        };
+        assert_eq!(apply(&mut m, &report).unwrap().0, Change::Changed);
+        assert_eq!(apply(&mut m, &report).unwrap().0, Change::AlreadyDone);
+        assert_eq!(m.moves[0].bytes_sent, 4096);
+        assert_eq!(
+            apply(&mut m, &advance).unwrap().0,
+            Change::AlreadyDone,
+            "an older report keeps the bytes"
+        );
         apply(&mut m, &MetaCommand::AbortMove { id: id.unwrap() }).unwrap();
         assert!(m.moves.is_empty());
         assert_eq!(
             m.shards[0].replicas[0].replica_id, 10,
             "an abort keeps the voters"
         );
+    }
+
+    #[test]
+    fn a_removal_takes_a_replica_only_from_a_shard_with_one_to_spare() {
+        let mut m = map();
+        m.replication_factor = 1;
+        m.next_replica_id = 40;
+        let last = apply(&mut m, &begin(1, 0, 10, 0)).unwrap_err();
+        assert!(last.contains("would leave it below 1"), "{last}");
+        let neither = apply(&mut m, &begin(1, 0, 0, 0)).unwrap_err();
+        assert!(neither.contains("neither a replica"), "{neither}");
+        m.meta = Some(Shard {
+            id: 0,
+            replicas: (1..=3)
+                .map(|n| Replica {
+                    replica_id: 30 + n,
+                    node_id: n,
+                })
+                .collect(),
+            ..Default::default()
+        });
+        let (_, id) = apply(&mut m, &begin(0, 0, 33, 0)).unwrap();
+        let record = m.moves[0].clone();
+        assert_eq!(
+            (record.from_node, record.to_replica, record.to_node),
+            (3, 0, 0)
+        );
+        assert_eq!(m.next_replica_id, 40, "a removal takes no replica id");
+        apply(&mut m, &MetaCommand::FinishMove { id: id.unwrap() }).unwrap();
+        let meta = m.meta.as_ref().unwrap();
+        let left: Vec<u64> = meta.replicas.iter().map(|r| r.replica_id).collect();
+        assert_eq!(left, [31, 32]);
+        assert_eq!(meta.epoch, 1);
     }
 
     fn begin_split(shard: u64, epoch: u64, at: u64) -> MetaCommand {

@@ -111,14 +111,19 @@ pub fn sender_of<T>(request: &tonic::Request<T>) -> Option<Sender> {
     })
 }
 
+/// About how many bytes `entry` takes on the wire.
+fn entry_bytes(entry: &crate::types::Entry) -> usize {
+    match &entry.payload {
+        EntryPayload::Normal(req) => req.approx_bytes(),
+        _ => 256,
+    }
+}
+
 /// How many of `entries` (at least one) fit in [`MAX_APPEND_BYTES`].
 fn entries_that_fit(entries: &[crate::types::Entry]) -> usize {
     let mut total = 0;
     for (i, entry) in entries.iter().enumerate() {
-        total += match &entry.payload {
-            EntryPayload::Normal(req) => req.approx_bytes(),
-            _ => 256,
-        };
+        total += entry_bytes(entry);
         if total > MAX_APPEND_BYTES {
             return i.max(1);
         }
@@ -651,6 +656,14 @@ impl RaftNetworkV2<TypeConfig> for Network {
             rpc.entries.truncate(fit);
             rpc.entries.last().map(|e| e.log_id)
         });
+        // A learner catching up from the log copies a shard as a snapshot
+        // would: its entries share the node's snapshot rate, so a move
+        // never takes more than `raft.snapshot_rate` from the writes.
+        let mut paced = 0;
+        if !rpc.entries.is_empty() && self.guard.is_learner(self.target) {
+            paced = rpc.entries.iter().map(entry_bytes).sum::<usize>() as u64;
+            self.pool.pacing.acquire(paced).await;
+        }
         let response = self
             .call(
                 RPCTypes::AppendEntries,
@@ -659,6 +672,9 @@ impl RaftNetworkV2<TypeConfig> for Network {
                 &rpc,
             )
             .await?;
+        // Only delivered bytes are progress: a learner that cannot be
+        // reached must show none, so its move is seen to be stuck.
+        self.guard.count_sent(self.target, paced);
         Ok(match (response, cut) {
             (AppendEntriesResponse::Success, Some(last_sent)) => {
                 AppendEntriesResponse::PartialSuccess(last_sent)
@@ -719,11 +735,13 @@ impl RaftNetworkV2<TypeConfig> for Network {
             turn = pacing.turn() => turn,
         };
         let progress = Arc::new(SendProgress::default());
+        let (guard, target) = (self.guard.clone(), self.target);
         let chunks = paced(
             chunk_stream(self.shard, self.target, header, file, len),
             pacing.clone(),
             progress.clone(),
-        );
+        )
+        .inspect(move |chunk| guard.count_sent(target, chunk.data.len() as u64));
         let mut client = RaftClient::new(channel).max_decoding_message_size(MAX_RAFT_MESSAGE);
         // No deadline on the whole send: it fails only when it stops
         // moving (docs/design/elastic.md, "Snapshots that scale").
@@ -1023,12 +1041,13 @@ mod stream_tests {
     }
 
     /// Sends a snapshot of `chunks` full chunks to `peer`, with sends
-    /// stalled after `stall_after`.
+    /// stalled after `stall_after`; returns the result, and the bytes the
+    /// guard counted as sent to the target.
     async fn send_snapshot(
         peer: SnapshotPeer,
         chunks: usize,
         stall_after: Duration,
-    ) -> Result<SnapshotResponse, StreamingError<TypeConfig>> {
+    ) -> (Result<SnapshotResponse, StreamingError<TypeConfig>>, u64) {
         let pool = pool_with(peer).await;
         let pool = PeerPool {
             pacing: Arc::new(SnapshotPacing::new(0, 0, 1, stall_after)),
@@ -1036,7 +1055,8 @@ mod stream_tests {
         };
         let owned = crate::state_machine::OwnedRange::new(crate::ShardKind::Meta, 0);
         let guard = Arc::new(JoinGuard::new(Arc::new(owned)));
-        let mut factory = NetworkFactory::new(ShardId(1), ReplicaId(1), Arc::new(pool), guard);
+        let mut factory =
+            NetworkFactory::new(ShardId(1), ReplicaId(1), Arc::new(pool), guard.clone());
         let mut network = factory
             .new_client(ReplicaId(2), &ReplicaNode { node: PEER })
             .await;
@@ -1050,9 +1070,10 @@ mod stream_tests {
         };
         let vote = Vote::new(1, ReplicaId(1));
         let option = RPCOption::new(Duration::from_secs(1));
-        network
+        let result = network
             .full_snapshot(vote, snapshot, std::future::pending(), option)
-            .await
+            .await;
+        (result, guard.sent_to(ReplicaId(2)))
     }
 
     #[tokio::test]
@@ -1061,15 +1082,20 @@ mod stream_tests {
         let peer = SnapshotPeer {
             per_chunk: Some(Duration::from_millis(400)),
         };
-        let sent = send_snapshot(peer, 5, Duration::from_secs(1)).await;
+        let (sent, bytes) = send_snapshot(peer, 5, Duration::from_secs(1)).await;
         assert!(sent.is_ok(), "{sent:?}");
+        assert_eq!(
+            bytes,
+            5 * SNAPSHOT_CHUNK_BYTES as u64,
+            "the move's progress counts every byte"
+        );
     }
 
     #[tokio::test]
     async fn a_snapshot_send_that_stops_moving_fails_with_the_reason() {
         let peer = SnapshotPeer { per_chunk: None };
         let started = std::time::Instant::now();
-        let sent = send_snapshot(peer, 64, Duration::from_secs(1)).await;
+        let (sent, _) = send_snapshot(peer, 64, Duration::from_secs(1)).await;
         let Err(StreamingError::Unreachable(e)) = sent else {
             panic!("{sent:?}");
         };

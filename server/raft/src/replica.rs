@@ -105,6 +105,7 @@ pub struct Replica {
     /// `spec.kind` is the range it started with).
     owned: Arc<OwnedRange>,
     quiescence: Arc<Quiescence>,
+    guard: Arc<JoinGuard>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -222,6 +223,7 @@ impl Replica {
             stamper: Arc::default(),
             owned,
             quiescence,
+            guard,
         })
     }
 
@@ -249,6 +251,12 @@ impl Replica {
                  taken after it, and the log is being purged"
             )
         })
+    }
+
+    /// Bytes this replica, leading, sent `target` to catch it up: snapshot
+    /// chunks, and log entries while `target` was a learner.
+    pub fn bytes_sent_to(&self, target: ReplicaId) -> u64 {
+        self.guard.sent_to(target)
     }
 
     /// The latest metrics (role, term, leader, log positions).

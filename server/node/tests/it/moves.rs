@@ -397,6 +397,72 @@ async fn a_node_lost_with_its_disk_is_repaired_around_and_refused_when_it_return
     cluster.shutdown().await;
 }
 
+/// The meta shard's voters follow the nodes that answer: five nodes give
+/// it five; when one stays silent past `dead_after`, four are left and
+/// the meta shard shrinks to three by removals (no replica takes the
+/// silent one's place), every data shard is repaired on the four, and
+/// the map still changes (the meta shard keeps its quorum).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_meta_shard_sheds_a_silent_voter_when_no_node_can_take_its_place() {
+    let dead_after = Duration::from_secs(10);
+    let mut cluster = TestCluster::start(Spec {
+        islands: vec!["a", "b", "c", "a", "b"],
+        dead_after: Some(dead_after),
+        ..Spec::default()
+    })
+    .await;
+    let client = cluster.client().await;
+    put_keys(&client, 100).await;
+    let meta_nodes = |map: &atoll_proto::v1::ClusterMap| -> Vec<u64> {
+        let meta = map.meta.as_ref().expect("a meta shard");
+        let mut nodes: Vec<u64> = meta.replicas.iter().map(|r| r.node_id).collect();
+        nodes.sort_unstable();
+        nodes
+    };
+    assert_eq!(meta_nodes(&cluster.node(0).map()), [1, 2, 3, 4, 5]);
+
+    cluster.stop(4).await;
+    let repaired = repaired_within(&cluster, 5, dead_after + Duration::from_secs(60)).await;
+    let map = cluster.node(0).map();
+    assert!(
+        repaired,
+        "meta on {:?}, moves {:?}",
+        meta_nodes(&map),
+        map.moves
+    );
+    let voters = meta_nodes(&map);
+    assert_eq!(voters.len(), 3, "{voters:?}");
+    let islands: std::collections::BTreeSet<&str> = (voters.iter())
+        .filter_map(|n| map.node(NodeId(*n)))
+        .map(|n| n.island.as_str())
+        .collect();
+    assert_eq!(islands.len(), 3, "meta voters {voters:?} span 3 islands");
+    let leader = cluster.leader_of(ShardId::META).expect("a meta leader");
+    let metrics = cluster
+        .node(leader)
+        .replica(ShardId::META)
+        .unwrap()
+        .metrics();
+    let membership = metrics.membership_config.membership();
+    let mut in_raft: Vec<u64> = membership.voter_ids().map(|r| r.get()).collect();
+    in_raft.sort_unstable();
+    let in_map: Vec<u64> = {
+        let mut ids: Vec<u64> = (map.meta.iter().flat_map(|m| &m.replicas))
+            .map(|r| r.replica_id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    };
+    assert_eq!(in_raft, in_map, "the meta shard's voters are the map's");
+    assert_eq!(membership.learner_ids().count(), 0);
+
+    let paused = client.set_placement_paused(true).await.unwrap();
+    assert!(paused > map.map_version, "the map still changes");
+    client.set_placement_paused(false).await.unwrap();
+    check_keys(&client, 100).await;
+    cluster.shutdown().await;
+}
+
 /// Deletes a stopped node's data dir (RocksDB may still be closing it).
 async fn wipe(dir: &std::path::Path) {
     for _ in 0..50 {
