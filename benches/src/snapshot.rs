@@ -679,8 +679,9 @@ async fn report_move(
     let mib = |bytes: f64| bytes / (1 << 20) as f64;
     match send_rates(&moved.sent) {
         Some((bytes, took, mean, busiest)) => println!(
-            "- snapshot sent: {:.0} MiB in {:.1} s, {:.1} MiB/s on average, {:.1} MiB/s in the \
-             busiest second, against raft.snapshot_rate {} MiB/s ({:.2}x and {:.2}x)",
+            "- sent to catch the new replica up (snapshot and learner log): {:.0} MiB in {:.1} s, \
+             {:.1} MiB/s on average, {:.1} MiB/s in the busiest second, against \
+             raft.snapshot_rate {} MiB/s ({:.2}x and {:.2}x)",
             mib(bytes as f64),
             took.as_secs_f64(),
             mib(mean),
@@ -689,7 +690,7 @@ async fn report_move(
             mib(mean) / args.snapshot_rate_mib as f64,
             mib(busiest) / args.snapshot_rate_mib as f64,
         ),
-        None => println!("- snapshot sent: no snapshot bytes seen"),
+        None => println!("- sent to catch the new replica up: no bytes seen"),
     }
     println!(
         "- node {} resident memory: peak sampled {:.0} MiB, VmHWM {:.0} MiB",
