@@ -19,7 +19,7 @@ out="${2:-jepsen-runs/matrix}"
 time="${TIME:-20s}"
 period="${PERIOD:-3s}"
 workloads="${WORKLOADS:-register register-ttl set bank}"
-nemeses="${NEMESES:-kill pause partition island-loss lose-unsynced move move,kill move,partition move-crash split split,kill split,partition split,move drain drain,kill join join,kill}"
+nemeses="${NEMESES:-kill pause partition island-loss lose-unsynced move move,kill move,partition move-crash split split,kill split,partition split,move drain drain,kill join join,kill silent}"
 read -r -a extra <<< "${EXTRA:-}"
 
 cargo build --quiet --workspace --bins

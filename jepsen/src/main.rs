@@ -91,8 +91,8 @@ struct Args {
     #[arg(long, default_value = "/usr/bin/etcd")]
     etcd: PathBuf,
     /// Faults to apply in turn, comma-separated: kill, pause, partition,
-    /// island-loss, packet-loss, lose-unsynced, disk-fault, clock, move; or
-    /// none.
+    /// island-loss, packet-loss, lose-unsynced, disk-fault, clock, move,
+    /// move-crash, split, drain, join, silent; or none.
     #[arg(long, value_delimiter = ',', default_value = "kill", value_parser = parse_fault)]
     nemesis: Vec<Option<Fault>>,
     /// How long clients run.
@@ -321,6 +321,15 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     };
     if args.netns || faults.iter().any(|f| f.needs_namespaces()) {
         spec.network = Network::Namespaces;
+    }
+    if faults.contains(&Fault::Silent) {
+        if args.target != Target::Atoll {
+            bail!("silent runs against Atoll only");
+        }
+        spec.cluster.push(format!(
+            "dead_after = \"{}\"",
+            harness::nemesis::SILENT_DEAD_AFTER
+        ));
     }
     if faults.contains(&Fault::Join) {
         if args.target != Target::Atoll {

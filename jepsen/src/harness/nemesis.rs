@@ -79,7 +79,21 @@ pub enum Fault {
     /// share of replicas, moved to it while the other faults strike. The
     /// run starts with 2 spares; nothing to undo.
     Join,
+    /// kill -9 a node (as `kill` picks, but never every node) and keep it
+    /// down past `cluster.dead_after` (set to [`SILENT_DEAD_AFTER`] in
+    /// runs with this fault): the controller repairs around it, the meta
+    /// shard shedding its voter by a removal (5 nodes, 4 answering: 3
+    /// voters). Restarted with its data a period later, it finds its
+    /// replicas moved away and gets its share back (the meta shard grows
+    /// to 5 again).
+    Silent,
 }
+
+/// `cluster.dead_after` in runs with the `silent` fault.
+pub const SILENT_DEAD_AFTER: &str = "2s";
+/// How long past the fault period a `silent` node stays down, so that it
+/// is silent for longer than [`SILENT_DEAD_AFTER`] whatever the period.
+const SILENT_FOR: Duration = Duration::from_secs(3);
 
 impl Fault {
     /// Whether the fault cuts traffic, and so needs the nodes in network
@@ -108,7 +122,12 @@ impl Fault {
     pub fn moves_replicas(self) -> bool {
         matches!(
             self,
-            Fault::Move | Fault::MoveCrash | Fault::Split | Fault::Drain | Fault::Join
+            Fault::Move
+                | Fault::MoveCrash
+                | Fault::Split
+                | Fault::Drain
+                | Fault::Join
+                | Fault::Silent
         )
     }
 }
@@ -361,6 +380,26 @@ async fn inject(
                 c.kill(i)?;
             }
             let what = format!("kill -9 node {} ({why})", show(&nodes));
+            (
+                what,
+                view.led_from(&nodes),
+                Undo::Restart(nodes.into_iter().collect()),
+            )
+        }
+        Fault::Silent => {
+            let (nodes, why) = victims(n, view, aim, false, &mut rng);
+            for &i in &nodes {
+                c.kill(i)?;
+            }
+            // Down for longer than dead_after: the meta leader repairs
+            // around it while it is gone.
+            drop(c);
+            tokio::time::sleep(SILENT_FOR).await;
+            let what = format!(
+                "kill -9 node {} ({why}), down {} s + a period (dead_after {SILENT_DEAD_AFTER})",
+                show(&nodes),
+                SILENT_FOR.as_secs()
+            );
             (
                 what,
                 view.led_from(&nodes),

@@ -590,12 +590,18 @@ async fn advance(
             // has made no progress, so a drain that never ends explains
             // itself.
             let stuck = if idle >= STALL_SHOWN_AFTER.min(abort_after / 2) {
+                let seen_so_far = match removal {
+                    true => "the change of voters has not completed".to_string(),
+                    false => format!(
+                        "the learner matched {matched} of {last} entries, and the shard's \
+                         leader sent it no more bytes ({} so far)",
+                        observed.sent
+                    ),
+                };
                 format!(
-                    "no progress for {} s: the learner matched {matched} of {last} entries, and \
-                     the shard's leader sent it no more bytes ({} so far); given up after {} s \
+                    "no progress for {} s: {seen_so_far}; given up after {} s \
                      (cluster.move_abort_after) unless it advances",
                     idle.as_secs(),
-                    observed.sent,
                     abort_after.as_secs()
                 )
             } else {

@@ -208,16 +208,6 @@ fn move_index(map: &ClusterMap, id: u64) -> Result<usize, String> {
         .ok_or_else(|| format!("move {id} is not in progress"))
 }
 
-/// Replaces a move's record with `seen` (the same move, with what the
-/// controller saw of its progress).
-fn record_progress(record: &mut Move, seen: Move) -> Change {
-    if *record == seen {
-        return Change::AlreadyDone;
-    }
-    *record = seen;
-    Change::Changed
-}
-
 /// Checks a new move of `shard` and records it; returns its id.
 fn begin_move(map: &mut ClusterMap, command: &MetaCommand) -> Result<u64, String> {
     let MetaCommand::BeginMove {
@@ -624,16 +614,17 @@ pub fn apply(map: &mut ClusterMap, command: &MetaCommand) -> Result<(Change, Opt
             leader_last_index,
             stuck,
         } => {
+            // A report without bytes: the record keeps the ones it has.
             let at = move_index(map, *id)?;
-            let seen = Move {
-                state: state.proto() as i32,
+            let report = MetaCommand::ReportMove {
+                id: *id,
+                state: *state,
                 matched_index: *matched_index,
                 leader_last_index: *leader_last_index,
                 bytes_sent: map.moves[at].bytes_sent,
                 stuck: stuck.clone(),
-                ..map.moves[at].clone()
             };
-            Ok((record_progress(&mut map.moves[at], seen), None))
+            apply(map, &report)
         }
         MetaCommand::ReportMove {
             id,
@@ -652,7 +643,11 @@ pub fn apply(map: &mut ClusterMap, command: &MetaCommand) -> Result<(Change, Opt
                 stuck: stuck.clone(),
                 ..map.moves[at].clone()
             };
-            Ok((record_progress(&mut map.moves[at], seen), None))
+            if map.moves[at] == seen {
+                return Ok((Change::AlreadyDone, None));
+            }
+            map.moves[at] = seen;
+            Ok((Change::Changed, None))
         }
         MetaCommand::SetPlacement { paused } => {
             if map.placement_paused == *paused {
