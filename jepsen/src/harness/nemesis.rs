@@ -374,32 +374,23 @@ async fn inject(
     let n = c.len();
     let mut rng = rand::rng();
     Ok(match fault {
-        Fault::Kill => {
-            let (nodes, why) = victims(n, view, aim, true, &mut rng);
+        Fault::Kill | Fault::Silent => {
+            let silent = fault == Fault::Silent;
+            let (nodes, why) = victims(n, view, aim, !silent, &mut rng);
             for &i in &nodes {
                 c.kill(i)?;
             }
-            let what = format!("kill -9 node {} ({why})", show(&nodes));
-            (
-                what,
-                view.led_from(&nodes),
-                Undo::Restart(nodes.into_iter().collect()),
-            )
-        }
-        Fault::Silent => {
-            let (nodes, why) = victims(n, view, aim, false, &mut rng);
-            for &i in &nodes {
-                c.kill(i)?;
+            let mut what = format!("kill -9 node {} ({why})", show(&nodes));
+            if silent {
+                // Down for longer than dead_after: the meta leader repairs
+                // around it while it is gone.
+                drop(c);
+                tokio::time::sleep(SILENT_FOR).await;
+                what += &format!(
+                    ", down {} s + a period (dead_after {SILENT_DEAD_AFTER})",
+                    SILENT_FOR.as_secs()
+                );
             }
-            // Down for longer than dead_after: the meta leader repairs
-            // around it while it is gone.
-            drop(c);
-            tokio::time::sleep(SILENT_FOR).await;
-            let what = format!(
-                "kill -9 node {} ({why}), down {} s + a period (dead_after {SILENT_DEAD_AFTER})",
-                show(&nodes),
-                SILENT_FOR.as_secs()
-            );
             (
                 what,
                 view.led_from(&nodes),
