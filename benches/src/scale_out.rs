@@ -8,9 +8,12 @@
 //! Measured: the time from the first join until the layout stops changing
 //! (no move for `--quiet`), the moves made against the fewest that reach
 //! the final layout (every replica a new node ends with came by a move),
-//! the replicas per node at the end, the longest time any shard was seen
-//! without a leader, and write latency before and during the moves. At the
-//! end every loaded key and every acknowledged write is read back.
+//! the replicas per node at the end, the bytes the nodes sent to catch the
+//! new replicas up against the size of those replicas, the longest time
+//! any shard was seen without a leader, and write latency before and
+//! during the moves. At the end every loaded key and every acknowledged
+//! write is read back, and the clients' history of reads and writes is
+//! checked for linearizability (the harness's register checker).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -20,7 +23,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use atoll_client::{Client, ClientOptions, StatusResponse};
+use atoll_jepsen::checker::{check_register_history, Budget, Verdict};
 use atoll_jepsen::cluster::{Cluster, ClusterSpec};
+use atoll_jepsen::history::{Op, OpKind, Outcome, ProcessId, Reply};
 use atoll_proto::v1::ReplicaRole;
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
@@ -72,6 +77,23 @@ struct Shared {
     acked: Mutex<Vec<Vec<u64>>>,
     errors: AtomicU64,
     reads: AtomicU64,
+    /// Every client operation, for the register checker; times from
+    /// `epoch`.
+    history: Mutex<Vec<Op>>,
+    epoch: Instant,
+}
+
+impl Shared {
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    fn record(&self, op: Op, outcome: Outcome) {
+        let op = op.completed(outcome, self.now_ns());
+        if let Ok(mut history) = self.history.lock() {
+            history.push(op);
+        }
+    }
 }
 
 fn client_key(client: usize, key: u64) -> Vec<u8> {
@@ -127,6 +149,8 @@ async fn scenario(args: &ScaleOutArgs, cluster: &mut Cluster) -> anyhow::Result<
         acked: Mutex::new(vec![vec![0; KEYS_PER_CLIENT as usize]; args.clients]),
         errors: AtomicU64::new(0),
         reads: AtomicU64::new(0),
+        history: Mutex::new(Vec::new()),
+        epoch: Instant::now(),
     });
     let clients: Vec<_> = (0..args.clients)
         .map(|c| tokio::spawn(client_loop(c, client.clone(), shared.clone())))
@@ -135,6 +159,7 @@ async fn scenario(args: &ScaleOutArgs, cluster: &mut Cluster) -> anyhow::Result<
 
     let before = client.cluster_status().await?;
     let moves_before = before.map.as_ref().map_or(0, |m| m.next_move_id);
+    let sent_before = bytes_sent(&before);
     shared.moving.store(true, Ordering::Relaxed);
     let started = Instant::now();
     for _ in 0..3 {
@@ -148,8 +173,18 @@ async fn scenario(args: &ScaleOutArgs, cluster: &mut Cluster) -> anyhow::Result<
     for c in clients {
         c.await?;
     }
-    report(args, &shared, &watched, moves_before)?;
-    verify(args, &client, &shared).await
+    report(args, &shared, &watched, moves_before, sent_before)?;
+    verify(args, &client, &shared).await?;
+    check_history(&shared)
+}
+
+/// Bytes every node has sent to replicas catching up since it started
+/// (snapshot chunks and log entries to learners).
+fn bytes_sent(status: &StatusResponse) -> u64 {
+    (status.nodes.iter())
+        .filter_map(|n| n.status.as_ref())
+        .map(|s| s.snapshot_bytes_sent)
+        .sum()
 }
 
 /// What the watch saw until the layout settled.
@@ -213,18 +248,38 @@ async fn watch(client: &Client, args: &ScaleOutArgs, started: Instant) -> anyhow
 async fn client_loop(c: usize, client: Client, shared: Arc<Shared>) {
     let mut counter = 0u64;
     let mut rng = rand::rngs::StdRng::from_os_rng();
+    // A process issues one operation at a time; after an ambiguous one the
+    // client goes on as a new process (the checker's model).
+    let mut process = c as u64;
+    let stride = shared.acked.lock().map_or(1, |a| a.len() as u64);
     while !shared.stop.load(Ordering::Relaxed) {
         let key = rng.random_range(0..KEYS_PER_CLIENT);
+        let name = client_key(c, key);
+        let invoked = |kind| {
+            Op::invoked(
+                ProcessId(process),
+                String::from_utf8_lossy(&name),
+                kind,
+                shared.now_ns(),
+            )
+        };
         if rng.random_bool(0.5) {
-            let _ = client.get(client_key(c, key)).await.map(|_| {
-                shared.reads.fetch_add(1, Ordering::Relaxed);
-            });
+            let op = invoked(OpKind::Read);
+            let outcome = match client.get(name.clone()).await {
+                Ok(found) => {
+                    shared.reads.fetch_add(1, Ordering::Relaxed);
+                    Outcome::Ok(Reply::Value(found.map(|kv| counter_of(&kv.value))))
+                }
+                Err(_) => Outcome::Fail,
+            };
+            shared.record(op, outcome);
             continue;
         }
         counter += 1;
+        let op = invoked(OpKind::write(counter as i64));
         let phase = usize::from(shared.moving.load(Ordering::Relaxed));
         let at = Instant::now();
-        match client.put(client_key(c, key), counter.to_be_bytes()).await {
+        let outcome = match client.put(name.clone(), counter.to_be_bytes()).await {
             Ok(_) => {
                 let micros = at.elapsed().as_micros() as u64;
                 if let Ok(mut latency) = shared.latency.lock() {
@@ -233,12 +288,48 @@ async fn client_loop(c: usize, client: Client, shared: Arc<Shared>) {
                 if let Ok(mut acked) = shared.acked.lock() {
                     acked[c][key as usize] = counter;
                 }
+                Outcome::Ok(Reply::Done)
             }
-            Err(_) => {
+            Err(e) => {
                 shared.errors.fetch_add(1, Ordering::Relaxed);
+                match e {
+                    atoll_client::Error::Ambiguous(_) => Outcome::Ambiguous,
+                    _ => Outcome::Fail,
+                }
             }
+        };
+        let ambiguous = outcome == Outcome::Ambiguous;
+        shared.record(op, outcome);
+        if ambiguous {
+            process += stride;
         }
     }
+}
+
+/// The counter a client wrote as a value (`-1` for a value no client of
+/// this run wrote, which the checker then reports).
+fn counter_of(value: &[u8]) -> i64 {
+    <[u8; 8]>::try_from(value).map_or(-1, |b| u64::from_be_bytes(b) as i64)
+}
+
+/// Checks the clients' reads and writes for linearizability, key by key.
+fn check_history(shared: &Shared) -> anyhow::Result<()> {
+    let ops = shared
+        .history
+        .lock()
+        .map_err(|_| anyhow::anyhow!("history lock poisoned"))?
+        .clone();
+    let reports = check_register_history(&ops, &Budget::default())?;
+    let verdict = Verdict::combine(reports.values().map(|r| &r.verdict));
+    println!(
+        "register history: {} operations on {} keys: {verdict}",
+        ops.len(),
+        reports.len()
+    );
+    if !verdict.is_valid() {
+        bail!("the clients' history is not linearizable: {verdict}");
+    }
+    Ok(())
 }
 
 fn report(
@@ -246,6 +337,7 @@ fn report(
     shared: &Shared,
     watched: &Watched,
     moves_before: u64,
+    sent_before: u64,
 ) -> anyhow::Result<()> {
     let status = &watched.last;
     let map = status.map.as_ref().context("a status without a map")?;
@@ -282,6 +374,32 @@ fn report(
         (moves * shard_bytes) >> 20,
         (ideal as u64 * shard_bytes) >> 20,
         shard_bytes >> 20
+    );
+    // What the new nodes' replicas hold, by the largest estimate among
+    // each shard's replicas, against what the nodes sent to catch them up.
+    let mut shard_size: BTreeMap<u64, u64> = BTreeMap::new();
+    for r in (status.nodes.iter())
+        .filter_map(|n| n.status.as_ref())
+        .flat_map(|s| &s.replicas)
+    {
+        let size = shard_size.entry(r.shard_id).or_default();
+        *size = (*size).max(r.approximate_bytes);
+    }
+    let held: u64 = (map.meta.iter().chain(&map.shards))
+        .map(|shard| {
+            let on_new = (shard.replicas.iter())
+                .filter(|r| new_nodes.contains(&r.node_id))
+                .count() as u64;
+            on_new * shard_size.get(&shard.id).copied().unwrap_or(0)
+        })
+        .sum();
+    let sent = bytes_sent(status).saturating_sub(sent_before);
+    println!(
+        "bytes sent to catch new replicas up: {} MiB; the new nodes' replicas hold {} MiB \
+         (RocksDB's estimates): {:.2}x",
+        sent >> 20,
+        held >> 20,
+        sent as f64 / held.max(1) as f64
     );
     let share = total as f64 / map.nodes.len().max(1) as f64;
     let per_node: Vec<String> = replicas.iter().map(|(n, r)| format!("n{n}: {r}")).collect();

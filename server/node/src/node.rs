@@ -102,6 +102,10 @@ pub struct Node {
     initial_map: Option<Arc<ClusterMap>>,
     /// Set once the node has seen itself removed and stopped its replicas.
     retired: AtomicBool,
+    /// Set until the node has served Raft calls for an election timeout
+    /// ([`Node::release_elections`]); replicas started meanwhile do not
+    /// elect.
+    elections_held: AtomicBool,
     /// What every replica of this node starts with.
     replica_config: ReplicaConfig,
     /// What this node's controller last learned, while it leads the meta
@@ -139,7 +143,8 @@ fn shard_kind(shard: &Shard) -> ShardKind {
 
 impl Node {
     /// Starts the node's replicas on `engine`. Serving gRPC is separate
-    /// ([`crate::server::serve`]).
+    /// ([`crate::server::serve`]); until it begins, no replica of the node
+    /// starts an election ([`Node::release_elections`]).
     pub async fn start(
         config: NodeConfig,
         engine: Arc<dyn Engine>,
@@ -228,6 +233,7 @@ impl Node {
             map: shared,
             initial_map: initial,
             retired: AtomicBool::new(false),
+            elections_held: AtomicBool::new(true),
             replica_config,
             placement_view: Default::default(),
             pool,
@@ -336,12 +342,54 @@ impl Node {
         .await
         .map_err(|source| NodeError::Replica { shard, source })?;
         if let Ok(mut replicas) = self.replicas.write() {
+            // Checked under the lock `release_elections` takes, so no
+            // replica is held after the release.
+            if self.elections_held.load(Ordering::SeqCst) {
+                replica.allow_elections(false);
+            }
             replicas.insert(shard, replica.clone());
         }
         // Its leader may be quiet, and would not heartbeat to it.
         let pool = self.pool.clone();
         tokio::spawn(async move { atoll_raft::quiesce::wake_leader(&replica, &pool).await });
         Ok(())
+    }
+
+    /// Lets the node's replicas elect, one election timeout from now: call
+    /// it once the node serves Raft calls.
+    ///
+    /// A replica's election timer runs from its start, and a node that
+    /// starts many replicas, or starts on a busy machine, can take longer
+    /// than an election timeout before it serves. Its first replicas would
+    /// then find their leaders silent (a quiet leader sends nothing until
+    /// a replica's wake reaches it, and nothing reaches a node before it
+    /// serves) and depose them; pre-vote does not stop it, since a quiet
+    /// follower has long stopped hearing its leader. Held until the node
+    /// has served for an election timeout, each leader has that long to
+    /// be heard, as it would have by a replica that had just started. Each
+    /// replica is let go at a random point of the timeout's range, as
+    /// randomized timeouts spread candidacies when every node restarts.
+    pub fn release_elections(self: &Arc<Self>) {
+        let node = self.clone();
+        let (min, max) = (
+            self.config.raft.election_timeout_min,
+            self.config.raft.election_timeout_max,
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(min).await;
+            let Ok(replicas) = node.replicas.write() else {
+                return;
+            };
+            node.elections_held.store(false, Ordering::SeqCst);
+            for replica in replicas.values() {
+                let replica = replica.clone();
+                let delay = rand::random_range(Duration::ZERO..=max.saturating_sub(min));
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    replica.allow_elections(true);
+                });
+            }
+        });
     }
 
     /// The shard of a running local replica whose range overlaps the range

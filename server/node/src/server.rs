@@ -44,6 +44,7 @@ pub async fn serve(
         .max_encoding_message_size(MAX_RAFT_MESSAGE);
     // Small Raft and client messages must not wait for Nagle's algorithm.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    node.release_elections();
     tonic::transport::Server::builder()
         .add_service(kv)
         .add_service(cluster)

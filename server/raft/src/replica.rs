@@ -289,6 +289,12 @@ impl Replica {
         self.quiescence.wake_if_leading()
     }
 
+    /// Whether the replica may start an election when its leader falls
+    /// silent (it still votes, and an explicit trigger still elects).
+    pub fn allow_elections(&self, allowed: bool) {
+        self.raft.runtime_config().elect(allowed)
+    }
+
     /// How long this replica, leading, has gone without an answer from a
     /// quorum; `None` unless it leads and has had one. A quiet leader
     /// hears from nobody: its time is counted from when it last woke.
