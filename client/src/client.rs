@@ -10,9 +10,9 @@ use atoll_proto::v1::cluster_client::ClusterClient;
 use atoll_proto::v1::kv_client::KvClient;
 use atoll_proto::v1::{
     self as wire, cas_request, ClusterMap, KeyValue, Limit, ListMovesRequest, ListMovesResponse,
-    MoveReplicaRequest, NodeState, PlacementPlanRequest, PlacementPlanResponse,
-    SetNodeCapacityRequest, SetNodeStateRequest, SetPlacementRequest, SplitShardRequest,
-    SplitShardResponse, StatusRequest, StatusResponse,
+    MoveReplicaRequest, NodeState, PlacementLimits, PlacementPlanRequest, PlacementPlanResponse,
+    SetNodeCapacityRequest, SetNodeStateRequest, SetPlacementLimitsRequest, SetPlacementRequest,
+    SplitShardRequest, SplitShardResponse, StatusRequest, StatusResponse,
 };
 use atoll_proto::ShardId;
 use futures::future::{join_all, try_join_all};
@@ -579,6 +579,23 @@ impl Client {
         self.on_any_node(|mut client, timeout| async move {
             client
                 .set_placement(request(SetPlacementRequest { paused }, timeout))
+                .await
+                .map(|r| r.into_inner().map_version)
+        })
+        .await
+    }
+
+    /// Sets the limits on moves that are not 0 in `limits` and keeps the
+    /// others; with `reset`, every limit first goes back to the nodes'
+    /// config. Returns the new map version.
+    pub async fn set_placement_limits(&self, limits: PlacementLimits, reset: bool) -> Result<u64> {
+        self.on_any_node(|mut client, timeout| async move {
+            let wanted = SetPlacementLimitsRequest {
+                limits: Some(limits),
+                reset,
+            };
+            client
+                .set_placement_limits(request(wanted, timeout))
                 .await
                 .map(|r| r.into_inner().map_version)
         })

@@ -28,7 +28,7 @@ mod types;
 
 pub use atoll_proto::v1::{
     ClusterMap, KeyValue, LeaderHint, Limit, ListMovesResponse, Move, MoveState, NodeState,
-    PlacementPlanResponse, PlannedMove, Split, SplitShardResponse, StatusResponse,
+    PlacementLimits, PlacementPlanResponse, PlannedMove, Split, SplitShardResponse, StatusResponse,
 };
 pub use client::{Client, ClientOptions};
 pub use error::{Error, Result};

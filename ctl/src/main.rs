@@ -14,8 +14,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use atoll_client::{
-    Client, ClientOptions, Consistency, Error, Expect, KeyValue, NodeState, DEV_ENDPOINTS,
+    Client, ClientOptions, Consistency, Error, Expect, KeyValue, NodeState, PlacementLimits,
+    DEV_ENDPOINTS,
 };
+use atoll_proto::size::ByteSize;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
@@ -138,6 +140,25 @@ enum PlacementCmd {
     Pause,
     /// Let the controller start moves again.
     Resume,
+    /// Set how many moves run at once and how fast they copy; a limit not
+    /// given keeps its value. Unset limits follow the node config
+    /// (`cluster.max_moves`, `cluster.max_moves_into_node`,
+    /// `raft.snapshot_rate`). `placement show` prints them.
+    Limits {
+        /// Moves in progress at once in the whole cluster.
+        #[arg(long)]
+        max_moves: Option<u32>,
+        /// Moves at once whose new replica is on one node.
+        #[arg(long)]
+        max_moves_into_node: Option<u32>,
+        /// Bytes per second each node sends to replicas catching up
+        /// (snapshot chunks and log entries to learners), e.g. 32MiB.
+        #[arg(long, value_parser = parse_rate)]
+        snapshot_rate: Option<u64>,
+        /// First put every limit back to the node config.
+        #[arg(long)]
+        reset: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -477,6 +498,40 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             }
             Ok(plan.error.is_empty())
         }
+        Cmd::Placement {
+            command:
+                PlacementCmd::Limits {
+                    max_moves,
+                    max_moves_into_node,
+                    snapshot_rate,
+                    reset,
+                },
+        } => {
+            if max_moves == Some(0) || max_moves_into_node == Some(0) {
+                anyhow::bail!(
+                    "a limit on moves must be at least 1 (`placement pause` stops moves)"
+                );
+            }
+            let limits = PlacementLimits {
+                max_moves: max_moves.unwrap_or(0),
+                max_moves_into_node: max_moves_into_node.unwrap_or(0),
+                snapshot_rate: snapshot_rate.unwrap_or(0),
+            };
+            let version = client.set_placement_limits(limits, reset).await?;
+            let set = client
+                .cluster_map()
+                .await?
+                .placement_limits
+                .unwrap_or_default();
+            match out {
+                Output::Json => print_json(&placement::LimitsOut::from(&set))?,
+                Output::Table => println!(
+                    "{} (map version {version})",
+                    placement::LimitsOut::from(&set)
+                ),
+            }
+            Ok(true)
+        }
         Cmd::Placement { command } => {
             let paused = matches!(command, PlacementCmd::Pause);
             let version = client.set_placement_paused(paused).await?;
@@ -566,6 +621,13 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
 }
 
 /// A hash given as decimal or `0x` hex.
+fn parse_rate(text: &str) -> Result<u64, String> {
+    match ByteSize::parse(text)? {
+        ByteSize(0) => Err("a snapshot rate must be above 0".into()),
+        ByteSize(rate) => Ok(rate),
+    }
+}
+
 fn parse_hash(text: &str) -> Result<u64, String> {
     let parsed = match text.strip_prefix("0x") {
         Some(hex) => u64::from_str_radix(&hex.replace('_', ""), 16),

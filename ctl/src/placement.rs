@@ -3,8 +3,10 @@
 //! its island's capacity.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 
-use atoll_client::{PlacementPlanResponse, StatusResponse};
+use atoll_client::{PlacementLimits, PlacementPlanResponse, StatusResponse};
+use atoll_proto::size::ByteSize;
 use atoll_proto::v1::{NodeState, ReplicaRole};
 use serde::Serialize;
 
@@ -38,10 +40,47 @@ pub struct IslandShare {
     pub bytes: u64,
 }
 
+/// The limits on moves an operator set in the map; `None` where the node
+/// config's hold (`cluster.max_moves`, `cluster.max_moves_into_node`,
+/// `raft.snapshot_rate`).
+#[derive(Serialize)]
+pub struct LimitsOut {
+    pub max_moves: Option<u32>,
+    pub max_moves_into_node: Option<u32>,
+    /// Bytes per second.
+    pub snapshot_rate: Option<u64>,
+}
+
+impl From<&PlacementLimits> for LimitsOut {
+    fn from(l: &PlacementLimits) -> Self {
+        LimitsOut {
+            max_moves: Some(l.max_moves).filter(|n| *n > 0),
+            max_moves_into_node: Some(l.max_moves_into_node).filter(|n| *n > 0),
+            snapshot_rate: Some(l.snapshot_rate).filter(|n| *n > 0),
+        }
+    }
+}
+
+impl fmt::Display for LimitsOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const CONFIG: &str = "node config";
+        let count = |n: Option<u32>| n.map_or(CONFIG.into(), |n| n.to_string());
+        write!(
+            f,
+            "moves at once: {}, into one node: {}, snapshot rate: {}",
+            count(self.max_moves),
+            count(self.max_moves_into_node),
+            self.snapshot_rate
+                .map_or(CONFIG.into(), |r| format!("{}/s", ByteSize(r)))
+        )
+    }
+}
+
 #[derive(Serialize)]
 pub struct Shares {
     pub map_version: u64,
     pub placement_paused: bool,
+    pub limits: LimitsOut,
     pub moves_in_progress: usize,
     pub nodes: Vec<NodeShare>,
     pub islands: Vec<IslandShare>,
@@ -127,6 +166,7 @@ impl Shares {
         Shares {
             map_version: map.map_version,
             placement_paused: map.placement_paused,
+            limits: LimitsOut::from(&map.placement_limits.unwrap_or_default()),
             moves_in_progress: map.moves.len(),
             nodes,
             islands: islands.into_values().collect(),
@@ -144,6 +184,7 @@ impl Shares {
             },
             self.moves_in_progress
         );
+        println!("{}", self.limits);
         println!(
             "{:<6} {:<12} {:<9} {:>8} {:>8} {:>7} {:>14} {:>7} {:>7}",
             "NODE",

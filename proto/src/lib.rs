@@ -8,6 +8,7 @@
 pub mod ids;
 pub mod keyhash;
 pub mod map;
+pub mod size;
 
 pub use ids::{NodeId, ReplicaId, ShardId};
 

@@ -93,6 +93,7 @@ pub fn initial_map(cluster: &ClusterConfig) -> Result<ClusterMap, String> {
         moves: Vec::new(),
         next_move_id: 1,
         placement_paused: false,
+        placement_limits: None,
         next_shard_id: shard_ids.iter().map(|s| s.get() + 1).max().unwrap_or(1),
         splits: Vec::new(),
     };

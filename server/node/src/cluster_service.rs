@@ -114,6 +114,7 @@ pub fn node_status(node: &Node) -> wire::NodeStatusResponse {
         wal_slow_syncs: node.committer().stats().slow_syncs.load(Ordering::Relaxed),
         incarnation: node.incarnation,
         snapshot_bytes_sent: node.pool().pacing().bytes_sent(),
+        snapshot_rate: node.pool().pacing().rate(),
     }
 }
 
@@ -386,6 +387,25 @@ impl Cluster for ClusterService {
         let applied = |map_version, _| wire::MapChangeResponse { map_version };
         self.change(request, command, applied, |mut c, r| async move {
             c.set_placement(r).await
+        })
+        .await
+    }
+
+    async fn set_placement_limits(
+        &self,
+        request: Request<wire::SetPlacementLimitsRequest>,
+    ) -> Result<Response<wire::MapChangeResponse>, Status> {
+        let r = request.get_ref();
+        let limits = r.limits.unwrap_or_default();
+        let command = MetaCommand::SetPlacementLimits {
+            max_moves: limits.max_moves,
+            max_moves_into_node: limits.max_moves_into_node,
+            snapshot_rate: limits.snapshot_rate,
+            reset: r.reset,
+        };
+        let applied = |map_version, _| wire::MapChangeResponse { map_version };
+        self.change(request, command, applied, |mut c, r| async move {
+            c.set_placement_limits(r).await
         })
         .await
     }

@@ -64,6 +64,11 @@ pub struct ClusterConfig {
     /// leader's setting counts.
     #[serde(with = "humantime_serde")]
     pub move_abort_after: Duration,
+    /// Moves in progress at once in the whole cluster, and into one node
+    /// (each copies a shard at `raft.snapshot_rate`). The meta leader's
+    /// settings count, unless `atollctl placement limits` set others.
+    pub max_moves: u32,
+    pub max_moves_into_node: u32,
     /// A data shard whose data passes this size (RocksDB's estimate, on
     /// its largest replica) is split in two at the middle of its hash
     /// range. 0: never split by size. The meta leader's setting counts.
@@ -103,7 +108,8 @@ pub struct RaftConfig {
     pub keep_entries_after_snapshot: u64,
     /// Bytes per second this node sends to replicas that are catching up,
     /// over all its snapshots and the log entries it sends to learners (a
-    /// move's new replica) ("0B" for no limit).
+    /// move's new replica) ("0B" for no limit). A rate set in the map
+    /// (`atollctl placement limits`) applies instead.
     pub snapshot_rate: ByteSize,
     /// Snapshots this node sends at once; more wait their turn.
     pub snapshot_sends: usize,
@@ -176,6 +182,8 @@ impl Default for ClusterConfig {
             join: Vec::new(),
             dead_after: Duration::from_secs(300),
             move_abort_after: Duration::from_secs(600),
+            max_moves: 4,
+            max_moves_into_node: 1,
             split_bytes: ByteSize(512 << 20),
         }
     }
@@ -318,6 +326,13 @@ impl NodeConfig {
         }
         if self.cluster.move_abort_after < Duration::from_secs(1) {
             return invalid("cluster.move_abort_after must be at least 1s".into());
+        }
+        if self.cluster.max_moves == 0 || self.cluster.max_moves_into_node == 0 {
+            return invalid(
+                "cluster.max_moves and cluster.max_moves_into_node must be at least 1 \
+                 (`atollctl placement pause` stops moves)"
+                    .into(),
+            );
         }
         if self.joins() {
             self.validate_join()?;

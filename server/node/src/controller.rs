@@ -33,11 +33,19 @@ const CAUGHT_UP_ENTRIES: u64 = 1_000;
 /// How often a move's progress is written to the map while nothing else
 /// about it changes.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
-/// Moves in progress at once, in the whole cluster and into one node. Each
-/// move is a snapshot sent by the shard's leader (throttled by the
-/// leader's `raft.snapshot_rate`) and written by the new replica's node.
-const MAX_MOVES: usize = 4;
-const MAX_MOVES_INTO_NODE: usize = 1;
+/// Moves in progress at once, in the whole cluster and into one node: the
+/// map's limits where an operator set them, else this node's config. Each
+/// move is a copy of a shard sent by its leader (at the leader's snapshot
+/// rate) and written by the new replica's node.
+fn move_limits(node: &Node, map: &ClusterMap) -> (usize, usize) {
+    let limits = map.placement_limits.unwrap_or_default();
+    let config = &node.config().cluster;
+    let or_config = |set: u32, config: u32| if set == 0 { config } else { set } as usize;
+    (
+        or_config(limits.max_moves, config.max_moves),
+        or_config(limits.max_moves_into_node, config.max_moves_into_node),
+    )
+}
 
 /// What one step of a move does, decided from the shard's membership.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -204,9 +212,8 @@ pub(crate) fn plan_now(node: &Node) -> wire::PlacementPlanResponse {
     }
 }
 
-/// Begins the moves placement asks for, most urgent first, within
-/// [`MAX_MOVES`] and [`MAX_MOVES_INTO_NODE`]; none while placement is
-/// paused.
+/// Begins the moves placement asks for, most urgent first, within the
+/// limits on moves ([`move_limits`]); none while placement is paused.
 async fn start_planned(node: &Node, meta: &Replica, map: &ClusterMap, silent: &BTreeSet<u64>) {
     if map.placement_paused {
         return;
@@ -218,18 +225,19 @@ async fn start_planned(node: &Node, meta: &Replica, map: &ClusterMap, silent: &B
             return;
         }
     };
+    let (max_moves, max_into_node) = move_limits(node, map);
     let mut in_flight = map.moves.len();
     let mut into: HashMap<u64, usize> = HashMap::new();
     for m in &map.moves {
         *into.entry(m.to_node).or_default() += 1;
     }
     for p in planned {
-        if in_flight >= MAX_MOVES {
+        if in_flight >= max_moves {
             break;
         }
         // A removal (to node 0) copies nothing.
         let receiving = into.entry(p.to_node).or_default();
-        if p.to_node != 0 && *receiving >= MAX_MOVES_INTO_NODE {
+        if p.to_node != 0 && *receiving >= max_into_node {
             continue;
         }
         let command = Command::Meta(MetaCommand::BeginMove {

@@ -16,7 +16,7 @@ mod planner;
 mod scan;
 pub mod server;
 pub mod shard_admin;
-pub mod size;
+pub use atoll_proto::size;
 mod splitter;
 mod validate;
 

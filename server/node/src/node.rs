@@ -123,6 +123,14 @@ impl std::fmt::Debug for Node {
     }
 }
 
+/// The byte rate this node's sends to replicas catching up are held to
+/// under `map`: an operator's limit there, else the node's config.
+fn snapshot_rate(map: &ClusterMap, config: &NodeConfig) -> u64 {
+    (map.placement_limits.map(|l| l.snapshot_rate))
+        .filter(|rate| *rate > 0)
+        .unwrap_or(config.raft.snapshot_rate.0)
+}
+
 /// Unix time in milliseconds.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -185,7 +193,7 @@ impl Node {
         // No burst: every byte waits its turn, so the rate holds from the
         // first chunk.
         let pacing = SnapshotPacing::new(
-            config.raft.snapshot_rate.0,
+            snapshot_rate(&map, &config),
             0,
             config.raft.snapshot_sends,
             config.raft.snapshot_stall_timeout,
@@ -281,13 +289,18 @@ impl Node {
 
     /// Takes `map` if it is newer than the node's; returns whether it was.
     pub(crate) fn set_map(&self, map: ClusterMap) -> bool {
-        self.map.send_if_modified(|current| {
+        let newer = self.map.send_if_modified(|current| {
             let newer = map.map_version > current.map_version;
             if newer {
                 *current = Arc::new(map);
             }
             newer
-        })
+        });
+        if newer {
+            let rate = snapshot_rate(&self.map.borrow(), &self.config);
+            self.pool.pacing().set_rate(rate);
+        }
+        newer
     }
 
     /// A receiver that wakes when the node takes a newer map.

@@ -7,7 +7,8 @@
 use std::collections::BTreeSet;
 
 use atoll_proto::v1::{
-    ClusterMap, Move, MoveState, Node, NodeState, Replica, Shard, Split, SplitReplica,
+    ClusterMap, Move, MoveState, Node, NodeState, PlacementLimits, Replica, Shard, Split,
+    SplitReplica,
 };
 use serde::{Deserialize, Serialize};
 
@@ -133,7 +134,19 @@ pub enum MetaCommand {
         bytes_sent: u64,
         stuck: String,
     },
+    /// Sets the limits on moves that are not 0 and keeps the others;
+    /// with `reset`, all of them first go back to the node config.
+    SetPlacementLimits {
+        max_moves: u32,
+        max_moves_into_node: u32,
+        snapshot_rate: u64,
+        reset: bool,
+    },
 }
+
+/// The lowest snapshot rate an operator may set: 64 KiB/s copies a GiB in
+/// about four and a half hours.
+pub const MIN_SNAPSHOT_RATE: u64 = 64 << 10;
 
 /// The states of a move (`atoll.v1.MoveState`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,6 +192,7 @@ impl MetaCommand {
             MetaCommand::FinishSplit { .. } => "finish-split",
             MetaCommand::SetIncarnation { .. } => "set-incarnation",
             MetaCommand::ReportMove { .. } => "report-move",
+            MetaCommand::SetPlacementLimits { .. } => "set-placement-limits",
         }
     }
 }
@@ -500,6 +514,15 @@ fn next_node_id(map: &ClusterMap) -> u64 {
 /// Applies `command` to `map` (in place), or says why it may not. The
 /// caller bumps the map's version when it changed. For `RegisterNode`,
 /// the returned id is the node's.
+/// `new`, unless it is 0 (not set): then `kept`.
+fn or_kept<T: Default + PartialEq>(new: T, kept: T) -> T {
+    if new == T::default() {
+        kept
+    } else {
+        new
+    }
+}
+
 pub fn apply(map: &mut ClusterMap, command: &MetaCommand) -> Result<(Change, Option<u64>), String> {
     match command {
         MetaCommand::RegisterNode {
@@ -649,6 +672,35 @@ pub fn apply(map: &mut ClusterMap, command: &MetaCommand) -> Result<(Change, Opt
             map.moves[at] = seen;
             Ok((Change::Changed, None))
         }
+        MetaCommand::SetPlacementLimits {
+            max_moves,
+            max_moves_into_node,
+            snapshot_rate,
+            reset,
+        } => {
+            if *snapshot_rate != 0 && *snapshot_rate < MIN_SNAPSHOT_RATE {
+                return Err(format!(
+                    "a snapshot rate of {snapshot_rate} bytes/s is below the lowest allowed, \
+                     {MIN_SNAPSHOT_RATE} (64 KiB/s)"
+                ));
+            }
+            let old = map.placement_limits.unwrap_or_default();
+            let base = if *reset {
+                PlacementLimits::default()
+            } else {
+                old
+            };
+            let limits = PlacementLimits {
+                max_moves: or_kept(*max_moves, base.max_moves),
+                max_moves_into_node: or_kept(*max_moves_into_node, base.max_moves_into_node),
+                snapshot_rate: or_kept(*snapshot_rate, base.snapshot_rate),
+            };
+            if limits == old {
+                return Ok((Change::AlreadyDone, None));
+            }
+            map.placement_limits = Some(limits);
+            Ok((Change::Changed, None))
+        }
         MetaCommand::SetPlacement { paused } => {
             if map.placement_paused == *paused {
                 return Ok((Change::AlreadyDone, None));
@@ -734,6 +786,54 @@ mod tests {
 
     fn set_state(node: u64, state: Lifecycle, dead: bool) -> MetaCommand {
         MetaCommand::SetNodeState { node, state, dead }
+    }
+
+    fn limits(max_moves: u32, into_node: u32, rate: u64, reset: bool) -> MetaCommand {
+        MetaCommand::SetPlacementLimits {
+            max_moves,
+            max_moves_into_node: into_node,
+            snapshot_rate: rate,
+            reset,
+        }
+    }
+
+    #[test]
+    fn placement_limits_set_what_is_named_and_keep_the_rest() {
+        let mut m = map();
+        assert_eq!(
+            apply(&mut m, &limits(8, 0, 0, false)).unwrap().0,
+            Change::Changed
+        );
+        assert_eq!(
+            apply(&mut m, &limits(0, 2, 32 << 20, false)).unwrap().0,
+            Change::Changed
+        );
+        let set = PlacementLimits {
+            max_moves: 8,
+            max_moves_into_node: 2,
+            snapshot_rate: 32 << 20,
+        };
+        assert_eq!(m.placement_limits, Some(set));
+        let again = apply(&mut m, &limits(8, 0, 32 << 20, false)).unwrap();
+        assert_eq!(again.0, Change::AlreadyDone);
+
+        let before = m.clone();
+        let slow = apply(&mut m, &limits(0, 0, 1000, false)).unwrap_err();
+        assert!(slow.contains("below the lowest"), "{slow}");
+        assert_eq!(m, before, "a refused limit changes nothing");
+
+        apply(&mut m, &limits(0, 0, 0, true)).unwrap();
+        assert_eq!(m.placement_limits, Some(PlacementLimits::default()));
+        apply(&mut m, &limits(3, 0, 0, true)).unwrap();
+        let only_moves = PlacementLimits {
+            max_moves: 3,
+            ..Default::default()
+        };
+        assert_eq!(
+            m.placement_limits,
+            Some(only_moves),
+            "a reset, then one limit"
+        );
     }
 
     #[test]

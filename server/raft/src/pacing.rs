@@ -4,6 +4,7 @@
 //! cut off while it moves, and a stalled one is given up soon.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -11,8 +12,9 @@ use tokio::time::Instant;
 /// How a node paces its snapshot sends.
 #[derive(Debug)]
 pub struct SnapshotPacing {
-    /// `None`: no rate limit.
-    bucket: Option<tokio::sync::Mutex<Bucket>>,
+    /// The rate limit; changed when an operator sets another
+    /// ([`SnapshotPacing::set_rate`]).
+    bucket: Mutex<Bucket>,
     /// One permit per snapshot the node may send at once.
     slots: tokio::sync::Semaphore,
     /// A send that hands over no chunk for this long (throttling aside)
@@ -27,6 +29,7 @@ pub struct SnapshotPacing {
 /// rate holds however small the bucket and however large the chunk.
 #[derive(Debug)]
 struct Bucket {
+    /// 0: no limit.
     bytes_per_sec: u64,
     capacity: f64,
     tokens: f64,
@@ -43,6 +46,9 @@ impl Bucket {
     /// Takes `bytes` at `now`; returns how long their sender waits before
     /// sending them (until the bucket's debt, theirs included, is paid).
     fn take(&mut self, now: Instant, bytes: u64) -> Duration {
+        if self.bytes_per_sec == 0 {
+            return Duration::ZERO;
+        }
         self.refill(now);
         self.tokens -= bytes as f64;
         match self.tokens < 0.0 {
@@ -56,16 +62,14 @@ impl SnapshotPacing {
     /// Pacing at `bytes_per_sec` (0: unlimited), with bursts of at most
     /// `burst` bytes, and at most `concurrent` sends at once (at least one).
     pub fn new(bytes_per_sec: u64, burst: u64, concurrent: usize, stall_after: Duration) -> Self {
-        let bucket = (bytes_per_sec > 0).then(|| {
-            tokio::sync::Mutex::new(Bucket {
-                bytes_per_sec,
-                capacity: burst.max(1) as f64,
-                tokens: burst.max(1) as f64,
-                refilled: Instant::now(),
-            })
-        });
+        let bucket = Bucket {
+            bytes_per_sec,
+            capacity: burst.max(1) as f64,
+            tokens: burst.max(1) as f64,
+            refilled: Instant::now(),
+        };
         Self {
-            bucket,
+            bucket: Mutex::new(bucket),
             slots: tokio::sync::Semaphore::new(concurrent.max(1)),
             stall_after,
             sent: AtomicU64::new(0),
@@ -87,13 +91,38 @@ impl SnapshotPacing {
     /// the moment it is made and waits for everything owed before it, so
     /// concurrent sends share the rate in the order they asked.
     pub async fn acquire(&self, bytes: u64) {
-        if let Some(bucket) = &self.bucket {
-            let wait = bucket.lock().await.take(Instant::now(), bytes);
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
+        let wait = self.bucket().take(Instant::now(), bytes);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
         }
         self.sent.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn bucket(&self) -> std::sync::MutexGuard<'_, Bucket> {
+        self.bucket.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The rate in bytes per second (0: no limit).
+    pub fn rate(&self) -> u64 {
+        self.bucket().bytes_per_sec
+    }
+
+    /// Changes the rate (0: no limit). Bytes already owed are paid at the
+    /// old rate; from now on the bucket fills at the new one.
+    pub fn set_rate(&self, bytes_per_sec: u64) {
+        let mut bucket = self.bucket();
+        if bucket.bytes_per_sec == bytes_per_sec {
+            return;
+        }
+        let now = Instant::now();
+        if bucket.bytes_per_sec > 0 {
+            bucket.refill(now);
+        } else {
+            // Coming from no limit: start empty, as a new bucket would.
+            bucket.tokens = bucket.tokens.min(bucket.capacity);
+            bucket.refilled = now;
+        }
+        bucket.bytes_per_sec = bytes_per_sec;
     }
 }
 
@@ -207,6 +236,24 @@ mod tests {
         // never faster than the rate, however the two sends interleave.
         let elapsed = start.elapsed();
         assert!(elapsed >= Duration::from_millis(930), "{elapsed:?}");
+    }
+
+    #[tokio::test]
+    async fn a_rate_set_later_holds_from_then_on() {
+        const MIB: u64 = 1 << 20;
+        let pacing = SnapshotPacing::new(0, 0, 1, Duration::from_secs(10));
+        assert_eq!(pacing.rate(), 0);
+        pacing.acquire(64 * MIB).await;
+        pacing.set_rate(16 * MIB);
+        assert_eq!(pacing.rate(), 16 * MIB);
+        let start = std::time::Instant::now();
+        for _ in 0..8 {
+            pacing.acquire(MIB).await;
+        }
+        // 8 MiB at 16 MiB/s: never faster than the new rate.
+        let elapsed = start.elapsed();
+        assert!(elapsed >= Duration::from_millis(490), "{elapsed:?}");
+        assert_eq!(pacing.bytes_sent(), 72 * MIB);
     }
 
     /// Chunks far larger than the bucket (the snapshot sender's 1 MiB

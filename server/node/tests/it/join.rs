@@ -85,7 +85,15 @@ async fn a_joining_node_gets_a_fresh_id_follows_the_map_and_keeps_its_id() {
     assert!(cluster.node(joined).map().map_version >= version);
     assert_eq!(cluster.node(0).map().nodes.len(), nodes_before);
 
-    // Refused changes say why and change nothing.
+    // Refused changes say why and change nothing. The meta leader records
+    // each node's data directory incarnation when it first hears from it,
+    // a map change of its own: those come first.
+    assert!(
+        eventually(SETTLE, || (cluster.node(0).map().nodes.iter())
+            .all(|n| n.incarnation != 0))
+        .await,
+        "every node's incarnation is recorded"
+    );
     let client = cluster.client().await;
     let before = cluster.node(0).map().map_version;
     let refused = client.set_node_capacity(4, 0).await;

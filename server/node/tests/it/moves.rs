@@ -703,3 +703,97 @@ async fn is_up(cluster: &TestCluster, node: NodeId) -> bool {
     })
     .await
 }
+
+/// An operator's limits on moves (`atollctl placement limits`) are kept in
+/// the map: every node's catch-up sends take the map's byte rate, and the
+/// controller keeps within its caps on moves into one node. A reset puts
+/// each node back on its own config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn placement_limits_in_the_map_pace_every_node_and_cap_the_moves() {
+    const KIB: u64 = 1 << 10;
+    let mut cluster = TestCluster::start(Spec::default()).await;
+    let client = cluster.client().await;
+    // About 512 KiB per shard: a move takes seconds at 64 KiB/s.
+    let value = vec![b'x'; 32 << 10];
+    for i in 0..128 {
+        client.put(format!("big{i}"), value.clone()).await.unwrap();
+    }
+    cluster.pause_placement().await;
+    let joined = cluster.join("a", 100).await;
+    let new_node = cluster.node(joined).id.get();
+
+    let rates = |cluster: &TestCluster| -> Vec<u64> {
+        (cluster.nodes.iter().flatten())
+            .map(|r| atoll_server::cluster_service::node_status(&r.node).snapshot_rate)
+            .collect()
+    };
+    let config_rate = rates(&cluster)[0];
+    let slow = atoll_client::PlacementLimits {
+        snapshot_rate: 64 * KIB,
+        ..Default::default()
+    };
+    client.set_placement_limits(slow, false).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || rates(&cluster)
+            .iter()
+            .all(|r| *r == 64 * KIB))
+        .await,
+        "every node takes the map's rate: {:?}",
+        rates(&cluster)
+    );
+
+    // One move into a node at once (the config's default): never two.
+    client.set_placement_paused(false).await.unwrap();
+    let into_new = |cluster: &TestCluster| {
+        (cluster.node(0).map().moves.iter())
+            .filter(|m| m.to_node == new_node)
+            .count()
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || into_new(&cluster) == 1).await,
+        "a move into the new node starts"
+    );
+    for _ in 0..30 {
+        assert!(into_new(&cluster) <= 1, "{:?}", cluster.node(0).map().moves);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let wider = atoll_client::PlacementLimits {
+        max_moves_into_node: 3,
+        ..Default::default()
+    };
+    client.set_placement_limits(wider, false).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || into_new(&cluster) >= 2).await,
+        "with 3 allowed, more than one move runs into the node: {:?}",
+        cluster.node(0).map().moves
+    );
+    let limits = cluster.node(0).map().placement_limits.unwrap_or_default();
+    assert_eq!(
+        (limits.max_moves_into_node, limits.snapshot_rate),
+        (3, 64 * KIB),
+        "a limit not named keeps its value"
+    );
+
+    client
+        .set_placement_limits(Default::default(), true)
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || rates(&cluster)
+            .iter()
+            .all(|r| *r == config_rate))
+        .await,
+        "after a reset every node is back on its config's rate: {:?}",
+        rates(&cluster)
+    );
+    let settled = eventually(Duration::from_secs(120), || {
+        cluster.node(0).map().moves.is_empty()
+    })
+    .await;
+    assert!(settled, "the moves finish at the config's rate");
+    for i in 0..128 {
+        let got = client.get(format!("big{i}")).await.unwrap();
+        assert_eq!(got.map(|kv| kv.value.len()), Some(value.len()), "big{i}");
+    }
+    cluster.shutdown().await;
+}

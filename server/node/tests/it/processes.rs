@@ -472,7 +472,19 @@ async fn atoll_server_join_and_atollctl_node_commands() {
     );
 
     // `shard split` splits a shard in the middle; `shard list` shows the
-    // new shard once the split has finished.
+    // new shard once the split has finished. A shard being moved is not
+    // split (node 4's replicas are being repaired elsewhere): wait for the
+    // moves to end first.
+    let no_moves = (0..300).any(|_| {
+        let (ok, text) = atollctl(&endpoints, &["moves", "list", "-o", "json"]);
+        let repaired = listed_node(&endpoints, 4).is_some_and(|n| n["replicas"] == 0);
+        let idle = ok && text.trim() == "[]" && repaired;
+        if !idle {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        idle
+    });
+    assert!(no_moves, "the repairs after node 4's removal never ended");
     let (ok, text) = atollctl(&endpoints, &["shard", "split", "1"]);
     assert!(ok && text.contains("split started"), "{text}");
     let (ok, text) = atollctl(&endpoints, &["shard", "split", "0", "--at", "0x10"]);

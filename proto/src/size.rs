@@ -1,5 +1,5 @@
-//! Byte sizes in config files: `"512KiB"`, `"1MiB"`, `"2GiB"`, `"100B"` or a
-//! plain number of bytes.
+//! Byte sizes as operators write them (config files, `atollctl`): `"512KiB"`,
+//! `"1MiB"`, `"2GiB"`, `"100B"` or a plain number of bytes.
 
 use std::fmt;
 
@@ -10,6 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub struct ByteSize(pub u64);
 
 impl ByteSize {
+    /// Parses `"64MiB"`, `"512KiB"`, `"100B"` or `"4096"`.
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
         let split = text
