@@ -193,6 +193,9 @@ struct Watched {
     settled_after: Duration,
     /// The longest time each shard was seen without a leader.
     leaderless: BTreeMap<u64, Duration>,
+    /// Samples in which some node did not answer.
+    partial_samples: usize,
+    samples: usize,
     last: StatusResponse,
 }
 
@@ -201,6 +204,7 @@ async fn watch(client: &Client, args: &ScaleOutArgs, started: Instant) -> anyhow
     let mut last_move = Instant::now();
     let mut without: BTreeMap<u64, Instant> = BTreeMap::new();
     let mut leaderless: BTreeMap<u64, Duration> = BTreeMap::new();
+    let (mut samples, mut partial_samples) = (0, 0);
     loop {
         let Ok(status) = client.cluster_status().await else {
             tokio::time::sleep(SAMPLE).await;
@@ -217,9 +221,20 @@ async fn watch(client: &Client, args: &ScaleOutArgs, started: Instant) -> anyhow
             .filter(|r| r.role == ReplicaRole::Leader as i32)
             .map(|r| r.shard_id)
             .collect();
+        // A node that did not answer this sample (busy past the status
+        // call's deadline) may lead: a shard with a replica there is not
+        // seen either way.
+        let answered: Vec<u64> = (status.nodes.iter())
+            .filter(|n| n.status.is_some())
+            .map(|n| n.node_id)
+            .collect();
+        samples += 1;
+        partial_samples += usize::from(answered.len() < status.nodes.len());
         for shard in map.meta.iter().chain(&map.shards) {
             if led.contains(&shard.id) {
                 without.remove(&shard.id);
+            } else if !(shard.replicas.iter()).all(|r| answered.contains(&r.node_id)) {
+                continue;
             } else {
                 let since = *without.entry(shard.id).or_insert(now);
                 let longest = leaderless.entry(shard.id).or_default();
@@ -231,6 +246,8 @@ async fn watch(client: &Client, args: &ScaleOutArgs, started: Instant) -> anyhow
             return Ok(Watched {
                 settled_after: last_move - started,
                 leaderless,
+                partial_samples,
+                samples,
                 last: status,
             });
         }
@@ -408,6 +425,10 @@ fn report(
         ),
         None => println!("every shard had a leader at every sample"),
     }
+    println!(
+        "samples in which some node did not answer: {} of {}",
+        watched.partial_samples, watched.samples
+    );
     let latency = shared
         .latency
         .lock()

@@ -21,7 +21,7 @@ use atoll_raft::{Command, Outcome, Replica, WriteId};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use crate::node::Node;
+use crate::node::{Limits, Node};
 use crate::shard_admin::on_leader;
 use crate::{planner, splitter};
 
@@ -33,20 +33,6 @@ const CAUGHT_UP_ENTRIES: u64 = 1_000;
 /// How often a move's progress is written to the map while nothing else
 /// about it changes.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
-/// Moves in progress at once, in the whole cluster and into one node: the
-/// map's limits where an operator set them, else this node's config. Each
-/// move is a copy of a shard sent by its leader (at the leader's snapshot
-/// rate) and written by the new replica's node.
-fn move_limits(node: &Node, map: &ClusterMap) -> (usize, usize) {
-    let limits = map.placement_limits.unwrap_or_default();
-    let config = &node.config().cluster;
-    let or_config = |set: u32, config: u32| if set == 0 { config } else { set } as usize;
-    (
-        or_config(limits.max_moves, config.max_moves),
-        or_config(limits.max_moves_into_node, config.max_moves_into_node),
-    )
-}
-
 /// What one step of a move does, decided from the shard's membership.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Step {
@@ -225,7 +211,13 @@ async fn start_planned(node: &Node, meta: &Replica, map: &ClusterMap, silent: &B
             return;
         }
     };
-    let (max_moves, max_into_node) = move_limits(node, map);
+    // Each move is a copy of a shard sent by its leader (at the leader's
+    // snapshot rate) and written by the new replica's node.
+    let Limits {
+        max_moves,
+        max_moves_into_node: max_into_node,
+        ..
+    } = Limits::of(map, node.config());
     let mut in_flight = map.moves.len();
     let mut into: HashMap<u64, usize> = HashMap::new();
     for m in &map.moves {

@@ -123,12 +123,34 @@ impl std::fmt::Debug for Node {
     }
 }
 
-/// The byte rate this node's sends to replicas catching up are held to
-/// under `map`: an operator's limit there, else the node's config.
-fn snapshot_rate(map: &ClusterMap, config: &NodeConfig) -> u64 {
-    (map.placement_limits.map(|l| l.snapshot_rate))
-        .filter(|rate| *rate > 0)
-        .unwrap_or(config.raft.snapshot_rate.0)
+/// The placement limits in force on this node (docs/design/elastic.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// Moves in progress at once in the whole cluster.
+    pub max_moves: usize,
+    /// Moves in progress at once into one node.
+    pub max_moves_into_node: usize,
+    /// The byte rate this node's sends to replicas catching up are held
+    /// to.
+    pub snapshot_rate: u64,
+}
+
+impl Limits {
+    /// Each limit an operator set in `map`; a limit left at 0 there is
+    /// this node's config.
+    pub(crate) fn of(map: &ClusterMap, config: &NodeConfig) -> Self {
+        let set = map.placement_limits.unwrap_or_default();
+        let or = |set: u64, config: u64| if set == 0 { config } else { set };
+        let cluster = &config.cluster;
+        Limits {
+            max_moves: or(set.max_moves.into(), cluster.max_moves.into()) as usize,
+            max_moves_into_node: or(
+                set.max_moves_into_node.into(),
+                cluster.max_moves_into_node.into(),
+            ) as usize,
+            snapshot_rate: or(set.snapshot_rate, config.raft.snapshot_rate.0),
+        }
+    }
 }
 
 /// Unix time in milliseconds.
@@ -193,7 +215,7 @@ impl Node {
         // No burst: every byte waits its turn, so the rate holds from the
         // first chunk.
         let pacing = SnapshotPacing::new(
-            snapshot_rate(&map, &config),
+            Limits::of(&map, &config).snapshot_rate,
             0,
             config.raft.snapshot_sends,
             config.raft.snapshot_stall_timeout,
@@ -297,7 +319,7 @@ impl Node {
             newer
         });
         if newer {
-            let rate = snapshot_rate(&self.map.borrow(), &self.config);
+            let rate = Limits::of(&self.map.borrow(), &self.config).snapshot_rate;
             self.pool.pacing().set_rate(rate);
         }
         newer

@@ -659,10 +659,17 @@ impl RaftNetworkV2<TypeConfig> for Network {
         // A learner catching up from the log copies a shard as a snapshot
         // would: its entries share the node's snapshot rate, so a move
         // never takes more than `raft.snapshot_rate` from the writes.
+        //
+        // Such an append is large (up to the message bound), so it gets the
+        // deadline of a snapshot chunk, not openraft's one heartbeat
+        // interval: timed out, it would be sent, and paced, again, and a
+        // move would cost more bytes than the shard holds.
         let mut paced = 0;
+        let mut option = option;
         if !rpc.entries.is_empty() && self.guard.is_learner(self.target) {
             paced = rpc.entries.iter().map(entry_bytes).sum::<usize>() as u64;
             self.pool.pacing.acquire(paced).await;
+            option = RPCOption::new(option.hard_ttl().max(self.pool.pacing.stall_after));
         }
         let response = self
             .call(

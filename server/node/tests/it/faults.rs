@@ -424,6 +424,17 @@ async fn a_snapshot_is_sent_no_faster_than_the_snapshot_rate() {
     let cluster = TestCluster::start(spec).await;
     let client = cluster.client().await;
     let shard = ShardId(1);
+    // The lag below writes about 3.2 MiB, but the snapshot sent is the
+    // last one taken, up to `snapshot_after_entries` writes behind, and
+    // may hold less than 3 MiB (seen in CI): 1.6 MiB written first keeps
+    // it several seconds long at the rate.
+    let padding = "x".repeat(8 << 10);
+    for i in 0..200 {
+        client
+            .put(format!("early-{i}"), format!("value-{i}-{padding}"))
+            .await
+            .unwrap();
+    }
     let lag = lag_a_follower_past_the_purge_point(&cluster, &client, shard).await;
     let started = std::time::Instant::now();
     cluster.heal();
