@@ -7,7 +7,7 @@
 
 mod harness;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -362,8 +362,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         spec.faketime = Some(args.faketime.clone());
     }
     let (cluster, system) = start(&args, &atoll, &out, &spec).await?;
-    // The keys the workload uses, and the shards that hold them: the
-    // nemesis aims at those shards' leaders.
+    // The keys the workload uses, and samples of them: the nemesis aims
+    // at the leaders of the shards that hold the samples.
     let (register_keys, relevant) = match &system {
         System::Atoll(client, _) => {
             let map = client.cluster_map().await?;
@@ -373,16 +373,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 Workload::Set => (0..args.keys).map(harness::set::sample_key).collect(),
                 Workload::Bank => vec![harness::bank::sample_key()],
             };
-            let shards = samples
-                .iter()
-                .filter_map(|k| map.shard_for_key(k.as_bytes()).map(|s| s.id))
-                .collect();
-            (keys, shards)
+            (keys, samples)
         }
-        System::Etcd(_) => (
-            harness::register::keys(None, args.keys),
-            BTreeSet::from([0]),
-        ),
+        System::Etcd(_) => (harness::register::keys(None, args.keys), Vec::new()),
     };
     let cluster = Mutex::new(cluster);
     let t0 = Instant::now();

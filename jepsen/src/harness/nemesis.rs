@@ -189,18 +189,29 @@ struct View {
 
 impl View {
     /// Asks the cluster (an empty view when no node answers), keeping the
-    /// `relevant` shards.
-    async fn probe(probe: &Probe<'_>, n: usize, relevant: &BTreeSet<u64>) -> View {
+    /// leaders of the shards that hold the `relevant` keys now (a split
+    /// may have moved a key to a new shard since the run began).
+    async fn probe(probe: &Probe<'_>, n: usize, relevant: &[String]) -> View {
         let mut view = View::default();
         match probe {
             Probe::Etcd(stores) => {
+                // etcd is one group: shard 0 is the workload's and meta.
                 view.leaders = super::etcd::leaders(stores).await;
                 view.replicas.insert(0, (0..n).collect());
+                view.meta = view.leaders.get(&0).copied();
             }
             Probe::Atoll(client) => {
                 let Ok(status) = client.cluster_status().await else {
                     return view;
                 };
+                let used: BTreeSet<u64> = (status.map.iter())
+                    .flat_map(|m| {
+                        relevant
+                            .iter()
+                            .filter_map(|k| m.shard_for_key(k.as_bytes()))
+                    })
+                    .map(|s| s.id)
+                    .collect();
                 let index = |node_id: u64| (node_id as usize).saturating_sub(1);
                 for shard in status.map.iter().flat_map(|m| &m.shards) {
                     let nodes = shard.replicas.iter().map(|r| index(r.node_id)).collect();
@@ -215,10 +226,10 @@ impl View {
                         }
                     }
                 }
+                view.meta = view.leaders.get(&0).copied();
+                view.leaders.retain(|shard, _| used.contains(shard));
             }
         }
-        view.meta = view.leaders.get(&0).copied();
-        view.leaders.retain(|shard, _| relevant.contains(shard));
         view
     }
 
@@ -641,14 +652,14 @@ async fn undo(cluster: &Mutex<Cluster>, probe: &Probe<'_>, undo: Undo) -> anyhow
 
 /// Every `period`, applies the next of `faults` (in turn) and undoes it
 /// `period` later, until `until`; then heals everything. Every other round
-/// of `faults` (the first included) aims at the leaders of the `relevant`
-/// shards (those the workload uses); the others pick at random. Returns the
-/// events.
+/// of `faults` (the first included) aims at the leaders of the shards that
+/// hold the `relevant` keys (those the workload uses); the others pick at
+/// random. Returns the events.
 pub async fn run(
     faults: &[Fault],
     cluster: &Mutex<Cluster>,
     probe: Probe<'_>,
-    relevant: &BTreeSet<u64>,
+    relevant: &[String],
     t0: Instant,
     until: Instant,
     period: Duration,

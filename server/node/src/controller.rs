@@ -550,7 +550,7 @@ async fn advance(
             })
         }
         Step::ChangeVoters { voters } => {
-            tracing::info!(shard = %shard, r#move = record.id, ?voters, "changing the shard's voters");
+            tracing::info!(shard = %shard, r#move = record.id, ?voters, bytes_sent = observed.sent, "changing the shard's voters");
             let request = ChangeVotersRequest {
                 shard_id: shard.get(),
                 voters: voters.clone(),
