@@ -550,6 +550,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             node: *node,
             pool: self.pool.clone(),
             guard: self.guard.clone(),
+            learner_holds: None,
         }
     }
 }
@@ -562,6 +563,9 @@ pub struct Network {
     node: ReplicaNode,
     pool: Arc<PeerPool>,
     guard: Arc<JoinGuard>,
+    /// The last entry the target, a learner, is known to hold as this
+    /// leader has it (from its answers to this sender).
+    learner_holds: Option<crate::types::LogId>,
 }
 
 /// Encodes `value` into a checksummed [`RaftMessage`].
@@ -651,11 +655,24 @@ impl RaftNetworkV2<TypeConfig> for Network {
         if let Some(why) = self.guard.refuses(self.target, &rpc) {
             return Err(RPCError::Unreachable(unreachable(why)));
         }
+        let learner = !rpc.entries.is_empty() && self.guard.is_learner(self.target);
+        // openraft finds where a new learner's log matches its own by a
+        // binary search from the leader's last entry down, and each probe
+        // carries entries that a mismatch throws away: up to 2 MiB each,
+        // paced, for a learner that holds nothing. A probe, an append not
+        // right after what the learner is known to hold, goes without its
+        // entries; where it matches, the learner holds its first entry's
+        // predecessor, which is what the answer says.
+        let probe = learner && rpc.prev_log_id != self.learner_holds;
+        if probe {
+            rpc.entries.clear();
+        }
         let fit = entries_that_fit(&rpc.entries);
         let cut = (fit < rpc.entries.len()).then(|| {
             rpc.entries.truncate(fit);
             rpc.entries.last().map(|e| e.log_id)
         });
+        let cut = if probe { Some(rpc.prev_log_id) } else { cut };
         // A learner catching up from the log copies a shard as a snapshot
         // would: its entries share the node's snapshot rate, so a move
         // never takes more than `raft.snapshot_rate` from the writes.
@@ -666,12 +683,12 @@ impl RaftNetworkV2<TypeConfig> for Network {
         // move would cost more bytes than the shard holds.
         let mut paced = 0;
         let mut option = option;
-        if !rpc.entries.is_empty() && self.guard.is_learner(self.target) {
+        if learner && !probe {
             paced = rpc.entries.iter().map(entry_bytes).sum::<usize>() as u64;
             self.pool.pacing.acquire(paced).await;
             option = RPCOption::new(option.hard_ttl().max(self.pool.pacing.stall_after));
         }
-        let response = self
+        let response: AppendEntriesResponse = self
             .call(
                 RPCTypes::AppendEntries,
                 RaftCallKind::AppendEntries,
@@ -682,6 +699,10 @@ impl RaftNetworkV2<TypeConfig> for Network {
         // Only delivered bytes are progress: a learner that cannot be
         // reached must show none, so its move is seen to be stuck.
         self.guard.count_sent(self.target, paced);
+        let last_sent = cut.unwrap_or_else(|| rpc.entries.last().map(|e| e.log_id));
+        if learner && response.is_success() {
+            self.learner_holds = last_sent;
+        }
         Ok(match (response, cut) {
             (AppendEntriesResponse::Success, Some(last_sent)) => {
                 AppendEntriesResponse::PartialSuccess(last_sent)
