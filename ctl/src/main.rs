@@ -620,7 +620,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     }
 }
 
-/// A hash given as decimal or `0x` hex.
+/// A byte rate above 0 as operators write sizes (`32MiB`).
 fn parse_rate(text: &str) -> Result<u64, String> {
     match ByteSize::parse(text)? {
         ByteSize(0) => Err("a snapshot rate must be above 0".into()),
@@ -628,6 +628,7 @@ fn parse_rate(text: &str) -> Result<u64, String> {
     }
 }
 
+/// A hash given as decimal or `0x` hex.
 fn parse_hash(text: &str) -> Result<u64, String> {
     let parsed = match text.strip_prefix("0x") {
         Some(hex) => u64::from_str_radix(&hex.replace('_', ""), 16),

@@ -511,9 +511,6 @@ fn next_node_id(map: &ClusterMap) -> u64 {
     map.next_node_id.max(above_all)
 }
 
-/// Applies `command` to `map` (in place), or says why it may not. The
-/// caller bumps the map's version when it changed. For `RegisterNode`,
-/// the returned id is the node's.
 /// `new`, unless it is 0 (not set): then `kept`.
 fn or_kept<T: Default + PartialEq>(new: T, kept: T) -> T {
     if new == T::default() {
@@ -523,6 +520,9 @@ fn or_kept<T: Default + PartialEq>(new: T, kept: T) -> T {
     }
 }
 
+/// Applies `command` to `map` (in place), or says why it may not. The
+/// caller bumps the map's version when it changed. For `RegisterNode`,
+/// the returned id is the node's.
 pub fn apply(map: &mut ClusterMap, command: &MetaCommand) -> Result<(Change, Option<u64>), String> {
     match command {
         MetaCommand::RegisterNode {

@@ -118,7 +118,7 @@ impl SnapshotPacing {
         if bucket.bytes_per_sec > 0 {
             bucket.refill(now);
         } else {
-            // Coming from no limit: start empty, as a new bucket would.
+            // Coming from no limit: at most one burst, as a new bucket has.
             bucket.tokens = bucket.tokens.min(bucket.capacity);
             bucket.refilled = now;
         }

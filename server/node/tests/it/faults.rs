@@ -103,6 +103,17 @@ struct Lag {
     target: u64,
 }
 
+/// Writes `n` keys `{prefix}-{i}` of about 8 KiB each.
+async fn put_padded(client: &atoll_client::Client, prefix: &str, n: usize) {
+    let padding = "x".repeat(8 << 10);
+    for i in 0..n {
+        client
+            .put(format!("{prefix}-{i}"), format!("value-{i}-{padding}"))
+            .await
+            .unwrap();
+    }
+}
+
 /// Cuts a follower of `shard` off, writes 400 values of 8 KiB (so a
 /// snapshot spans several 1 MiB chunks), and waits until the leader has
 /// purged its log past the follower.
@@ -116,13 +127,7 @@ async fn lag_a_follower_past_the_purge_point(
     cluster.isolate(lagging);
     let lagging_replica = cluster.node(lagging).replica(shard).unwrap();
     let behind_at = lagging_replica.metrics().last_log_index.unwrap_or(0);
-    let padding = "x".repeat(8 << 10);
-    for i in 0..400 {
-        client
-            .put(format!("late-{i}"), format!("value-{i}-{padding}"))
-            .await
-            .unwrap();
-    }
+    put_padded(client, "late", 400).await;
     let leader_replica = cluster.node(leader).replica(shard).unwrap();
     let purged = eventually(Duration::from_secs(20), || {
         leader_replica
@@ -428,13 +433,7 @@ async fn a_snapshot_is_sent_no_faster_than_the_snapshot_rate() {
     // last one taken, up to `snapshot_after_entries` writes behind, and
     // may hold less than 3 MiB (seen in CI): 1.6 MiB written first keeps
     // it several seconds long at the rate.
-    let padding = "x".repeat(8 << 10);
-    for i in 0..200 {
-        client
-            .put(format!("early-{i}"), format!("value-{i}-{padding}"))
-            .await
-            .unwrap();
-    }
+    put_padded(&client, "early", 200).await;
     let lag = lag_a_follower_past_the_purge_point(&cluster, &client, shard).await;
     let started = std::time::Instant::now();
     cluster.heal();

@@ -848,4 +848,5 @@ async fn a_learner_catching_up_from_the_log_is_sent_the_entries_about_once() {
         "the learner was sent {delivered} bytes for {logged} bytes of values in the log"
     );
     check_keys(&client, 600).await;
+    cluster.shutdown().await;
 }
